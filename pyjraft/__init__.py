@@ -1,0 +1,1 @@
+"""pyjraft: Raft consensus for Python."""

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install pyjraft with its test extra into ./.venv (created if missing) and run
+# every check CI runs: ruff lint, ruff format, mypy --strict, the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "== ruff check"; .venv/bin/ruff check pyjraft tests benchmarks
+echo "== ruff format --check"; .venv/bin/ruff format --check pyjraft tests benchmarks
+echo "== mypy --strict pyjraft"; .venv/bin/mypy pyjraft
+echo "== pytest"
+.venv/bin/python -m pytest -n 2 -q "$@"
