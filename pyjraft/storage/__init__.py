@@ -2,12 +2,16 @@
 
 from pyjraft.storage.api import CorruptLogError, LogStorage, MetaStorage, StorageError
 from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
+from pyjraft.storage.meta import FileMetaStorage
+from pyjraft.storage.segment_log import SegmentLogStorage
 
 __all__ = [
     "CorruptLogError",
+    "FileMetaStorage",
     "LogStorage",
     "MemoryLogStorage",
     "MemoryMetaStorage",
     "MetaStorage",
+    "SegmentLogStorage",
     "StorageError",
 ]

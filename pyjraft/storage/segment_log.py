@@ -1,0 +1,718 @@
+"""`SegmentLogStorage`: the durable raft log as a directory of append-only segment files.
+
+Theory of operation
+===================
+
+Files in the log directory:
+
+``<first index, 20 digits>.log``
+    A segment: consecutive records (format in `pyjraft.storage.record`: a
+    28-byte header with crc, version, type, length, term, index, then the
+    data), the first with the index in the file name. Only the last segment
+    is ever appended to; segments are contiguous (each starts right after
+    the previous one ends).
+``log_meta``
+    The logical start of the log: ``first_index`` and the term of
+    ``first_index - 1`` (what a snapshot covers), plus a "reset pending"
+    flag. Replaced atomically (temp file, fsync, rename, fsync directory).
+    Missing means ``first_index == 1``, previous term 0.
+``log.lock``
+    Held with ``flock`` while open, so two processes never write one log.
+
+Writing. `append` encodes the whole batch into one buffer, writes it with
+one ``pwrite`` at the end of the last segment and makes it durable with one
+``fdatasync`` (group commit). Before a batch, if the last segment has reached
+``segment_bytes``, a new segment named ``last_index + 1`` is created and the
+directory fsynced; a batch never spans two segments, so a segment may exceed
+``segment_bytes`` by at most one batch. `truncate_suffix` unlinks later
+segments (newest first) and ftruncates the one holding the cut at a record
+boundary. `truncate_prefix` first records the new start in ``log_meta``, then
+unlinks segments lying wholly before it; the segment holding the new start
+keeps its older records, which are simply invisible. `reset` sets the
+"reset pending" flag in ``log_meta``, unlinks every segment, then clears the
+flag. Every step is ordered so that a crash between any two leaves a state
+that recovery either finishes (prefix truncation, reset) or that is a valid
+shorter log (suffix truncation).
+
+Reading and concurrency. Each segment keeps the file offset and term of
+every record in two ``array('Q')`` (16 bytes per entry, no Python object per
+entry). Recently appended entries are also kept in a cache bounded in bytes
+(``Entry.size``), a contiguous suffix of the log; older entries are read
+with ``pread`` and re-validated (CRC, index) on every read. One writer thread
+calls the mutating methods while another thread reads indices the write
+does not touch: a `threading.Lock` guards the in-memory index, and is never
+held across a write, an fsync or an unlink, so reads are never blocked by an
+fsync. (Reads from disk ``pread`` under the lock, so a segment's fd cannot be
+closed and reused underneath them.)
+
+Recovery on open. Segments are scanned in full (headers parsed with
+``struct``, every record's CRC verified; the file is mmapped). Rules:
+
+* In the *last* segment, the first invalid record (partial header, data past
+  the end of the file, CRC mismatch: zero-filled tails included) is a torn
+  tail if no valid record starts anywhere after it: the file is truncated
+  there (ftruncate + fsync) and a warning is logged on ``pyjraft.storage``.
+* Everything else refuses to open with `CorruptLogError` naming the file and
+  offset: an invalid record followed by a valid one, an invalid record in any
+  other segment, a CRC-valid record with an unknown version or type, set
+  reserved bits or an unexpected index (including a segment whose first
+  record does not match its name), a gap or overlap between segments, a
+  first segment starting after ``first_index``, a damaged ``log_meta``.
+  Nothing is silently dropped.
+
+Durability. With ``sync=False`` no fdatasync is issued: this is UNSAFE,
+acknowledged writes may be lost (and the log found corrupt) after a power
+failure or OS crash; it exists for tests and benchmarks. After any IO error
+in a mutating call the storage refuses further writes (`StorageError`): after
+a failed fsync the page cache state is unknown, and retrying would lie.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import mmap
+import os
+import re
+import struct
+import threading
+from array import array
+from collections.abc import Sequence
+
+import crc32c
+
+from pyjraft.core.log_reader import LogUnavailableError
+from pyjraft.core.types import Entry, EntryType
+from pyjraft.storage._fileutil import atomic_replace, fsync_dir, sync_data, sync_file
+from pyjraft.storage.api import CorruptLogError, StorageError
+from pyjraft.storage.record import (
+    decode_records,
+    encode_batch,
+    entry_size_of_record,
+    find_valid_record,
+    scan_records,
+)
+
+__all__ = ["SegmentLogStorage"]
+
+logger = logging.getLogger("pyjraft.storage")
+
+_SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
+_LOG_META = "log_meta"
+_LOCK_FILE = "log.lock"
+_META_MAGIC = b"PJLM"
+_META_VERSION = 1
+_META = struct.Struct("<4sIBBHQQ")
+_RESET_PENDING = 0x01
+_MiB = 1 << 20
+_CACHE_COMPACT = 4096
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def segment_name(first_index: int) -> str:
+    """File name of the segment whose first record has ``first_index``."""
+    return f"{first_index:020d}.log"
+
+
+class _Segment:
+    """One segment file and its in-memory index."""
+
+    __slots__ = ("fd", "first", "offsets", "path", "size", "terms")
+
+    def __init__(self, path: str, fd: int, first: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.first = first
+        self.offsets: array[int] = array("Q")
+        self.terms: array[int] = array("Q")
+        self.size = 0  # bytes of valid records: where the next record goes
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.offsets) - 1
+
+    def record_end(self, i: int) -> int:
+        """File offset just past record number ``i`` of this segment."""
+        return self.offsets[i + 1] if i + 1 < len(self.offsets) else self.size
+
+
+class SegmentLogStorage:
+    """A durable `LogStorage` in a directory of segment files (see the module docstring).
+
+    ``SegmentLogStorage(directory)`` and ``SegmentLogStorage.open(directory)`` are the
+    same: they create the directory if needed, lock it, recover it and return a
+    ready log. Options:
+
+    ``sync``
+        fdatasync every append and truncation (default). ``sync=False`` is UNSAFE:
+        acknowledged writes may be lost on power failure or OS crash.
+    ``segment_bytes``
+        roll to a new segment file once the current one reaches this size.
+    ``cache_bytes``
+        budget (in `Entry.size`) of recently appended entries served from memory.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        sync: bool = True,
+        segment_bytes: int = 64 * _MiB,
+        cache_bytes: int = 32 * _MiB,
+    ) -> None:
+        if segment_bytes < 1:
+            raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must not be negative, got {cache_bytes}")
+        self._dir = os.path.abspath(os.fspath(directory))
+        self._sync = sync
+        self._segment_bytes = segment_bytes
+        self._cache_bytes = cache_bytes
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._seg_firsts: list[int] = []  # parallel to _segments, for bisect
+        self._first = 1
+        self._prev_term = 0
+        self._last = 0
+        # Cache: entries [_cache_first, _last] are _cache[_cache_head:].
+        self._cache: list[Entry] = []
+        self._cache_head = 0
+        self._cache_first = 1
+        self._cache_size = 0
+        self._closed = False
+        self._failed: str | None = None
+        self._lock_fd = -1
+        os.makedirs(self._dir, exist_ok=True)
+        self._lock_fd = _lock_directory(self._dir)
+        try:
+            self._recover()
+        except BaseException:
+            self._close_files()
+            raise
+        self._cache_first = self._last + 1
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        sync: bool = True,
+        segment_bytes: int = 64 * _MiB,
+        cache_bytes: int = 32 * _MiB,
+    ) -> SegmentLogStorage:
+        """Open (creating if needed) and recover the log in ``directory``; see the class doc."""
+        return cls(directory, sync=sync, segment_bytes=segment_bytes, cache_bytes=cache_bytes)
+
+    @property
+    def directory(self) -> str:
+        """The log directory (absolute)."""
+        return self._dir
+
+    # ------------------------------------------------------------------ reads
+
+    def first_index(self) -> int:
+        """Index of the first entry held (1 for a log never compacted)."""
+        with self._lock:
+            self._check_open()
+            return self._first
+
+    def last_index(self) -> int:
+        """Index of the last entry held (``first_index() - 1`` when empty)."""
+        with self._lock:
+            self._check_open()
+            return self._last
+
+    def term(self, index: int) -> int:
+        """Term of the entry at ``index``, from ``first_index() - 1`` to ``last_index()``.
+
+        Raises `LogUnavailableError` outside that range.
+        """
+        with self._lock:
+            self._check_open()
+            if index == self._first - 1:
+                return self._prev_term
+            if index < self._first or index > self._last:
+                raise LogUnavailableError(
+                    f"term({index}): log holds {self._first - 1}..{self._last}"
+                )
+            if index >= self._cache_first:
+                return self._cache[self._cache_head + index - self._cache_first].term
+            seg = self._segment_of(index)
+            return seg.terms[index - seg.first]
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries ``[lo, hi)``; with ``max_bytes`` a non-empty prefix within that size.
+
+        Raises `LogUnavailableError` if the range is not held, `CorruptLogError` if
+        a record read from disk fails validation.
+        """
+        with self._lock:
+            self._check_open()
+            if lo < self._first or hi > self._last + 1 or lo > hi:
+                raise LogUnavailableError(
+                    f"entries[{lo}, {hi}): log holds {self._first}..{self._last}"
+                )
+            budget = max_bytes if max_bytes is not None else -1
+            out: list[Entry] = []
+            if lo < self._cache_first:
+                budget = self._read_disk(lo, min(hi, self._cache_first), budget, out)
+                if budget == 0 or len(out) < min(hi, self._cache_first) - lo:
+                    return out
+                lo = self._cache_first
+            if lo < hi:
+                base = self._cache_head - self._cache_first
+                if budget < 0:
+                    out.extend(self._cache[base + lo : base + hi])
+                else:
+                    for e in self._cache[base + lo : base + hi]:
+                        if out and e.size > budget:
+                            break
+                        out.append(e)
+                        budget = max(budget - e.size, 0)
+            return out
+
+    def _read_disk(self, lo: int, hi: int, budget: int, out: list[Entry]) -> int:
+        """Append entries ``[lo, hi)`` read from segment files to ``out``, within
+        ``budget`` bytes (negative: unlimited). Returns the budget left; 0 once full."""
+        i = bisect.bisect_right(self._seg_firsts, lo) - 1
+        while lo < hi:
+            seg = self._segments[i]
+            k0 = lo - seg.first
+            k1 = min(hi, seg.last + 1) - seg.first
+            if budget >= 0:
+                # Sizes are known from the offsets, so only what fits is read.
+                k = k0
+                while k < k1:
+                    size = entry_size_of_record(seg.record_end(k) - seg.offsets[k])
+                    if size > budget and (out or k > k0):
+                        break
+                    budget = max(budget - size, 0)
+                    k += 1
+                full = k < k1
+                k1 = k
+                if k1 == k0:
+                    return 0
+            else:
+                full = False
+            start = seg.offsets[k0]
+            length = seg.record_end(k1 - 1) - start
+            buf = _pread_exact(seg, length, start)
+            out.extend(decode_records(buf, seg.path, start, seg.first + k0, k1 - k0))
+            if full:
+                return 0
+            lo = seg.first + k1
+            i += 1
+        return budget
+
+    def _segment_of(self, index: int) -> _Segment:
+        return self._segments[bisect.bisect_right(self._seg_firsts, index) - 1]
+
+    # ----------------------------------------------------------------- writes
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Append a contiguous batch starting at ``last_index() + 1``, durable on return
+        (one write, one fdatasync). Raises `ValueError` on a gap or overlap."""
+        self._check_writable()
+        if not entries:
+            return
+        expect = self._last + 1
+        batch: list[Entry] = []
+        for e in entries:
+            if e.index != expect:
+                raise ValueError(f"append: expected index {expect}, got {e.index}")
+            expect += 1
+            if type(e.data) is not bytes or type(e.type) is not EntryType:
+                # The cache hands these objects to readers: they must be immutable.
+                e = Entry(e.term, e.index, EntryType(e.type), bytes(e.data))
+            batch.append(e)
+        seg = self._segments[-1] if self._segments else None
+        if seg is None or (seg.size >= self._segment_bytes and seg.offsets):
+            seg = self._new_segment(self._last + 1)
+        buf, offsets, terms = encode_batch(batch, seg.size)
+        try:
+            _pwrite_all(seg.fd, buf, seg.size)
+            if self._sync:
+                sync_data(seg.fd)
+        except OSError as exc:
+            self._fail(f"append to {seg.path} failed: {exc}")
+            # Best effort: leave no partial batch behind for the next append to follow.
+            with contextlib.suppress(OSError):
+                os.ftruncate(seg.fd, seg.size)
+            raise StorageError(self._failed) from exc
+        added = sum(e.size for e in batch)
+        with self._lock:
+            seg.offsets.extend(offsets)
+            seg.terms.extend(terms)
+            seg.size += len(buf)
+            self._last = batch[-1].index
+            self._cache.extend(batch)
+            self._cache_size += added
+            self._evict_cache()
+
+    def truncate_suffix(self, last_kept: int) -> None:
+        """Drop every entry after ``last_kept``, durably. Raises `ValueError` if
+        ``last_kept < first_index() - 1``."""
+        self._check_writable()
+        if last_kept < self._first - 1:
+            raise ValueError(f"truncate_suffix({last_kept}) below first index {self._first}")
+        if last_kept >= self._last:
+            return
+        cut = last_kept + 1
+        with self._lock:
+            i = bisect.bisect_right(self._seg_firsts, cut) - 1
+            doomed = self._segments[i + 1 :]
+            seg: _Segment | None = self._segments[i]
+            assert seg is not None
+            if cut == seg.first:
+                doomed.insert(0, seg)
+                seg = None
+                del self._segments[i:]
+                del self._seg_firsts[i:]
+            else:
+                del self._segments[i + 1 :]
+                del self._seg_firsts[i + 1 :]
+                k = cut - seg.first
+                new_size = seg.offsets[k]
+                del seg.offsets[k:]
+                del seg.terms[k:]
+                seg.size = new_size
+            self._last = last_kept
+            if cut <= self._cache_first:
+                self._clear_cache(cut)
+            else:
+                keep = self._cache_head + cut - self._cache_first
+                self._cache_size -= sum(e.size for e in self._cache[keep:])
+                del self._cache[keep:]
+        try:
+            # Newest first, so a crash in the middle leaves a contiguous (shorter) log.
+            for d in reversed(doomed):
+                os.close(d.fd)
+                os.unlink(d.path)
+                fsync_dir(self._dir)
+            if seg is not None:
+                os.ftruncate(seg.fd, seg.size)
+                if self._sync:
+                    sync_file(seg.fd)
+        except OSError as exc:
+            self._fail(f"truncate_suffix({last_kept}) failed: {exc}")
+            raise StorageError(self._failed) from exc
+
+    def truncate_prefix(self, first_kept: int) -> None:
+        """Forget entries before ``first_kept``: record the new start in ``log_meta``,
+        then delete the segments lying wholly before it. ``term(first_kept - 1)``
+        stays answerable, also after reopening. No-op if ``first_kept <= first_index()``;
+        `ValueError` if ``first_kept > last_index() + 1``."""
+        self._check_writable()
+        if first_kept <= self._first:
+            return
+        if first_kept > self._last + 1:
+            raise ValueError(f"truncate_prefix({first_kept}) past last index {self._last}")
+        prev_term = self.term(first_kept - 1)
+        try:
+            self._write_log_meta(first_kept, prev_term, 0)
+        except OSError as exc:
+            self._fail(f"truncate_prefix({first_kept}): writing log_meta failed: {exc}")
+            raise StorageError(self._failed) from exc
+        with self._lock:
+            self._first = first_kept
+            self._prev_term = prev_term
+            n = 0
+            while n < len(self._segments) and self._segments[n].last < first_kept:
+                n += 1
+            doomed = self._segments[:n]
+            del self._segments[:n]
+            del self._seg_firsts[:n]
+            if self._cache_first < first_kept:
+                drop = first_kept - self._cache_first
+                for e in self._cache[self._cache_head : self._cache_head + drop]:
+                    self._cache_size -= e.size
+                self._cache_head += drop
+                self._cache_first = first_kept
+                self._compact_cache()
+        self._unlink_segments(doomed, f"truncate_prefix({first_kept})")
+
+    def reset(self, next_index: int, prev_term: int) -> None:
+        """Discard everything: the log becomes empty with ``first_index() == next_index``
+        and ``term(next_index - 1) == prev_term``. Crash-safe: an interrupted reset is
+        finished by the next open."""
+        self._check_writable()
+        if next_index < 1 or prev_term < 0:
+            raise ValueError(f"reset({next_index}, {prev_term}): out of range")
+        try:
+            self._write_log_meta(next_index, prev_term, _RESET_PENDING)
+        except OSError as exc:
+            self._fail(f"reset: writing log_meta failed: {exc}")
+            raise StorageError(self._failed) from exc
+        with self._lock:
+            doomed = self._segments
+            self._segments = []
+            self._seg_firsts = []
+            self._first = next_index
+            self._prev_term = prev_term
+            self._last = next_index - 1
+            self._clear_cache(next_index)
+        self._unlink_segments(doomed, f"reset({next_index})")
+        try:
+            self._write_log_meta(next_index, prev_term, 0)
+        except OSError as exc:
+            self._fail(f"reset: writing log_meta failed: {exc}")
+            raise StorageError(self._failed) from exc
+
+    def close(self) -> None:
+        """Release files and the directory lock. Further calls raise `ValueError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._clear_cache(self._last + 1)
+            self._close_files()
+
+    # -------------------------------------------------------------- internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("log storage is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._failed is not None:
+            raise StorageError(f"log storage failed earlier: {self._failed}")
+
+    def _fail(self, reason: str) -> None:
+        self._failed = reason
+        logger.error("%s: %s; refusing further writes", self._dir, reason)
+
+    def _new_segment(self, first: int) -> _Segment:
+        path = os.path.join(self._dir, segment_name(first))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+        except OSError as exc:
+            self._fail(f"cannot create segment {path}: {exc}")
+            raise StorageError(self._failed) from exc
+        seg = _Segment(path, fd, first)
+        try:
+            fsync_dir(self._dir)
+        except OSError as exc:
+            self._fail(f"fsync of {self._dir} failed: {exc}")
+            raise StorageError(self._failed) from exc
+        with self._lock:
+            self._segments.append(seg)
+            self._seg_firsts.append(first)
+        return seg
+
+    def _unlink_segments(self, doomed: list[_Segment], what: str) -> None:
+        if not doomed:
+            return
+        try:
+            for d in doomed:
+                os.close(d.fd)
+                os.unlink(d.path)
+            fsync_dir(self._dir)
+        except OSError as exc:
+            self._fail(f"{what}: deleting segments failed: {exc}")
+            raise StorageError(self._failed) from exc
+
+    def _evict_cache(self) -> None:
+        cache = self._cache
+        head = self._cache_head
+        while self._cache_size > self._cache_bytes and head < len(cache):
+            self._cache_size -= cache[head].size
+            head += 1
+        self._cache_first += head - self._cache_head
+        self._cache_head = head
+        self._compact_cache()
+
+    def _compact_cache(self) -> None:
+        # Amortised O(1) eviction: drop the evicted head only once it is large.
+        if self._cache_head > _CACHE_COMPACT and 2 * self._cache_head > len(self._cache):
+            del self._cache[: self._cache_head]
+            self._cache_head = 0
+
+    def _clear_cache(self, next_index: int) -> None:
+        self._cache = []
+        self._cache_head = 0
+        self._cache_size = 0
+        self._cache_first = next_index
+
+    def _close_files(self) -> None:
+        for seg in self._segments:
+            with contextlib.suppress(OSError):
+                os.close(seg.fd)
+        self._segments = []
+        self._seg_firsts = []
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def _write_log_meta(self, first: int, prev_term: int, flags: int) -> None:
+        raw = _META.pack(_META_MAGIC, 0, _META_VERSION, flags, 0, first, prev_term)
+        crc = crc32c.crc32c(raw[8:])
+        atomic_replace(self._dir, _LOG_META, raw[:4] + struct.pack("<I", crc) + raw[8:])
+
+    def _read_log_meta(self) -> tuple[int, int, int]:
+        path = os.path.join(self._dir, _LOG_META)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return 1, 0, 0
+        if len(raw) != _META.size:
+            raise CorruptLogError(path, 0, f"log_meta has {len(raw)} bytes, expected {_META.size}")
+        magic, crc, version, flags, _res, first, prev_term = _META.unpack(raw)
+        if magic != _META_MAGIC:
+            raise CorruptLogError(path, 0, f"bad magic {magic!r}")
+        if crc32c.crc32c(raw[8:]) != crc:
+            raise CorruptLogError(path, 4, "CRC mismatch")
+        if version != _META_VERSION:
+            raise CorruptLogError(path, 8, f"unknown log_meta version {version}")
+        if first < 1 or flags & ~_RESET_PENDING:
+            raise CorruptLogError(path, 0, f"bad log_meta first={first} flags={flags:#x}")
+        return first, prev_term, flags
+
+    def _recover(self) -> None:
+        first, prev_term, flags = self._read_log_meta()
+        names: list[tuple[int, str]] = []
+        for name in os.listdir(self._dir):
+            if not name.endswith(".log"):
+                continue  # log_meta, its temp file, the lock, other components' files
+            m = _SEGMENT_RE.match(name)
+            if m is None:
+                raise CorruptLogError(
+                    os.path.join(self._dir, name), 0, "not a segment name (20 digits + .log)"
+                )
+            names.append((int(m.group(1)), os.path.join(self._dir, name)))
+        names.sort()
+        if flags & _RESET_PENDING:
+            logger.warning("%s: finishing an interrupted reset(%d)", self._dir, first)
+            for _, path in names:
+                os.unlink(path)
+            fsync_dir(self._dir)
+            self._write_log_meta(first, prev_term, 0)
+            names = []
+        # Finish an interrupted truncate_prefix: segments before the one holding
+        # `first` are wholly compacted away.
+        k = bisect.bisect_right([n for n, _ in names], first) - 1
+        if k > 0:
+            logger.warning("%s: deleting %d segment(s) before first index %d", self._dir, k, first)
+            for _, path in names[:k]:
+                os.unlink(path)
+            fsync_dir(self._dir)
+            names = names[k:]
+        if names and names[0][0] > first:
+            raise CorruptLogError(
+                names[0][1],
+                0,
+                f"log starts at index {first} (log_meta) but the first segment starts at "
+                f"{names[0][0]}",
+            )
+        self._first = first
+        self._prev_term = prev_term
+        self._last = first - 1
+        for i, (seg_first, path) in enumerate(names):
+            if self._segments and seg_first != self._segments[-1].last + 1:
+                raise CorruptLogError(
+                    path,
+                    0,
+                    f"segment starts at index {seg_first} but the previous one ends at "
+                    f"{self._segments[-1].last} (missing or overlapping segment)",
+                )
+            seg = self._load_segment(path, seg_first, is_last=i == len(names) - 1)
+            self._segments.append(seg)
+            self._seg_firsts.append(seg_first)
+        if self._segments:
+            last = self._segments[-1].last
+            if last < first - 1:
+                raise CorruptLogError(
+                    self._segments[-1].path,
+                    self._segments[-1].size,
+                    f"log ends at index {last}, before first index {first} from log_meta",
+                )
+            self._last = last
+
+    def _load_segment(self, path: str, first: int, *, is_last: bool) -> _Segment:
+        fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
+        seg = _Segment(path, fd, first)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return seg
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
+                if size > 4 and mm[4] not in (0, 1):
+                    # Not a torn write (those leave zeros or old bytes, never a new
+                    # version byte): a format this code does not know. Never truncate it.
+                    raise CorruptLogError(path, 0, f"unknown record version {mm[4]}")
+                res = scan_records(mm, size, first)
+                follower = -1
+                if res.error is not None and not res.corrupt and is_last:
+                    follower = find_valid_record(mm, res.end + 1, size)
+            seg.offsets = res.offsets
+            seg.terms = res.terms
+            seg.size = res.end
+            if res.error is None:
+                return seg
+            if res.corrupt or not is_last:
+                where = "" if is_last else " (not the last segment)"
+                raise CorruptLogError(path, res.end, res.error + where)
+            if follower >= 0:
+                raise CorruptLogError(
+                    path, res.end, f"{res.error}, but a valid record follows at offset {follower}"
+                )
+            logger.warning(
+                "%s: torn tail at offset %d (%s): truncating %d byte(s); log ends at index %d",
+                path,
+                res.end,
+                res.error,
+                size - res.end,
+                seg.last,
+            )
+            os.ftruncate(fd, res.end)
+            sync_file(fd)
+            return seg
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def _lock_directory(directory: str) -> int:
+    import fcntl
+
+    path = os.path.join(directory, _LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(
+            f"{directory}: log is in use by another process or open ({exc})"
+        ) from exc
+    return fd
+
+
+def _pwrite_all(fd: int, buf: bytes, offset: int) -> None:
+    n = os.pwrite(fd, buf, offset)
+    if n == len(buf):
+        return
+    view = memoryview(buf)
+    while n < len(buf):
+        written = os.pwrite(fd, view[n:], offset + n)
+        if written <= 0:
+            raise OSError(f"pwrite wrote {written} bytes")
+        n += written
+
+
+def _pread_exact(seg: _Segment, length: int, offset: int) -> bytes:
+    buf = os.pread(seg.fd, length, offset)
+    if len(buf) == length:
+        return buf
+    parts = [buf]
+    got = len(buf)
+    while got < length:
+        more = os.pread(seg.fd, length - got, offset + got)
+        if not more:
+            raise CorruptLogError(
+                seg.path, offset + got, f"file ends early: wanted {length} bytes at {offset}"
+            )
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
