@@ -1,0 +1,290 @@
+"""Crash recovery on open: torn tails are truncated, everything else is refused."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import struct
+from pathlib import Path
+
+import crc32c
+import pytest
+
+from pyjraft.core.types import Entry
+from pyjraft.storage import CorruptLogError, SegmentLogStorage
+from pyjraft.storage.record import HEADER_SIZE
+from tests.storage.helpers import batch, flip_bit, segments
+
+SEG = 600
+
+
+def build(path: Path, batches: list[int]) -> tuple[list[Entry], list[tuple[str, int, int]]]:
+    """Append batches of the given sizes; return the entries and, per batch, the last
+    segment's path, its size after the batch and the batch's last index."""
+    log = SegmentLogStorage(path, segment_bytes=SEG)
+    entries: list[Entry] = []
+    marks = []
+    for i, n in enumerate(batches):
+        es = batch(len(entries) + 1, n, term=1 + i // 4)
+        log.append(es)
+        entries.extend(es)
+        seg = segments(str(path))[-1]
+        marks.append((seg, os.path.getsize(seg), len(entries)))
+    log.close()
+    return entries, marks
+
+
+def record_offsets(path: str) -> list[int]:
+    raw = Path(path).read_bytes()
+    offs, pos = [], 0
+    while pos < len(raw):
+        offs.append(pos)
+        pos += HEADER_SIZE + struct.unpack_from("<I", raw, pos + 8)[0]
+    return offs
+
+
+def check_prefix(path: Path, entries: list[Entry], must_have: int) -> int:
+    log = SegmentLogStorage(path, segment_bytes=SEG)
+    try:
+        last = log.last_index()
+        assert must_have <= last <= len(entries)
+        assert log.entries(1, last + 1) == entries[:last]
+        # The recovered log must accept the next append right after the cut.
+        nxt = batch(last + 1, 2, term=99)
+        log.append(nxt)
+    finally:
+        log.close()
+    log = SegmentLogStorage(path, segment_bytes=SEG)
+    try:
+        assert log.entries(1, last + 3) == entries[:last] + nxt
+    finally:
+        log.close()
+    return last
+
+
+@pytest.mark.parametrize("mode", ["cut", "zeros", "garbage"])
+def test_torn_tail_at_every_byte_is_recovered_to_the_acknowledged_prefix(
+    tmp_path: Path, mode: str
+) -> None:
+    seed = 1234
+    rng = random.Random(seed)
+    src = tmp_path / "src"
+    entries, marks = build(src, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5])
+    last_seg, _, _ = marks[-1]
+    pristine = Path(last_seg).read_bytes()
+    offs = record_offsets(last_seg)
+    start = offs[max(0, len(offs) - 4)]  # the last few records
+    first_in_seg = int(os.path.basename(last_seg)[:20])
+    work = tmp_path / "work"
+    for first_bad in range(start, len(pristine)):
+        cut = first_bad
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(src, work)
+        seg = work / os.path.basename(last_seg)
+        tail = len(pristine) - cut
+        if mode == "cut":
+            damaged = pristine[:cut]
+        elif mode == "zeros":
+            damaged = pristine[:cut] + b"\0" * (tail + rng.randrange(0, 300))
+        else:
+            damaged = pristine[:cut] + rng.randbytes(tail + rng.randrange(0, 300))
+        seg.write_bytes(damaged)
+        # Zeros or random bytes may happen to equal the originals: what counts is the
+        # first byte that really differs.
+        cut = next(
+            (i for i in range(cut, min(len(damaged), len(pristine))) if damaged[i] != pristine[i]),
+            min(len(damaged), len(pristine)),
+        )
+        # Every batch whose bytes all lie before the cut was acknowledged and must survive.
+        acked = max((m[2] for m in marks if m[0] != last_seg or m[1] <= cut), default=0)
+        complete = first_in_seg - 1 + sum(1 for o in [*offs[1:], len(pristine)] if o <= cut)
+        try:
+            last = check_prefix(work, entries, acked)
+        except Exception as exc:
+            raise AssertionError(
+                f"mode={mode} first_bad={first_bad} cut={cut} seed={seed}"
+            ) from exc
+        assert last == complete, f"mode={mode} first_bad={first_bad} cut={cut} seed={seed}"
+
+
+def test_torn_tail_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _entries, marks = build(tmp_path, [2, 2, 2])
+    seg = marks[-1][0]
+    with open(seg, "r+b") as f:
+        f.truncate(os.path.getsize(seg) - 5)
+    with caplog.at_level(logging.WARNING, logger="pyjraft.storage"):
+        log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert log.last_index() == 5
+    log.close()
+    assert any(
+        r.name == "pyjraft.storage" and "torn tail" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_torn_write_of_a_whole_new_segment_is_recovered(tmp_path: Path) -> None:
+    _entries, _marks = build(tmp_path, [20, 20, 20])
+    segs = segments(str(tmp_path))
+    last = segs[-1]
+    first = int(os.path.basename(last)[:20])
+    Path(last).write_bytes(b"\0" * 4096)  # created, extended, never written
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert log.last_index() == first - 1
+    log.append(batch(first, 1, term=9))
+    log.close()
+
+
+def test_bit_flip_in_a_non_last_segment_is_refused(tmp_path: Path) -> None:
+    _entries, _ = build(tmp_path, [10] * 8)
+    segs = segments(str(tmp_path))
+    victim = segs[len(segs) // 2]
+    offs = record_offsets(victim)
+    size = os.path.getsize(victim)
+    for target in (size // 2, size - 1, offs[-1]):
+        rec = max(o for o in offs if o <= target)
+        flip_bit(victim, target, 3)
+        with pytest.raises(CorruptLogError) as info:
+            SegmentLogStorage(tmp_path, segment_bytes=SEG)
+        assert (info.value.path, info.value.offset) == (victim, rec), target
+        flip_bit(victim, target, 3)
+    SegmentLogStorage(tmp_path, segment_bytes=SEG).close()
+
+
+def test_bit_flip_before_a_valid_record_in_the_last_segment_is_refused(tmp_path: Path) -> None:
+    _entries, _marks = build(tmp_path, [4, 4, 4, 4])
+    last = segments(str(tmp_path))[-1]
+    offs = record_offsets(last)
+    assert len(offs) >= 3
+    for rec in offs[:-1]:
+        for target in (rec, rec + 9, rec + HEADER_SIZE - 1):
+            flip_bit(last, target, 6)
+            with pytest.raises(CorruptLogError) as info:
+                SegmentLogStorage(tmp_path, segment_bytes=SEG)
+            assert (info.value.path, info.value.offset) == (last, rec)
+            flip_bit(last, target, 6)
+
+
+def test_missing_middle_segment_is_refused(tmp_path: Path) -> None:
+    build(tmp_path, [10] * 8)
+    segs = segments(str(tmp_path))
+    os.unlink(segs[2])
+    with pytest.raises(CorruptLogError) as info:
+        SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert info.value.path == segs[3]
+    assert "missing" in info.value.reason
+
+
+def test_missing_first_segment_is_refused(tmp_path: Path) -> None:
+    build(tmp_path, [10] * 8)
+    segs = segments(str(tmp_path))
+    os.unlink(segs[0])
+    with pytest.raises(CorruptLogError) as info:
+        SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert info.value.path == segs[1]
+
+
+def test_segment_name_not_matching_its_first_record_is_refused(tmp_path: Path) -> None:
+    build(tmp_path, [10] * 4)
+    segs = segments(str(tmp_path))
+    first = int(os.path.basename(segs[-1])[:20])
+    renamed = os.path.join(str(tmp_path), f"{first - 1:020d}.log")
+    # Move the previous segment's last index out of the way by truncating it is not
+    # possible, so rename the LAST segment onto a name one lower and drop nothing.
+    os.rename(segs[-1], renamed)
+    with pytest.raises(CorruptLogError):
+        SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    os.rename(renamed, os.path.join(str(tmp_path), f"{first + 1:020d}.log"))
+    with pytest.raises(CorruptLogError):
+        SegmentLogStorage(tmp_path, segment_bytes=SEG)
+
+
+def test_stray_log_file_is_refused(tmp_path: Path) -> None:
+    build(tmp_path, [3])
+    (tmp_path / "notes.log").write_text("hello")
+    with pytest.raises(CorruptLogError, match="not a segment name"):
+        SegmentLogStorage(tmp_path)
+
+
+def _rewrite_record(path: str, offset: int, **fields: int) -> None:
+    """Rewrite header fields of the record at ``offset`` and fix its CRC, as a newer
+    (or buggy) writer would have produced it."""
+    raw = bytearray(Path(path).read_bytes())
+    _crc, ver, typ, res, n, term, index = struct.unpack_from("<IBBHIQQ", raw, offset)
+    ver = fields.get("ver", ver)
+    typ = fields.get("typ", typ)
+    res = fields.get("res", res)
+    index = fields.get("index", index)
+    struct.pack_into("<IBBHIQQ", raw, offset, 0, ver, typ, res, n, term, index)
+    end = offset + HEADER_SIZE + n
+    struct.pack_into("<I", raw, offset, crc32c.crc32c(bytes(raw[offset + 4 : end])))
+    Path(path).write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("fields", [{"ver": 2}, {"typ": 9}, {"res": 1}, {"index": 10**6}], ids=str)
+@pytest.mark.parametrize("which", ["first", "middle", "last"])
+def test_crc_valid_but_meaningless_record_is_refused_even_at_the_tail(
+    tmp_path: Path, fields: dict[str, int], which: str
+) -> None:
+    build(tmp_path, [5, 5])
+    last = segments(str(tmp_path))[-1]
+    offs = record_offsets(last)
+    rec = {"first": offs[0], "middle": offs[len(offs) // 2], "last": offs[-1]}[which]
+    _rewrite_record(last, rec, **fields)
+    size = os.path.getsize(last)
+    with pytest.raises(CorruptLogError) as info:
+        SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert (info.value.path, info.value.offset) == (last, rec)
+    assert os.path.getsize(last) == size, "nothing may be truncated"
+
+
+def test_damaged_log_meta_is_refused(tmp_path: Path) -> None:
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    log.append(batch(1, 30))
+    log.truncate_prefix(10)
+    log.close()
+    flip_bit(str(tmp_path / "log_meta"), 20)
+    with pytest.raises(CorruptLogError) as info:
+        SegmentLogStorage(tmp_path)
+    assert info.value.path == str(tmp_path / "log_meta")
+
+
+def test_missing_log_meta_after_compaction_is_refused(tmp_path: Path) -> None:
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    for i in range(1, 61, 5):
+        log.append(batch(i, 5))
+    log.truncate_prefix(40)
+    log.close()
+    os.unlink(tmp_path / "log_meta")
+    with pytest.raises(CorruptLogError, match="first segment starts"):
+        SegmentLogStorage(tmp_path)
+
+
+def test_interrupted_reset_is_finished_on_open(tmp_path: Path) -> None:
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    log.append(batch(1, 60))
+    # The state right after reset() wrote its intent and crashed before unlinking.
+    log._write_log_meta(20, 5, 0x01)
+    log.close()
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert (log.first_index(), log.last_index(), log.term(19)) == (20, 19, 5)
+    assert segments(str(tmp_path)) == []
+    log.close()
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert (log.first_index(), log.last_index()) == (20, 19)
+    log.close()
+
+
+def test_interrupted_truncate_prefix_is_finished_on_open(tmp_path: Path) -> None:
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    for i in range(1, 61, 5):
+        log.append(batch(i, 5))
+    n = len(segments(str(tmp_path)))
+    # log_meta written, segments not yet deleted.
+    log._write_log_meta(45, 1, 0)
+    log.close()
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert (log.first_index(), log.last_index(), log.term(44)) == (45, 60, 1)
+    assert log.entries(45, 61) == batch(45, 16)
+    assert len(segments(str(tmp_path))) < n
+    log.close()
