@@ -1,0 +1,349 @@
+"""The wire codec: raft messages and RPC envelopes to msgpack bodies and back.
+
+Theory of operation
+-------------------
+A RAFT frame's body is one msgpack array of messages. Each message is a
+compact positional array ``[tag, group, term, src, dst, *fields]`` where
+``tag`` is the message class's position in `MESSAGE_TYPES` and ``fields``
+follow the per-kind schema in ``_SCHEMA`` (field names are never sent).
+Entries are ``[term, index, type, data]``; `Entry` is a NamedTuple, so the
+packer writes a whole ``tuple[Entry, ...]`` as nested arrays in C without a
+Python-level loop per entry.
+
+Messages can be packed one at a time (`encode_message`) and the pieces later
+concatenated behind one array header (`raft_body`): the TCP transport encodes
+at `send` time, accounts queue memory in exact bytes, and its writer only
+joins. `encode_messages` is the one-shot form of the same bytes.
+
+Decoding trusts nothing. msgpack runs with tight ``max_*_len`` limits (no map
+or ext is ever valid in a raft body, strings are short), then every field is
+checked for its exact type (``bool`` is not ``int``, ``bytes`` is ``bytes``),
+range (``0..2**63-1``) and size, arrays for their exact length, tags and
+entry types for validity, and AppendEntries for contiguous entry indexes
+starting at ``prev_log_index + 1``. Any failure, including any exception
+from msgpack itself, becomes one `ProtocolError`; decoding arbitrary bytes
+raises nothing else. Adding a field to a message means updating ``_SCHEMA``
+(the import-time check below fails until then) and bumping
+`pyjraft.transport.framing.VERSION`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+import msgpack  # type: ignore[import-untyped]
+
+from pyjraft.core.messages import (
+    MESSAGE_TYPES,
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    PreVoteRequest,
+    PreVoteResponse,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+from pyjraft.core.types import Entry, EntryType
+from pyjraft.transport.errors import ProtocolError
+
+MAX_INT: Final = 2**63 - 1
+"""Largest integer accepted for any term, index or id."""
+
+MAX_ID_LEN: Final = 255
+"""Longest group id, node id or service name accepted, in characters."""
+
+MAX_CONTEXT_LEN: Final = 64 * 1024
+"""Largest heartbeat ``context`` accepted, in bytes."""
+
+MAX_ERROR_TEXT: Final = 64 * 1024
+"""Longest RPC error text sent or accepted; longer texts are truncated when sent."""
+
+STATUS_OK: Final = 0
+"""RPC response status: the body is the handler's result."""
+STATUS_ERROR: Final = 1
+"""RPC response status: the body is the handler's error text."""
+
+# Field kinds of the schema.
+_INT, _BOOL, _BYTES, _ENTRIES = range(4)
+_COMMON = ("group", "term", "src", "dst")
+
+_SCHEMA: dict[type[Message], tuple[tuple[str, int], ...]] = {
+    PreVoteRequest: (("last_log_index", _INT), ("last_log_term", _INT)),
+    PreVoteResponse: (("granted", _BOOL),),
+    VoteRequest: (("last_log_index", _INT), ("last_log_term", _INT), ("transfer", _BOOL)),
+    VoteResponse: (("granted", _BOOL),),
+    AppendEntries: (
+        ("prev_log_index", _INT),
+        ("prev_log_term", _INT),
+        ("entries", _ENTRIES),
+        ("commit", _INT),
+    ),
+    AppendEntriesResponse: (
+        ("success", _BOOL),
+        ("index", _INT),
+        ("hint_index", _INT),
+        ("hint_term", _INT),
+    ),
+    Heartbeat: (("commit", _INT), ("context", _BYTES)),
+    HeartbeatResponse: (("context", _BYTES),),
+    TimeoutNow: (),
+}
+
+
+def _check_schema() -> None:
+    # A field added to a message without a codec update would otherwise be
+    # silently lost on the wire; fail loudly at import instead.
+    for cls in MESSAGE_TYPES:
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        want = _COMMON + tuple(name for name, _ in _SCHEMA[cls])
+        if names != want:
+            raise RuntimeError(f"codec schema for {cls.__name__} is {want}, class has {names}")
+    if set(_SCHEMA) != set(MESSAGE_TYPES):
+        raise RuntimeError("codec schema and MESSAGE_TYPES disagree")
+
+
+_check_schema()
+
+# type -> (tag, getter returning every field as a tuple, in wire order)
+_ENCODE: dict[type[Message], tuple[int, Callable[[Message], tuple[Any, ...]]]] = {
+    cls: (
+        tag,
+        operator.attrgetter(*(_COMMON + tuple(n for n, _ in _SCHEMA[cls]))),
+    )
+    for tag, cls in enumerate(MESSAGE_TYPES)
+}
+
+
+class _Spec:
+    __slots__ = ("cls", "kinds", "length", "prev_pos")
+
+    def __init__(self, cls: type[Message]) -> None:
+        self.cls = cls
+        self.kinds = tuple(k for _, k in _SCHEMA[cls])
+        self.length = 1 + len(_COMMON) + len(self.kinds)
+        names = [n for n, _ in _SCHEMA[cls]]
+        # Position (in the decoded value list) of prev_log_index, for the
+        # contiguity check of entries; -1 when the kind carries no entries.
+        self.prev_pos = (
+            len(_COMMON) + names.index("prev_log_index") if _ENTRIES in self.kinds else -1
+        )
+
+
+_SPECS: tuple[_Spec, ...] = tuple(_Spec(cls) for cls in MESSAGE_TYPES)
+_ETYPES: tuple[EntryType, ...] = tuple(sorted(EntryType))
+_MAX_ETYPE = len(_ETYPES) - 1
+if tuple(int(t) for t in _ETYPES) != tuple(range(len(_ETYPES))):  # pragma: no cover
+    raise RuntimeError("EntryType values must be 0..n-1 for the codec's lookup table")
+
+_RAFT_MAX_STR = MAX_ID_LEN * 4  # UTF-8 bytes of the longest id
+
+
+def new_packer() -> msgpack.Packer:
+    """A packer configured the way the codec writes (bin type for bytes)."""
+    return msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
+def _row(msg: Message) -> tuple[Any, ...]:
+    try:
+        tag, getter = _ENCODE[type(msg)]
+    except KeyError:
+        raise TypeError(f"not a raft message: {type(msg).__name__}") from None
+    return (tag, *getter(msg))
+
+
+def encode_message(msg: Message, packer: msgpack.Packer | None = None) -> bytes:
+    """Pack one message as an element of a RAFT body (see `raft_body`).
+
+    The encoder does not validate: it trusts our own core. Whatever it
+    produces that is out of range is rejected by the receiver.
+    """
+    return (packer or new_packer()).pack(_row(msg))  # type: ignore[no-any-return]
+
+
+def raft_body(packed: Sequence[bytes], packer: msgpack.Packer | None = None) -> bytes:
+    """Join messages packed by `encode_message` into one RAFT body."""
+    return (packer or new_packer()).pack_array_header(len(packed)) + b"".join(packed)  # type: ignore[no-any-return]
+
+
+def encode_messages(msgs: Iterable[Message]) -> bytes:
+    """Encode a batch of raft messages (any groups, any kinds) as a RAFT body."""
+    return new_packer().pack([_row(m) for m in msgs])  # type: ignore[no-any-return]
+
+
+def _unpack(body: bytes, **limits: int) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False, **limits)
+    except Exception as e:  # msgpack raises a zoo of types; callers see one
+        raise ProtocolError(f"malformed msgpack: {type(e).__name__}: {e}") from None
+
+
+def _bad_int(v: object) -> bool:
+    return type(v) is not int or not 0 <= v <= MAX_INT
+
+
+def _bad_id(v: object) -> bool:
+    return type(v) is not str or len(v) > MAX_ID_LEN
+
+
+def _entry_error(e: object, expected: int) -> ProtocolError:
+    # Slow path: only reached once a frame is already known to be bad.
+    if type(e) is not tuple:
+        return ProtocolError(f"entry: expected an array, got {type(e).__name__}")
+    if len(e) != 4:
+        return ProtocolError(f"entry: expected 4 fields, got {len(e)}")
+    term, index, etype, data = e
+    if _bad_int(term):
+        return ProtocolError(f"entry term: invalid {term!r}")
+    if type(index) is not int or index != expected:
+        return ProtocolError(f"entry index: expected {expected}, got {index!r}")
+    if type(etype) is not int or not 0 <= etype <= _MAX_ETYPE:
+        return ProtocolError(f"entry type: invalid {etype!r}")
+    return ProtocolError(f"entry data: expected bytes, got {type(data).__name__}")
+
+
+def _decode_entries(raw: object, first_index: int) -> tuple[Entry, ...]:
+    if type(raw) is not tuple:
+        raise ProtocolError(f"entries: expected an array, got {type(raw).__name__}")
+    out: list[Entry] = []
+    append = out.append
+    new = tuple.__new__  # skips NamedTuple's Python-level __new__
+    etypes = _ETYPES
+    max_etype = _MAX_ETYPE
+    expected = first_index
+    for e in raw:
+        # One combined test on the hot path; the reason is worked out only
+        # when it fails.
+        if type(e) is not tuple or len(e) != 4:
+            raise _entry_error(e, expected)
+        term, index, etype, data = e
+        if (
+            type(term) is not int
+            or type(index) is not int
+            or type(etype) is not int
+            or type(data) is not bytes
+            or index != expected
+            or not 0 <= term <= MAX_INT
+            or not 0 <= etype <= max_etype
+        ):
+            raise _entry_error(e, expected)
+        append(new(Entry, (term, index, etypes[etype], data)))
+        expected += 1
+    if expected - 1 > MAX_INT:
+        raise ProtocolError("entry index: out of range")
+    return tuple(out)
+
+
+def _decode_one(raw: object) -> Message:
+    if type(raw) is not tuple or not raw:
+        raise ProtocolError(f"message: expected a non-empty array, got {type(raw).__name__}")
+    tag = raw[0]
+    if type(tag) is not int or not 0 <= tag < len(_SPECS):
+        raise ProtocolError(f"message: unknown tag {tag!r}")
+    spec = _SPECS[tag]
+    name = spec.cls.__name__
+    if len(raw) != spec.length:
+        raise ProtocolError(f"{name}: expected {spec.length} fields, got {len(raw)}")
+    group, term, src, dst = raw[1:5]
+    if _bad_id(group):
+        raise ProtocolError(f"{name}.group: invalid {group!r:.80}")
+    if _bad_int(term):
+        raise ProtocolError(f"{name}.term: invalid {term!r}")
+    if _bad_id(src):
+        raise ProtocolError(f"{name}.src: invalid {src!r:.80}")
+    if _bad_id(dst):
+        raise ProtocolError(f"{name}.dst: invalid {dst!r:.80}")
+    values: list[Any] = list(raw[1:5])
+    for i, kind in enumerate(spec.kinds):
+        v = raw[5 + i]
+        if kind == _INT:
+            if _bad_int(v):
+                raise ProtocolError(f"{name} field {i + 4}: invalid integer {v!r:.80}")
+        elif kind == _BOOL:
+            if type(v) is not bool:
+                raise ProtocolError(f"{name} field {i + 4}: expected bool, got {type(v).__name__}")
+        elif kind == _BYTES:
+            if type(v) is not bytes or len(v) > MAX_CONTEXT_LEN:
+                raise ProtocolError(f"{name} field {i + 4}: expected bytes <= {MAX_CONTEXT_LEN}")
+        else:
+            v = _decode_entries(v, values[spec.prev_pos] + 1)
+        values.append(v)
+    return spec.cls(*values)
+
+
+def decode_messages(body: bytes) -> list[Message]:
+    """Decode a RAFT body; raise `ProtocolError` (only) if anything is invalid."""
+    n = len(body)
+    raw = _unpack(
+        body,
+        max_str_len=_RAFT_MAX_STR,
+        max_bin_len=n,
+        max_array_len=n,
+        max_map_len=0,
+        max_ext_len=0,
+        use_list=False,  # tuples unpack about twice as fast as lists
+    )
+    if type(raw) is not tuple:
+        raise ProtocolError(f"raft body: expected an array, got {type(raw).__name__}")
+    return [_decode_one(m) for m in raw]
+
+
+# -- RPC envelopes ---------------------------------------------------------
+
+
+def encode_request(rpc_id: int, service: str, request: Any) -> bytes:
+    """Encode a REQUEST body. Raises `TypeError`/`ValueError` if ``request``
+    is not msgpack-able (the caller's bug, not the network's)."""
+    return new_packer().pack((rpc_id, service, request))  # type: ignore[no-any-return]
+
+
+def encode_response(rpc_id: int, ok: bool, payload: Any) -> bytes:
+    """Encode a RESPONSE body: ``payload`` is the result when ``ok``, else the
+    error text (truncated to `MAX_ERROR_TEXT`). Raises `TypeError`/`ValueError`
+    for an unencodable result."""
+    if not ok:
+        payload = str(payload)[:MAX_ERROR_TEXT]
+    return new_packer().pack((rpc_id, STATUS_OK if ok else STATUS_ERROR, payload))  # type: ignore[no-any-return]
+
+
+def _unpack_envelope(body: bytes, what: str) -> list[Any]:
+    n = len(body)
+    # User payloads may use non-string map keys; an unhashable key still
+    # fails inside msgpack and becomes a ProtocolError.
+    raw = _unpack(
+        body,
+        max_str_len=n,
+        max_bin_len=n,
+        max_array_len=n,
+        max_map_len=n,
+        max_ext_len=n,
+        strict_map_key=False,
+    )
+    if type(raw) is not list or len(raw) != 3:
+        raise ProtocolError(f"{what}: expected an array of 3")
+    if _bad_int(raw[0]):
+        raise ProtocolError(f"{what}: invalid rpc id {raw[0]!r:.80}")
+    return raw
+
+
+def decode_request(body: bytes) -> tuple[int, str, Any]:
+    """Decode a REQUEST body into ``(rpc_id, service, request)``."""
+    rpc_id, service, request = _unpack_envelope(body, "request")
+    if type(service) is not str or len(service) > MAX_ID_LEN:
+        raise ProtocolError(f"request: invalid service name {service!r:.80}")
+    return rpc_id, service, request
+
+
+def decode_response(body: bytes) -> tuple[int, bool, Any]:
+    """Decode a RESPONSE body into ``(rpc_id, ok, result_or_error_text)``."""
+    rpc_id, status, payload = _unpack_envelope(body, "response")
+    if type(status) is not int or status not in (STATUS_OK, STATUS_ERROR):
+        raise ProtocolError(f"response: invalid status {status!r:.80}")
+    if status == STATUS_ERROR and (type(payload) is not str or len(payload) > MAX_ERROR_TEXT):
+        raise ProtocolError("response: error text must be a string <= MAX_ERROR_TEXT")
+    return rpc_id, status == STATUS_OK, payload
