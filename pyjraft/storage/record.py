@@ -57,9 +57,11 @@ HEADER_SIZE = _HEADER.size
 assert HEADER_SIZE == 28
 
 _BODY = struct.Struct("<BBHIQQ")  # the header without its crc
+_SCAN = struct.Struct("<IIIQQ")  # version, type and reserved read as one integer
 _CRC = struct.Struct("<I")
 _TYPES: tuple[EntryType, ...] = tuple(EntryType)
 _MAX_TYPE = len(_TYPES) - 1
+_VALID_VTR = frozenset(RECORD_VERSION | t << 8 for t in range(len(_TYPES)))
 _MAX_U64 = (1 << 64) - 1
 _MAX_LEN = (1 << 32) - 1
 # Entry.size counts len(data) + 16; a record is len(data) + HEADER_SIZE.
@@ -72,16 +74,20 @@ def entry_size_of_record(record_bytes: int) -> int:
 
 
 def encode_batch(
-    entries: Sequence[Entry], base_offset: int
-) -> tuple[bytes, array[int], array[int]]:
-    """Encode ``entries`` into one buffer meant to be written at ``base_offset``.
+    entries: Sequence[Entry], base_offset: int, last_term: int
+) -> tuple[bytes, array[int], array[int], array[int]]:
+    """Encode ``entries`` into one buffer meant to be written at ``base_offset``,
+    after a record of term ``last_term`` (-1: none).
 
-    Returns the buffer, the file offset of each record and each record's term.
-    Raises `ValueError` for a field that does not fit the format.
+    Returns the buffer, the file offset of each record, and the term runs the
+    batch starts (first index and term of each run whose term differs from
+    the one before). Raises `ValueError` for a field that does not fit the format.
     """
     parts: list[bytes] = []
     offsets: array[int] = array("Q")
-    terms: array[int] = array("Q")
+    run_starts: array[int] = array("Q")
+    run_terms: array[int] = array("Q")
+    cur = last_term
     pos = base_offset
     body_pack = _BODY.pack
     crc_pack = _CRC.pack
@@ -99,9 +105,12 @@ def encode_batch(
         parts.append(body)
         parts.append(data)
         offsets.append(pos)
-        terms.append(e.term)
+        if e.term != cur:
+            run_starts.append(e.index)
+            run_terms.append(e.term)
+            cur = e.term
         pos += HEADER_SIZE + n
-    return b"".join(parts), offsets, terms
+    return b"".join(parts), offsets, run_starts, run_terms
 
 
 class ScanResult(NamedTuple):
@@ -109,8 +118,10 @@ class ScanResult(NamedTuple):
 
     offsets: array[int]
     """File offset of each valid record, in order."""
-    terms: array[int]
-    """Term of each valid record."""
+    run_starts: array[int]
+    """Index of the first record of each run of records with one term."""
+    run_terms: array[int]
+    """Term of each run."""
     end: int
     """Offset just past the last valid record (where the first bad one starts)."""
     error: str | None
@@ -121,40 +132,57 @@ class ScanResult(NamedTuple):
 
 def scan_records(buf: bytes | mmap.mmap, size: int, first_index: int) -> ScanResult:
     """Validate the records of a whole segment (``buf[:size]``) whose first record
-    must have index ``first_index``; stop at the first bad one."""
+    must have index ``first_index``; stop at the first bad one.
+
+    This loop is what bounds the time to open a log, hence its shape: one
+    ``unpack_from`` reading version, type and reserved bits as one integer,
+    one membership test for all three, and terms kept as runs.
+    """
     offsets: array[int] = array("Q")
-    terms: array[int] = array("Q")
-    unpack = _HEADER.unpack_from
+    run_starts: array[int] = array("Q")
+    run_terms: array[int] = array("Q")
+    unpack = _SCAN.unpack_from
     crc = crc32c.crc32c
     add_offset = offsets.append
-    add_term = terms.append
+    valid = _VALID_VTR
     expect = first_index
+    cur = -1
     pos = 0
+
     with memoryview(buf) as mv:
         while pos < size:
             if size - pos < HEADER_SIZE:
-                return ScanResult(offsets, terms, pos, "partial record header", False)
-            c, ver, typ, res, n, term, index = unpack(mv, pos)
+                return ScanResult(
+                    offsets, run_starts, run_terms, pos, "partial record header", False
+                )
+            c, vtr, n, term, index = unpack(mv, pos)
             end = pos + HEADER_SIZE + n
             if end > size:
-                return ScanResult(offsets, terms, pos, "record runs past end of file", False)
+                return ScanResult(
+                    offsets, run_starts, run_terms, pos, "record runs past end of file", False
+                )
             if crc(mv[pos + 4 : end]) != c:
-                return ScanResult(offsets, terms, pos, "CRC mismatch", False)
-            if ver != RECORD_VERSION:
-                return ScanResult(offsets, terms, pos, f"unknown record version {ver}", True)
-            if typ > _MAX_TYPE or res != 0:
-                return ScanResult(
-                    offsets, terms, pos, f"bad record type {typ} / reserved bits {res}", True
-                )
-            if index != expect:
-                return ScanResult(
-                    offsets, terms, pos, f"record index {index}, expected {expect}", True
-                )
+                return ScanResult(offsets, run_starts, run_terms, pos, "CRC mismatch", False)
+            if vtr not in valid or index != expect:
+                why = _why_bad(vtr, index, expect)
+                return ScanResult(offsets, run_starts, run_terms, pos, why, True)
+            if term != cur:
+                run_starts.append(index)
+                run_terms.append(term)
+                cur = term
             add_offset(pos)
-            add_term(term)
             pos = end
             expect += 1
-    return ScanResult(offsets, terms, pos, None, False)
+    return ScanResult(offsets, run_starts, run_terms, pos, None, False)
+
+
+def _why_bad(vtr: int, index: int, expect: int) -> str:
+    ver, typ, res = vtr & 0xFF, (vtr >> 8) & 0xFF, vtr >> 16
+    if ver != RECORD_VERSION:
+        return f"unknown record version {ver}"
+    if index != expect:
+        return f"record index {index}, expected {expect}"
+    return f"bad record type {typ} / reserved bits {res}"
 
 
 def find_valid_record(buf: bytes | mmap.mmap, start: int, size: int) -> int:

@@ -118,19 +118,30 @@ def segment_name(first_index: int) -> str:
 class _Segment:
     """One segment file and its in-memory index."""
 
-    __slots__ = ("fd", "first", "offsets", "path", "size", "terms")
+    __slots__ = ("fd", "first", "offsets", "path", "run_starts", "run_terms", "size")
 
     def __init__(self, path: str, fd: int, first: int) -> None:
         self.path = path
         self.fd = fd
         self.first = first
         self.offsets: array[int] = array("Q")
-        self.terms: array[int] = array("Q")
+        # Terms change rarely: runs (first index, term) cost far less than one per entry.
+        self.run_starts: array[int] = array("Q")
+        self.run_terms: array[int] = array("Q")
         self.size = 0  # bytes of valid records: where the next record goes
 
     @property
     def last(self) -> int:
         return self.first + len(self.offsets) - 1
+
+    def term(self, index: int) -> int:
+        """Term of the record at ``index`` (which this segment must hold)."""
+        return self.run_terms[bisect.bisect_right(self.run_starts, index) - 1]
+
+    @property
+    def last_term(self) -> int:
+        """Term of the last record, -1 if empty."""
+        return self.run_terms[-1] if self.run_terms else -1
 
     def record_end(self, i: int) -> int:
         """File offset just past record number ``i`` of this segment."""
@@ -238,8 +249,7 @@ class SegmentLogStorage:
                 )
             if index >= self._cache_first:
                 return self._cache[self._cache_head + index - self._cache_first].term
-            seg = self._segment_of(index)
-            return seg.terms[index - seg.first]
+            return self._segment_of(index).term(index)
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries ``[lo, hi)``; with ``max_bytes`` a non-empty prefix within that size.
@@ -329,7 +339,7 @@ class SegmentLogStorage:
         seg = self._segments[-1] if self._segments else None
         if seg is None or (seg.size >= self._segment_bytes and seg.offsets):
             seg = self._new_segment(self._last + 1)
-        buf, offsets, terms = encode_batch(batch, seg.size)
+        buf, offsets, run_starts, run_terms = encode_batch(batch, seg.size, seg.last_term)
         try:
             _pwrite_all(seg.fd, buf, seg.size)
             if self._sync:
@@ -343,7 +353,8 @@ class SegmentLogStorage:
         added = sum(e.size for e in batch)
         with self._lock:
             seg.offsets.extend(offsets)
-            seg.terms.extend(terms)
+            seg.run_starts.extend(run_starts)
+            seg.run_terms.extend(run_terms)
             seg.size += len(buf)
             self._last = batch[-1].index
             self._cache.extend(batch)
@@ -375,7 +386,9 @@ class SegmentLogStorage:
                 k = cut - seg.first
                 new_size = seg.offsets[k]
                 del seg.offsets[k:]
-                del seg.terms[k:]
+                j = bisect.bisect_left(seg.run_starts, cut)
+                del seg.run_starts[j:]
+                del seg.run_terms[j:]
                 seg.size = new_size
             self._last = last_kept
             if cut <= self._cache_first:
@@ -647,7 +660,8 @@ class SegmentLogStorage:
                 if res.error is not None and not res.corrupt and is_last:
                     follower = find_valid_record(mm, res.end + 1, size)
             seg.offsets = res.offsets
-            seg.terms = res.terms
+            seg.run_starts = res.run_starts
+            seg.run_terms = res.run_terms
             seg.size = res.end
             if res.error is None:
                 return seg
