@@ -39,6 +39,7 @@ from pyjraft.core.types import Entry, EntryType
 
 __all__ = [
     "HEADER_SIZE",
+    "EncodedBatch",
     "RECORD_VERSION",
     "ScanResult",
     "decode_records",
@@ -56,12 +57,12 @@ HEADER_SIZE = _HEADER.size
 """Bytes of the fixed record header."""
 assert HEADER_SIZE == 28
 
-_BODY = struct.Struct("<BBHIQQ")  # the header without its crc
 _SCAN = struct.Struct("<IIIQQ")  # version, type and reserved read as one integer
 _CRC = struct.Struct("<I")
 _TYPES: tuple[EntryType, ...] = tuple(EntryType)
 _MAX_TYPE = len(_TYPES) - 1
-_VALID_VTR = frozenset(RECORD_VERSION | t << 8 for t in range(len(_TYPES)))
+_VTR_OF_TYPE: dict[int, int] = {t: RECORD_VERSION | t << 8 for t in _TYPES}
+_VALID_VTR = frozenset(_VTR_OF_TYPE.values())
 _MAX_U64 = (1 << 64) - 1
 _MAX_LEN = (1 << 32) - 1
 # Entry.size counts len(data) + 16; a record is len(data) + HEADER_SIZE.
@@ -73,44 +74,79 @@ def entry_size_of_record(record_bytes: int) -> int:
     return record_bytes - HEADER_SIZE + _ENTRY_OVERHEAD
 
 
-def encode_batch(
-    entries: Sequence[Entry], base_offset: int, last_term: int
-) -> tuple[bytes, array[int], array[int], array[int]]:
-    """Encode ``entries`` into one buffer meant to be written at ``base_offset``,
-    after a record of term ``last_term`` (-1: none).
+class EncodedBatch(NamedTuple):
+    """A batch of entries encoded as records, ready for one write."""
 
-    Returns the buffer, the file offset of each record, and the term runs the
-    batch starts (first index and term of each run whose term differs from
-    the one before). Raises `ValueError` for a field that does not fit the format.
+    buf: bytearray
+    """The records, back to back."""
+    offsets: array[int]
+    """File offset of each record."""
+    run_starts: array[int]
+    """First index of each term run the batch starts."""
+    run_terms: array[int]
+    """Term of each such run."""
+    entries: Sequence[Entry]
+    """The entries, with ``data`` as `bytes` and ``type`` as `EntryType` (copies only
+    of those that were not)."""
+    entry_bytes: int
+    """Sum of `Entry.size` over the batch."""
+
+
+def encode_batch(
+    entries: Sequence[Entry], first_index: int, base_offset: int, last_term: int
+) -> EncodedBatch:
+    """Encode ``entries`` (indices must run from ``first_index``) into one buffer to be
+    written at ``base_offset``, right after a record of term ``last_term`` (-1: none).
+
+    Raises `ValueError` on an index gap or overlap, an unknown entry type, or a
+    field that does not fit the format.
     """
-    parts: list[bytes] = []
+    data_bytes = 0
+    for e in entries:
+        data_bytes += len(e.data)
+    count = len(entries)
+    buf = bytearray(data_bytes + HEADER_SIZE * count)
     offsets: array[int] = array("Q")
     run_starts: array[int] = array("Q")
     run_terms: array[int] = array("Q")
-    cur = last_term
-    pos = base_offset
-    body_pack = _BODY.pack
-    crc_pack = _CRC.pack
+    pack_into = _SCAN.pack_into
+    crc_into = _CRC.pack_into
     crc = crc32c.crc32c
-    for e in entries:
-        data = e.data
-        n = len(data)
-        t = int(e.type)
-        if not 0 <= t <= _MAX_TYPE:
-            raise ValueError(f"entry {e.index}: unknown entry type {e.type!r}")
-        if not 0 <= e.term <= _MAX_U64 or not 0 <= e.index <= _MAX_U64 or n > _MAX_LEN:
-            raise ValueError(f"entry {e.index}: term, index or length out of range")
-        body = body_pack(RECORD_VERSION, t, 0, n, e.term, e.index)
-        parts.append(crc_pack(crc(data, crc(body))))
-        parts.append(body)
-        parts.append(data)
-        offsets.append(pos)
-        if e.term != cur:
-            run_starts.append(e.index)
-            run_terms.append(e.term)
-            cur = e.term
-        pos += HEADER_SIZE + n
-    return b"".join(parts), offsets, run_starts, run_terms
+    codes = _VTR_OF_TYPE
+    add_offset = offsets.append
+    clean = True
+    cur = last_term
+    expect = first_index
+    pos = 0
+    with memoryview(buf) as mv:
+        for term, index, typ, data in entries:
+            if index != expect:
+                raise ValueError(f"append: expected index {expect}, got {index}")
+            n = len(data)
+            end = pos + HEADER_SIZE + n
+            try:
+                pack_into(buf, pos, 0, codes[typ], n, term, index)
+            except KeyError:
+                raise ValueError(f"entry {index}: unknown entry type {typ!r}") from None
+            except struct.error as exc:
+                raise ValueError(f"entry {index}: field out of range: {exc}") from None
+            buf[pos + HEADER_SIZE : end] = data
+            crc_into(buf, pos, crc(mv[pos + 4 : end]))
+            add_offset(base_offset + pos)
+            if term != cur:
+                run_starts.append(index)
+                run_terms.append(term)
+                cur = term
+            if clean and (type(data) is not bytes or type(typ) is not EntryType):
+                clean = False
+            pos = end
+            expect += 1
+    if not clean:
+        # The log's cache hands entries to readers: they must be immutable.
+        entries = [Entry(t, i, EntryType(k), bytes(d)) for t, i, k, d in entries]
+    return EncodedBatch(
+        buf, offsets, run_starts, run_terms, entries, data_bytes + _ENTRY_OVERHEAD * count
+    )
 
 
 class ScanResult(NamedTuple):

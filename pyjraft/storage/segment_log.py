@@ -83,7 +83,7 @@ from collections.abc import Sequence
 import crc32c
 
 from pyjraft.core.log_reader import LogUnavailableError
-from pyjraft.core.types import Entry, EntryType
+from pyjraft.core.types import Entry
 from pyjraft.storage._fileutil import atomic_replace, fsync_dir, sync_data, sync_file
 from pyjraft.storage.api import CorruptLogError, StorageError
 from pyjraft.storage.record import (
@@ -326,22 +326,16 @@ class SegmentLogStorage:
         self._check_writable()
         if not entries:
             return
-        expect = self._last + 1
-        batch: list[Entry] = []
-        for e in entries:
-            if e.index != expect:
-                raise ValueError(f"append: expected index {expect}, got {e.index}")
-            expect += 1
-            if type(e.data) is not bytes or type(e.type) is not EntryType:
-                # The cache hands these objects to readers: they must be immutable.
-                e = Entry(e.term, e.index, EntryType(e.type), bytes(e.data))
-            batch.append(e)
         seg = self._segments[-1] if self._segments else None
-        if seg is None or (seg.size >= self._segment_bytes and seg.offsets):
+        roll = seg is None or (seg.size >= self._segment_bytes and len(seg.offsets) > 0)
+        # Encode (and so validate) before touching any file.
+        if roll or seg is None:
+            enc = encode_batch(entries, self._last + 1, 0, -1)
             seg = self._new_segment(self._last + 1)
-        buf, offsets, run_starts, run_terms = encode_batch(batch, seg.size, seg.last_term)
+        else:
+            enc = encode_batch(entries, self._last + 1, seg.size, seg.last_term)
         try:
-            _pwrite_all(seg.fd, buf, seg.size)
+            _pwrite_all(seg.fd, enc.buf, seg.size)
             if self._sync:
                 sync_data(seg.fd)
         except OSError as exc:
@@ -350,15 +344,14 @@ class SegmentLogStorage:
             with contextlib.suppress(OSError):
                 os.ftruncate(seg.fd, seg.size)
             raise StorageError(self._failed) from exc
-        added = sum(e.size for e in batch)
         with self._lock:
-            seg.offsets.extend(offsets)
-            seg.run_starts.extend(run_starts)
-            seg.run_terms.extend(run_terms)
-            seg.size += len(buf)
-            self._last = batch[-1].index
-            self._cache.extend(batch)
-            self._cache_size += added
+            seg.offsets.extend(enc.offsets)
+            seg.run_starts.extend(enc.run_starts)
+            seg.run_terms.extend(enc.run_terms)
+            seg.size += len(enc.buf)
+            self._last += len(enc.entries)
+            self._cache.extend(enc.entries)
+            self._cache_size += enc.entry_bytes
             self._evict_cache()
 
     def truncate_suffix(self, last_kept: int) -> None:
@@ -703,7 +696,7 @@ def _lock_directory(directory: str) -> int:
     return fd
 
 
-def _pwrite_all(fd: int, buf: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, buf: bytes | bytearray, offset: int) -> None:
     n = os.pwrite(fd, buf, offset)
     if n == len(buf):
         return
