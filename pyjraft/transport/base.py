@@ -1,0 +1,76 @@
+"""What every transport shares: handler types, counters, address parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyjraft.core.messages import Message
+
+MessageHandler = Callable[[Message], None]
+"""Receives each inbound raft message of one group, on the event loop."""
+
+ServiceHandler = Callable[[Any], Awaitable[Any]]
+"""Serves one RPC: gets the decoded msgpack request, returns a msgpack-able response."""
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters of one transport (or RPC client). Plain ints, only ever increased."""
+
+    frames_in: int = 0
+    """Valid frames received."""
+    frames_out: int = 0
+    """Frames written."""
+    bytes_in: int = 0
+    """Bytes of valid frames received, headers included."""
+    bytes_out: int = 0
+    """Bytes written, headers included."""
+    messages_in: int = 0
+    """Raft messages received and handed to a group handler."""
+    messages_out: int = 0
+    """Raft messages written to a connection (or delivered, for the local transport)."""
+    bad_frames: int = 0
+    """Connections closed because of bytes that were not a valid frame or message."""
+    dropped_sends: int = 0
+    """Raft messages dropped on the sending side: queue full, peer unreachable,
+    invalid address, message too large, transport closed, or injected fault."""
+    unknown_group: int = 0
+    """Inbound raft messages for a group nobody registered; dropped."""
+    handler_errors: int = 0
+    """Exceptions raised by raft message handlers (logged, connection kept)."""
+    reconnects: int = 0
+    """Outbound connections re-established after a previous one was lost."""
+    connect_failures: int = 0
+    """Failed attempts to open an outbound connection."""
+    requests_in: int = 0
+    """RPC requests received by services."""
+    request_errors: int = 0
+    """RPC requests answered with an error (handler raised or unknown service)."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (a copy)."""
+        return dataclasses.asdict(self)
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (or ``"[v6]:port"``) into host and port.
+
+    Raises `ValueError` for anything else.
+    """
+    host, sep, port_s = addr.rpartition(":")
+    if not sep or not host or not port_s.isdigit():
+        raise ValueError(f"not a host:port address: {addr!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_s)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {addr!r}")
+    return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    """The inverse of `parse_address`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
