@@ -5,8 +5,11 @@ asyncio loop. Messages are delivered with ``loop.call_soon`` (or
 ``call_later`` when a delay is configured), so handlers run on the loop just
 as they would with `TcpTransport`, never re-entrantly inside `send`. Every
 fault decision -- drop, delay, duplicate -- draws from the one injected
-`random.Random`, so a schedule is reproducible from its seed given the same
-order of calls.
+`random.Random`, so given the same order of calls the same messages are
+lost, doubled and delayed by the same amounts. Without delays the delivery
+order is exact too; with delays, deliveries due at nearly the same instant
+are ordered by the loop's real clock (a fully deterministic schedule needs a
+virtual-time loop, as in `pyjraft.testing.sim`).
 
 By default every message is pushed through the real codec at send time, so a
 message a real receiver would reject raises `ProtocolError` in the sender's
