@@ -162,6 +162,11 @@ class SegmentLogStorage:
         roll to a new segment file once the current one reaches this size.
     ``cache_bytes``
         budget (in `Entry.size`) of recently appended entries served from memory.
+
+    Raises `CorruptLogError` if the directory holds damage that is not a torn tail,
+    `StorageError` if it cannot be opened (IO error, already open elsewhere).
+    Threading: one thread may call the mutating methods while others read indices
+    the mutation does not touch; `close` only once the writer has stopped.
     """
 
     def __init__(
@@ -194,12 +199,14 @@ class SegmentLogStorage:
         self._closed = False
         self._failed: str | None = None
         self._lock_fd = -1
-        os.makedirs(self._dir, exist_ok=True)
-        self._lock_fd = _lock_directory(self._dir)
         try:
+            os.makedirs(self._dir, exist_ok=True)
+            self._lock_fd = _lock_directory(self._dir)
             self._recover()
-        except BaseException:
+        except BaseException as exc:
             self._close_files()
+            if isinstance(exc, OSError):
+                raise StorageError(f"{self._dir}: cannot open log: {exc}") from exc
             raise
         self._cache_first = self._last + 1
 
