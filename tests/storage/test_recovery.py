@@ -23,7 +23,7 @@ SEG = 600
 def build(path: Path, batches: list[int]) -> tuple[list[Entry], list[tuple[str, int, int]]]:
     """Append batches of the given sizes; return the entries and, per batch, the last
     segment's path, its size after the batch and the batch's last index."""
-    log = SegmentLogStorage(path, segment_bytes=SEG)
+    log = SegmentLogStorage(path, segment_bytes=SEG, sync=False)
     entries: list[Entry] = []
     marks = []
     for i, n in enumerate(batches):
@@ -46,7 +46,7 @@ def record_offsets(path: str) -> list[int]:
 
 
 def check_prefix(path: Path, entries: list[Entry], must_have: int) -> int:
-    log = SegmentLogStorage(path, segment_bytes=SEG)
+    log = SegmentLogStorage(path, segment_bytes=SEG, sync=False)
     try:
         last = log.last_index()
         assert must_have <= last <= len(entries)
@@ -56,7 +56,7 @@ def check_prefix(path: Path, entries: list[Entry], must_have: int) -> int:
         log.append(nxt)
     finally:
         log.close()
-    log = SegmentLogStorage(path, segment_bytes=SEG)
+    log = SegmentLogStorage(path, segment_bytes=SEG, sync=False)
     try:
         assert log.entries(1, last + 3) == entries[:last] + nxt
     finally:
