@@ -263,6 +263,8 @@ class _RpcConn:
             return await fut
         finally:
             self.pending.pop(rpc_id, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: no "never retrieved" log if we left early
 
     async def _read_loop(self) -> None:
         stats = self.client.stats
@@ -577,6 +579,21 @@ class TcpTransport:
         self._peers[addr] = peer
         return peer
 
+    async def remove_peer(self, addr: str) -> None:
+        """Close the outbound raft connection to ``addr`` and drop what is
+        queued for it (say, once it has left every group). A later `send` to
+        it connects afresh."""
+        peer = self._peers.pop(addr, None)
+        if peer is not None:
+            peer.task.cancel()
+            await asyncio.gather(peer.task, return_exceptions=True)
+            peer._drop_queue()
+
+    @property
+    def peers(self) -> list[str]:
+        """Addresses with an outbound raft connection (or an attempt at one)."""
+        return list(self._peers)
+
     async def call(self, addr: str, service: str, request: Any, timeout: float = 5.0) -> Any:
         """`RpcClient.call` through this transport's own client."""
         return await self._rpc.call(addr, service, request, timeout)
@@ -626,6 +643,11 @@ class TcpTransport:
             log.warning("closing connection from %s: %s", peer, e.reason)
         except OSError as e:  # includes ssl.SSLError
             log.debug("connection from %s lost: %s", peer, e)
+        except asyncio.CancelledError:
+            # Only close() cancels us, and it only wants us gone. Ending
+            # normally matters: asyncio.streams (3.11) calls exception() on
+            # this task, which raises (and logs an error) if it was cancelled.
+            pass
         finally:
             for rt in list(requests):
                 rt.cancel()

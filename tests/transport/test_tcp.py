@@ -244,6 +244,12 @@ def test_reconnect_after_peer_restarts_on_same_port(seed: int) -> None:
                 raise AssertionError("never reconnected")
             assert m.commit >= 2  # type: ignore[union-attr]
             assert a.stats.reconnects >= 1
+            assert a.peers == [b.address]
+            await a.remove_peer(b.address)
+            assert a.peers == []
+            a.send([hb("g", a.address, b.address, 5000)])
+            while (await inbox2.get()).commit != 5000:  # type: ignore[union-attr]
+                pass
         finally:
             await a.close()
             await b.close()
