@@ -34,7 +34,7 @@ def test_empty_log(tmp_path: Path) -> None:
 
 def test_append_read_and_reopen(tmp_path: Path) -> None:
     log = open_log(tmp_path)
-    expected = []
+    expected: list[Entry] = []
     for b in range(30):
         es = batch(len(expected) + 1, 1 + b % 5, term=1 + b // 10)
         log.append(es)
@@ -232,7 +232,7 @@ def test_reads_are_not_blocked_by_an_fsync(tmp_path: Path, monkeypatch: pytest.M
     log.append(batch(1, 10))
     in_fsync = threading.Event()
     release = threading.Event()
-    real = segment_log_module.sync_data
+    real = segment_log_module.sync_data  # type: ignore[attr-defined]
 
     def slow_sync(fd: int) -> None:
         in_fsync.set()
@@ -293,4 +293,73 @@ def test_concurrent_reader_sees_only_whole_valid_entries(tmp_path: Path) -> None
         done.set()
         t.join(10)
     assert not failures
+    log.close()
+
+
+def test_one_write_and_one_fdatasync_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = open_log(tmp_path, segment_bytes=1 << 20)
+    log.append(batch(1, 1))
+    calls = {"pwrite": 0, "write": 0, "sync": 0, "dir": 0}
+    real_pwrite, real_write = os.pwrite, os.write
+    real_sync = segment_log_module.sync_data  # type: ignore[attr-defined]
+    real_dir = segment_log_module.fsync_dir  # type: ignore[attr-defined]
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        calls["pwrite"] += 1
+        return real_pwrite(fd, data, offset)
+
+    def write(fd: int, data: bytes) -> int:
+        calls["write"] += 1
+        return real_write(fd, data)
+
+    def sync(fd: int) -> None:
+        calls["sync"] += 1
+        real_sync(fd)
+
+    def fsync_dir(d: str) -> None:
+        calls["dir"] += 1
+        real_dir(d)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(segment_log_module, "sync_data", sync)
+    monkeypatch.setattr(segment_log_module, "fsync_dir", fsync_dir)
+    log.append(batch(2, 500))
+    assert calls == {"pwrite": 1, "write": 0, "sync": 1, "dir": 0}
+    monkeypatch.undo()
+    log.close()
+
+
+def test_a_new_segment_is_made_durable_in_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = open_log(tmp_path, segment_bytes=100)
+    log.append(batch(1, 5))
+    dirs: list[str] = []
+    real_dir = segment_log_module.fsync_dir  # type: ignore[attr-defined]
+
+    def fsync_dir(d: str) -> None:
+        dirs.append(d)
+        real_dir(d)
+
+    monkeypatch.setattr(segment_log_module, "fsync_dir", fsync_dir)
+    log.append(batch(6, 5))  # the first segment is over 100 bytes: roll
+    assert dirs == [str(tmp_path)]
+    assert len(segments(str(tmp_path))) == 2
+    monkeypatch.undo()
+    log.close()
+
+
+def test_invalid_batch_changes_nothing_on_disk(tmp_path: Path) -> None:
+    log = open_log(tmp_path, segment_bytes=100)
+    log.append(batch(1, 5))
+    before = {p: os.path.getsize(p) for p in segments(str(tmp_path))}
+    bad_type = Entry(1, 6, 7, b"x")  # type: ignore[arg-type]
+    for bad in ([entry(6), bad_type], [entry(6), entry(8)], [Entry(-1, 6, EntryType.NORMAL, b"")]):
+        with pytest.raises(ValueError):
+            log.append(bad)
+    assert {p: os.path.getsize(p) for p in segments(str(tmp_path))} == before
+    assert log.last_index() == 5
     log.close()
