@@ -325,3 +325,58 @@ def test_entry_payloads_survive_replication() -> None:
         assert net.entries_of(n) == net.entries_of("a")
     assert [e.type for e in net.entries_of("b")][:2] == [EntryType.NOOP, EntryType.NORMAL]
     assert isinstance(net.entries_of("b")[1], Entry)
+
+
+# -- loss, reordering and duplication ---------------------------------------------
+
+
+def test_lost_probe_is_resent_after_a_heartbeat_response() -> None:
+    logs = {n: ents(1, 1) for n in ABC}
+    hs = {n: HardState(1) for n in ABC}
+    net = Network(ABC, seed=14, logs=logs, hard_states=hs)
+    lost: list[Message] = []
+
+    def lose_first_append_to_c(m: Message) -> bool:
+        if isinstance(m, AppendEntries) and m.dst == "c" and not lost:
+            lost.append(m)
+            return True
+        return False
+
+    net.drop(lose_first_append_to_c)
+    a = net.elect("a")
+    assert lost and net.log_of("c") == [(1, 1), (2, 1)]
+    a.tick()
+    net.stabilize()
+    assert net.log_of("c") == net.log_of("a")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reordered_and_duplicated_appends_converge(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    net = Network(ABC, seed=seed)
+    a = net.elect("a")
+    net.isolate("c")
+    pending: list[Message] = []
+    for i in range(12):
+        a.propose(b"%d" % i)
+        pending += [m for m in net.process_ready("a") if m.dst == "b"]
+    delivered = 0
+    while pending and delivered < 500:
+        m = pending.pop(rng.randrange(len(pending)))
+        if rng.random() < 0.3:
+            pending.append(m)  # deliver it again later
+        target = net[m.dst]
+        target.step(m)
+        delivered += 1
+        for out in net.process_ready(m.dst):
+            if out.dst in ("a", "b"):
+                pending.append(out)
+        pending += [x for x in net.process_ready("a") if x.dst == "b"]
+        if not pending and a.progress["b"].match < a.log.last_index():
+            a.tick()
+            pending += [x for x in net.process_ready("a") if x.dst == "b"]
+    assert net.log_of("b") == net.log_of("a"), f"seed {seed}"
+    assert a.progress["b"].match == a.log.last_index() == 13, f"seed {seed}"
+    assert a.commit_index == 13, f"seed {seed}"
