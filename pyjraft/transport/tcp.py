@@ -111,10 +111,18 @@ async def _read_frame(
     return kind, body
 
 
-async def _close_writer(writer: asyncio.StreamWriter) -> None:
-    """Close a stream, aborting it if the close does not finish promptly
-    (a TLS shutdown with an unresponsive peer could otherwise take 30 s)."""
-    writer.close()
+async def _close_writer(writer: asyncio.StreamWriter, abort: bool = False) -> None:
+    """Close a stream and wait until it is closed.
+
+    ``abort`` discards unsent data at once; use it whenever nothing queued
+    matters, since a graceful close waits for a peer that may never read.
+    A graceful close that does not finish promptly is aborted too (a TLS
+    shutdown with an unresponsive peer could otherwise take 30 s).
+    """
+    if abort:
+        writer.transport.abort()
+    else:
+        writer.close()
     try:
         await asyncio.wait_for(writer.wait_closed(), _CLOSE_GRACE)
     except OSError:  # includes TimeoutError
@@ -303,7 +311,8 @@ class _RpcConn:
                 if not fut.done():
                     fut.set_exception(error)
             self.pending.clear()
-            await _close_writer(self.writer)
+            # Every call was just failed: nothing left to deliver.
+            await _close_writer(self.writer, abort=True)
 
 
 class _Peer:
@@ -377,7 +386,9 @@ class _Peer:
             except OSError as e:  # includes ssl.SSLError
                 log.info("raft connection to %s lost: %s", self.addr, e)
             finally:
-                await _close_writer(writer)
+                # Raft tolerates losing what is still buffered; waiting for a
+                # peer that stopped reading would stall close().
+                await _close_writer(writer, abort=True)
             # A server that accepts and at once hangs up must not make us spin.
             await asyncio.sleep(self._backoff(attempt))
             attempt += 1
@@ -398,11 +409,11 @@ class _Peer:
                 raise ConnectionResetError("peer closed the connection")
             data, frames, msgs = self._take()
             writer.write(data)
-            await writer.drain()
-            wrote = True
             stats.frames_out += frames
             stats.messages_out += msgs
             stats.bytes_out += len(data)
+            await writer.drain()
+            wrote = True
 
     def _take(self) -> tuple[bytes, int, int]:
         """Everything queued, as the fewest RAFT frames the size limit allows."""
@@ -611,10 +622,12 @@ class TcpTransport:
         requests: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self._max_requests)
         stats = self.stats
+        abort = True  # graceful close only after a clean EOF
         try:
             while True:
                 frame = await _read_frame(reader, self._max_frame_size)
                 if frame is None:
+                    abort = False
                     return
                 kind, body = frame
                 if kind is Kind.RAFT:
@@ -653,7 +666,7 @@ class TcpTransport:
                 rt.cancel()
             if requests:
                 await asyncio.gather(*requests, return_exceptions=True)
-            await _close_writer(writer)
+            await _close_writer(writer, abort)
             self._conn_tasks.discard(task)
 
     def _dispatch(self, msgs: list[Message]) -> None:

@@ -23,6 +23,7 @@ from pyjraft.transport import (
     RpcTimeoutError,
     TcpTransport,
     TransportError,
+    tcp,
 )
 from pyjraft.transport.codec import encode_messages, encode_request, encode_response
 from pyjraft.transport.framing import HEADER, VERSION, Kind, encode_frame
@@ -255,6 +256,40 @@ def test_reconnect_after_peer_restarts_on_same_port(seed: int) -> None:
             await b.close()
 
     run(main)
+
+
+def test_close_does_not_wait_for_a_peer_that_never_reads(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Were close() to wait for buffered data to drain, this would hang.
+    monkeypatch.setattr(tcp, "_CLOSE_GRACE", 3600.0)
+
+    async def main() -> None:
+        accepted = asyncio.Event()
+        conns: list[asyncio.StreamWriter] = []
+
+        async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conns.append(writer)
+            accepted.set()
+
+        server = await asyncio.start_server(deaf, "127.0.0.1", 0, limit=1024)
+        port = server.sockets[0].getsockname()[1]
+        a = await start(seed, queue_bytes=1 << 30)
+        try:
+            dst = f"127.0.0.1:{port}"
+            big = tuple(Entry(1, i + 1, EntryType.NORMAL, bytes(1 << 20)) for i in range(4))
+            for _ in range(16):  # 64 MiB: far more than socket buffers hold
+                a.send([AppendEntries("g", 1, a.address, dst, 0, 0, big, 0)])
+            await accepted.wait()
+            await eventually(lambda: a.stats.frames_out > 0)
+        finally:
+            await a.close()
+            for w in conns:
+                w.transport.abort()
+            server.close()
+            await server.wait_closed()
+
+    run(main, timeout=20)
 
 
 # -- RPC services ------------------------------------------------------------------------
