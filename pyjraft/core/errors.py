@@ -14,7 +14,10 @@ class NotLeaderError(RaftError):
 
     def __init__(self, leader: NodeId = NONE, message: str | None = None) -> None:
         self.leader = leader
-        super().__init__(message or (f"not leader; leader is {leader}" if leader else "not leader; leader unknown"))
+        super().__init__(
+            message
+            or (f"not leader; leader is {leader}" if leader else "not leader; leader unknown")
+        )
 
 
 class ProposalDroppedError(RaftError):

@@ -37,7 +37,7 @@ class Entry(NamedTuple):
     """One log entry. ``index`` starts at 1; ``term`` is the leader's term."""
 
     term: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, on purpose
     type: EntryType
     data: bytes
 

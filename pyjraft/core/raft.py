@@ -1,0 +1,567 @@
+"""The Raft state machine of one group member: pure, deterministic, no IO.
+
+Theory of operation
+-------------------
+`RaftCore` is driven by four inputs and produces one output:
+
+- `tick()` advances logical time by one tick (the runtime's timer calls it);
+- `step(message)` delivers a message from a peer;
+- `propose(data)` / `propose_batch(datas)` appends user entries (leader only);
+- `campaign()` starts an election now;
+- `ready()` returns a `Ready` (see `pyjraft.core.ready` for the durability
+  contract) and `advance(ready)` reports it done.
+
+Rules that affect every message live in `step`: a message from a higher term
+makes us a follower of that term (except pre-votes, which never change terms,
+and vote requests during a leader lease, which are ignored); a message from a
+lower term is dropped, or answered so the stale sender learns the new term.
+Then the message goes to the handler of our role.
+
+Elections (paper 5.2, thesis 9.6): a follower whose election timer expires
+first polls with pre-votes at term+1 without changing its own term, and only
+with a quorum of pre-votes bumps its term and asks for real votes. With
+check-quorum, followers that heard from a leader within the (unrandomized)
+election timeout refuse both, and a leader that has not heard from a quorum
+within that timeout steps down.
+
+Replication (paper 5.3): see `pyjraft.core.progress` for the per-follower
+flow control. A new leader appends a no-op of its term; the commit index
+advances only to an index of the current term replicated on a quorum
+(paper 5.4.2, Figure 8); the leader counts itself only for entries the
+runtime has made durable (reported through `advance`). Followers learn the
+commit index from the next AppendEntries or heartbeat, never from a separate
+message, and a heartbeat's commit never exceeds what that follower matches.
+
+Nothing here reads a clock or a global random source: time is ticks, and the
+election jitter comes from the injected `random.Random`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from pyjraft.core import quorum
+from pyjraft.core.config import CoreConfig
+from pyjraft.core.errors import NotLeaderError
+from pyjraft.core.log_reader import LogReader, LogUnavailableError
+from pyjraft.core.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    PreVoteRequest,
+    PreVoteResponse,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+from pyjraft.core.progress import Progress, ProgressState
+from pyjraft.core.raft_log import LogSafetyError, RaftLog
+from pyjraft.core.ready import Ready
+from pyjraft.core.types import NONE, Entry, EntryType, HardState, NodeId, Role, SoftState
+
+
+class RaftCore:
+    """One member of one raft group. See the module docstring."""
+
+    def __init__(
+        self,
+        config: CoreConfig,
+        log: LogReader,
+        hard_state: HardState,
+        rng: random.Random,
+    ) -> None:
+        self.config = config
+        self.id = config.id
+        self.group = config.group
+        self._rng = rng
+        self.log = RaftLog(log)
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.leader: NodeId = NONE
+        self.role = Role.FOLLOWER
+        self.voters: tuple[NodeId, ...] = config.voters
+        self.learners: tuple[NodeId, ...] = config.learners
+        self.progress: dict[NodeId, Progress] = {}
+        self.votes: dict[NodeId, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_ticks = config.election_ticks
+        self._eager: list[Message] = []
+        self._msgs: list[Message] = []
+        self._persisted_hard_state = hard_state
+        self._last_soft = SoftState(NONE, Role.FOLLOWER, self.term)
+        # Highest index the runtime reported durable; the leader counts itself to here.
+        self._stable_index = log.last_index()
+        self._become_follower(self.term, NONE)
+
+    # -- properties ----------------------------------------------------------
+
+    @property
+    def hard_state(self) -> HardState:
+        """The current term and vote."""
+        return HardState(self.term, self.vote)
+
+    @property
+    def soft_state(self) -> SoftState:
+        """The current leader, role and term."""
+        return SoftState(self.leader, self.role, self.term)
+
+    @property
+    def commit_index(self) -> int:
+        """The highest index known committed."""
+        return self.log.committed
+
+    @property
+    def promotable(self) -> bool:
+        """Whether this member may become leader (it is a voter)."""
+        return self.id in self.voters
+
+    # -- inputs --------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+
+    def campaign(self) -> None:
+        """Start an election now (with a pre-vote round when enabled)."""
+        if self.role is not Role.LEADER:
+            self._hup(transfer=False)
+
+    def propose(self, data: bytes) -> int:
+        """Append ``data`` as a normal entry; returns its index.
+
+        Raises `NotLeaderError` (carrying the known leader) on a non-leader.
+        """
+        return self.propose_batch((data,))
+
+    def propose_batch(self, datas: Sequence[bytes]) -> int:
+        """Append several normal entries in one step; returns the last one's index.
+
+        One batch becomes one durable write and one AppendEntries per follower.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader)
+        term = self.term
+        start = self.log.last_index() + 1
+        normal = EntryType.NORMAL
+        entries = [Entry(term, start + i, normal, d) for i, d in enumerate(datas)]
+        last = self._append_as_leader(entries)
+        self._broadcast_append()
+        return last
+
+    def step(self, m: Message) -> None:
+        """Deliver a message from a peer."""
+        if m.group != self.group or m.dst != self.id:
+            return
+        if m.term > self.term:
+            if isinstance(m, (VoteRequest, PreVoteRequest)):
+                transfer = isinstance(m, VoteRequest) and m.transfer
+                if not transfer and self._in_lease():
+                    # We heard from a live leader within the election timeout: the
+                    # requester is partitioned or slow, so it must not depose it.
+                    return
+            if isinstance(m, PreVoteRequest):
+                pass  # a pre-vote never changes our term
+            elif isinstance(m, PreVoteResponse) and m.granted:
+                pass  # granted pre-votes echo the term we would campaign in
+            elif isinstance(m, (AppendEntries, Heartbeat)):
+                self._become_follower(m.term, m.src)
+            else:
+                self._become_follower(m.term, NONE)
+        elif m.term < self.term:
+            if isinstance(m, (AppendEntries, Heartbeat)):
+                # A stale leader, probably just back from a partition: tell it our
+                # term so it steps down (without pre-vote/check-quorum it would have
+                # learned it from our vote requests).
+                self._send(AppendEntriesResponse(self.group, self.term, self.id, m.src, False, 0))
+            elif isinstance(m, PreVoteRequest):
+                self._send(PreVoteResponse(self.group, self.term, self.id, m.src, False))
+            return
+
+        match m:
+            case VoteRequest() | PreVoteRequest():
+                self._handle_vote_request(m)
+            case AppendEntries():
+                self._on_leader_contact(m.src)
+                self._handle_append(m)
+            case Heartbeat():
+                self._on_leader_contact(m.src)
+                self._handle_heartbeat(m)
+            case AppendEntriesResponse():
+                if self.role is Role.LEADER:
+                    self._handle_append_response(m)
+            case HeartbeatResponse():
+                if self.role is Role.LEADER:
+                    self._handle_heartbeat_response(m)
+            case VoteResponse():
+                if self.role is Role.CANDIDATE:
+                    self._handle_vote_response(m.src, m.granted)
+            case PreVoteResponse():
+                if self.role is Role.PRE_CANDIDATE and (m.term == self.term + 1 or not m.granted):
+                    self._handle_vote_response(m.src, m.granted)
+            case TimeoutNow():
+                if self.role is not Role.LEADER and self.promotable:
+                    self._hup(transfer=True)
+
+    # -- output --------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        """Whether `ready` would return anything."""
+        return bool(
+            self._msgs
+            or self._eager
+            or self.soft_state != self._last_soft
+            or self.hard_state != self._persisted_hard_state
+            or self.log.in_progress < self.log.last_index()
+            or self.log.has_next_committed()
+        )
+
+    def ready(self) -> Ready:
+        """Take the pending output; see `pyjraft.core.ready` for what to do with it."""
+        rd = Ready(commit_index=self.log.committed)
+        soft = self.soft_state
+        if soft != self._last_soft:
+            rd.soft_state = soft
+            self._last_soft = soft
+        hs = self.hard_state
+        if hs != self._persisted_hard_state:
+            rd.hard_state = hs
+            self._persisted_hard_state = hs
+        rd.entries = self.log.next_unstable()
+        self.log.accept_unstable(rd.entries)
+        rd.committed_entries = self.log.next_committed(self.config.max_apply_bytes)
+        self.log.accept_committed(rd.committed_entries)
+        rd.eager_messages, self._eager = self._eager, []
+        rd.messages, self._msgs = self._msgs, []
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """Report that ``rd`` was handled: its state is durable and its entries applied."""
+        if rd.entries:
+            last = rd.entries[-1]
+            # If the tail changed while the write was in flight, the write is superseded
+            # and the next Ready carries the replacement.
+            if self.log.stable_to(last.index, last.term):
+                self._stable_index = last.index
+                if self.role is Role.LEADER:
+                    # The commit reaches followers with the next append or heartbeat.
+                    self._maybe_commit()
+
+    # -- roles ---------------------------------------------------------------
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = NONE
+        self.leader = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_ticks = self.config.election_ticks + self._rng.randrange(
+            self.config.election_ticks
+        )
+        self.votes = {}
+        cfg = self.config
+        nxt = self.log.last_index() + 1
+        self.progress = {}
+        for peer in (*self.voters, *self.learners):
+            pr = Progress(nxt, cfg.max_inflight_msgs, cfg.max_inflight_bytes, peer in self.learners)
+            if peer == self.id:
+                pr.match = self._stable_index
+                pr.recent_active = True
+            self.progress[peer] = pr
+
+    def _become_follower(self, term: int, leader: NodeId) -> None:
+        self._reset(term)
+        self.leader = leader
+        self.role = Role.FOLLOWER if self.promotable else Role.LEARNER
+
+    def _become_pre_candidate(self) -> None:
+        # Changes neither term nor vote: that is the point of pre-voting.
+        self.votes = {}
+        self.leader = NONE
+        self.role = Role.PRE_CANDIDATE
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.leader = self.id
+        self.role = Role.LEADER
+        # Paper 5.4.2 / 8: an entry of our own term lets us commit earlier terms' entries.
+        noop = Entry(self.term, self.log.last_index() + 1, EntryType.NOOP, b"")
+        self._append_as_leader([noop])
+        self._broadcast_append()
+
+    # -- elections -----------------------------------------------------------
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.promotable and self.election_elapsed >= self.randomized_election_ticks:
+            self.election_elapsed = 0
+            self._hup(transfer=False)
+
+    def _in_lease(self) -> bool:
+        return (
+            self.config.check_quorum
+            and self.leader != NONE
+            and self.election_elapsed < self.config.election_ticks
+        )
+
+    def _hup(self, transfer: bool) -> None:
+        if not self.promotable:
+            return
+        if self.config.pre_vote and not transfer:
+            self._become_pre_candidate()
+            self._request_votes(pre=True, transfer=False)
+        else:
+            self._become_candidate()
+            self._request_votes(pre=False, transfer=transfer)
+
+    def _request_votes(self, pre: bool, transfer: bool) -> None:
+        # Our own vote first: a single-member group wins without any message,
+        # in which case this round is over.
+        role, term = self.role, self.term
+        self._handle_vote_response(self.id, True)
+        if (self.role, self.term) != (role, term):
+            return
+        last_index = self.log.last_index()
+        last_term = self.log.last_term()
+        for peer in self.voters:
+            if peer == self.id:
+                continue
+            if pre:
+                self._send(
+                    PreVoteRequest(self.group, self.term + 1, self.id, peer, last_index, last_term)
+                )
+            else:
+                self._send(
+                    VoteRequest(
+                        self.group, self.term, self.id, peer, last_index, last_term, transfer
+                    )
+                )
+
+    def _handle_vote_request(self, m: VoteRequest | PreVoteRequest) -> None:
+        pre = isinstance(m, PreVoteRequest)
+        can_vote = (
+            self.vote == m.src
+            or (self.vote == NONE and self.leader == NONE)
+            or (pre and m.term > self.term)
+        )
+        grant = can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+        if pre:
+            # A granted pre-vote echoes the requested term; a refusal carries ours.
+            term = m.term if grant else self.term
+            self._send(PreVoteResponse(self.group, term, self.id, m.src, grant))
+            return
+        if grant:
+            self.vote = m.src
+            self.election_elapsed = 0
+        self._send(VoteResponse(self.group, self.term, self.id, m.src, grant))
+
+    def _handle_vote_response(self, src: NodeId, granted: bool) -> None:
+        if src not in self.voters:
+            return
+        self.votes.setdefault(src, granted)
+        result = quorum.majority_vote(self.voters, self.votes)
+        if result is quorum.VoteResult.WON:
+            if self.role is Role.PRE_CANDIDATE:
+                self._become_candidate()
+                self._request_votes(pre=False, transfer=False)
+            else:
+                self._become_leader()
+        elif result is quorum.VoteResult.LOST:
+            self._become_follower(self.term, NONE)
+
+    # -- followers -----------------------------------------------------------
+
+    def _on_leader_contact(self, leader: NodeId) -> None:
+        if self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self._become_follower(self.term, leader)
+        self.leader = leader
+        self.election_elapsed = 0
+
+    def _handle_append(self, m: AppendEntries) -> None:
+        if self.role is Role.LEADER:
+            raise LogSafetyError(f"two leaders in term {self.term}: {self.id} and {m.src}")
+        log = self.log
+        if m.prev_log_index < log.committed:
+            self._send(
+                AppendEntriesResponse(self.group, self.term, self.id, m.src, True, log.committed)
+            )
+            return
+        last_new = log.maybe_append(m.prev_log_index, m.prev_log_term, m.commit, m.entries)
+        # A conflict may have replaced entries already durable here: they no longer count.
+        self._stable_index = min(self._stable_index, log.in_progress)
+        if last_new is not None:
+            self._send(AppendEntriesResponse(self.group, self.term, self.id, m.src, True, last_new))
+            return
+        hint_index, hint_term = log.find_conflict_by_term(
+            min(m.prev_log_index, log.last_index()), m.prev_log_term
+        )
+        self._send(
+            AppendEntriesResponse(
+                self.group,
+                self.term,
+                self.id,
+                m.src,
+                False,
+                m.prev_log_index,
+                hint_index,
+                hint_term,
+            )
+        )
+
+    def _handle_heartbeat(self, m: Heartbeat) -> None:
+        if self.role is Role.LEADER:
+            raise LogSafetyError(f"two leaders in term {self.term}: {self.id} and {m.src}")
+        # The leader never sends a commit past what we match, so this is safe.
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self._send(HeartbeatResponse(self.group, self.term, self.id, m.src, m.context))
+
+    # -- leaders -------------------------------------------------------------
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_ticks:
+            self.election_elapsed = 0
+            if self.config.check_quorum:
+                if not self._quorum_active():
+                    self._become_follower(self.term, NONE)
+                    return
+                for peer, pr in self.progress.items():
+                    if peer != self.id:
+                        pr.recent_active = False
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+
+    def _quorum_active(self) -> bool:
+        active = {p: pr.recent_active or p == self.id for p, pr in self.progress.items()}
+        return quorum.majority_vote(self.voters, active) is quorum.VoteResult.WON
+
+    def _append_as_leader(self, entries: list[Entry]) -> int:
+        return self.log.append(entries)
+
+    def _broadcast_append(self) -> None:
+        for peer in self.progress:
+            if peer != self.id:
+                self._send_append(peer)
+
+    def _broadcast_heartbeat(self) -> None:
+        committed = self.log.committed
+        for peer, pr in self.progress.items():
+            if peer != self.id:
+                self._send(
+                    Heartbeat(self.group, self.term, self.id, peer, min(pr.match, committed))
+                )
+
+    def _send_append(self, peer: NodeId, send_if_empty: bool = True) -> bool:
+        """Send the next AppendEntries to ``peer`` if its flow control allows."""
+        pr = self.progress[peer]
+        if pr.is_paused():
+            return False
+        log = self.log
+        prev = pr.next - 1
+        try:
+            prev_term = log.term(prev)
+        except LogUnavailableError as exc:
+            # Only a compacted log lacks these, and compaction arrives with
+            # snapshots; until then reaching this is a bug, not a lag.
+            raise LogSafetyError(f"entries before {pr.next} for {peer} are compacted") from exc
+        last = log.last_index()
+        cfg = self.config
+        if pr.next <= last:
+            hi = min(last + 1, pr.next + cfg.max_entries_per_msg)
+            entries = log.entries(pr.next, hi, cfg.max_bytes_per_msg)
+        else:
+            entries = []
+        if not entries and not send_if_empty:
+            return False
+        self._send(
+            AppendEntries(
+                self.group, self.term, self.id, peer, prev, prev_term, tuple(entries), log.committed
+            )
+        )
+        if entries and pr.state is ProgressState.REPLICATE:
+            pr.next = entries[-1].index + 1
+            pr.inflights.add(entries[-1].index, sum(e.size for e in entries))
+        else:
+            pr.probe_sent = True
+        return True
+
+    def _handle_append_response(self, m: AppendEntriesResponse) -> None:
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if not m.success:
+            next_probe = m.hint_index
+            if m.hint_term > 0:
+                next_probe, _ = self.log.find_conflict_by_term(m.hint_index, m.hint_term)
+            if pr.maybe_decrease_to(m.index, next_probe):
+                if pr.state is ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(m.src)
+            return
+        probe_matched = pr.state is ProgressState.PROBE and m.index == pr.match
+        if not pr.maybe_update(m.index) and not probe_matched:
+            # A duplicate or reordered acknowledgement; it still frees the window.
+            if pr.state is ProgressState.REPLICATE:
+                pr.inflights.free_le(m.index)
+            return
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state is ProgressState.REPLICATE:
+            pr.inflights.free_le(m.index)
+        self._maybe_commit()
+        # Stream whatever the window now admits.
+        while self._send_append(m.src, send_if_empty=False):
+            pass
+
+    def _handle_heartbeat_response(self, m: HeartbeatResponse) -> None:
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pr.probe_sent = False
+        if pr.state is ProgressState.REPLICATE and pr.inflights.full():
+            pr.inflights.free_first()
+        if pr.match < self.log.last_index():
+            self._send_append(m.src)
+
+    def _maybe_commit(self) -> bool:
+        self_pr = self.progress.get(self.id)
+        if self_pr is not None:
+            self_pr.match = max(self_pr.match, self._stable_index)
+        match = {p: pr.match for p, pr in self.progress.items()}
+        index = quorum.majority_index(self.voters, match)
+        log = self.log
+        # Paper 5.4.2: only an entry of the current term commits by counting replicas.
+        if index > log.committed and log.term_or_none(index) == self.term:
+            log.commit_to(index)
+            return True
+        return False
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _send(self, m: Message) -> None:
+        if self.role is Role.LEADER and isinstance(m, (AppendEntries, Heartbeat, TimeoutNow)):
+            self._eager.append(m)
+        else:
+            self._msgs.append(m)
+
+    def __repr__(self) -> str:
+        return (
+            f"RaftCore({self.id} {self.role.value} term={self.term} vote={self.vote or '-'} "
+            f"leader={self.leader or '-'} last={self.log.last_index()} commit={self.log.committed})"
+        )

@@ -1,0 +1,54 @@
+"""`Ready`: everything the core wants the runtime to do, as one value.
+
+The contract, in order, for each `Ready` the runtime takes:
+
+1. ``eager_messages`` may be sent at once, before anything is durable: they
+   are a leader's AppendEntries and heartbeats, whose term is already durable
+   (Raft thesis 10.2.1: a leader may write its log in parallel with
+   replicating it, because it counts itself toward a commit only once its
+   own write is durable, which it learns from `advance`).
+2. ``hard_state`` (if set) and ``entries`` (if any) must be made durable. If
+   ``entries[0].index`` is not past the log's last index, the log is first
+   truncated to ``entries[0].index - 1``.
+3. Only then may ``messages`` be sent: votes, vote requests, and
+   acknowledgements all promise durable state.
+4. ``committed_entries`` are applied to the state machine, in order, only
+   after step 2 (they may include entries of this very `Ready`).
+5. `advance(ready)` tells the core all of that is done.
+
+Between taking a `Ready` and advancing it the runtime may keep feeding the
+core (ticks, messages, proposals); the next `Ready` then carries what
+accumulated, which is how a burst becomes one write and one fsync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyjraft.core.messages import Message
+from pyjraft.core.types import Entry, HardState, SoftState
+
+
+@dataclass(slots=True)
+class Ready:
+    """The core's pending output. See the module docstring for the contract."""
+
+    soft_state: SoftState | None = None
+    """The new leader/role/term, when it changed since the last `Ready`."""
+    hard_state: HardState | None = None
+    """Term and vote to make durable, when they changed."""
+    entries: list[Entry] = field(default_factory=list)
+    """Entries to append durably."""
+    committed_entries: list[Entry] = field(default_factory=list)
+    """Entries to apply, in order."""
+    eager_messages: list[Message] = field(default_factory=list)
+    """Messages that may be sent before this `Ready` is durable."""
+    messages: list[Message] = field(default_factory=list)
+    """Messages to send only after ``hard_state`` and ``entries`` are durable."""
+    commit_index: int = 0
+    """The commit index when this `Ready` was taken."""
+
+    @property
+    def must_sync(self) -> bool:
+        """Whether anything here has to be made durable before ``messages`` go out."""
+        return self.hard_state is not None or bool(self.entries)
