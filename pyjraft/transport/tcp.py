@@ -231,9 +231,9 @@ class RpcClient:
         self._conns.clear()
         for c in conns:
             c.task.cancel()
-        for c in conns:
-            with contextlib.suppress(asyncio.CancelledError):
-                await c.task
+        # gather, not a suppress(CancelledError) loop: a cancel aimed at the
+        # caller of close() must still reach it.
+        await asyncio.gather(*(c.task for c in conns), return_exceptions=True)
 
 
 class _RpcConn:
