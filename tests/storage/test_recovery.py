@@ -288,3 +288,73 @@ def test_interrupted_truncate_prefix_is_finished_on_open(tmp_path: Path) -> None
     assert log.entries(45, 61) == batch(45, 16)
     assert len(segments(str(tmp_path))) < n
     log.close()
+
+
+def _indexes(directory: Path) -> list[str]:
+    return sorted(str(directory / n) for n in os.listdir(directory) if n.endswith(".idx"))
+
+
+def _open_and_read_all(directory: Path) -> list[Entry]:
+    log = SegmentLogStorage(directory, segment_bytes=SEG)
+    try:
+        return log.entries(log.first_index(), log.last_index() + 1)
+    finally:
+        log.close()
+
+
+def test_sealed_segments_get_an_index_and_reopen_uses_it(tmp_path: Path) -> None:
+    entries, _ = build(tmp_path, [7] * 12)
+    segs = segments(str(tmp_path))
+    # Every segment but the last has an index; the last one is always scanned.
+    assert [p[:-4] for p in _indexes(tmp_path)] == [p[:-4] for p in segs[:-1]]
+    assert _open_and_read_all(tmp_path) == entries
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "stale", "garbage"])
+def test_a_bad_index_only_costs_a_scan(tmp_path: Path, damage: str) -> None:
+    entries, _ = build(tmp_path, [7] * 12)
+    victim = _indexes(tmp_path)[1]
+    raw = Path(victim).read_bytes()
+    if damage == "flip":
+        flip_bit(victim, len(raw) - 3, 2)
+    elif damage == "truncate":
+        Path(victim).write_bytes(raw[: len(raw) // 2])
+    elif damage == "delete":
+        os.unlink(victim)
+    elif damage == "stale":
+        # A valid index of another segment, as if the files had been mixed up.
+        shutil.copy(_indexes(tmp_path)[0], victim)
+    else:
+        Path(victim).write_bytes(b"\0" * 100)
+    assert _open_and_read_all(tmp_path) == entries
+    # The scan rewrote it.
+    assert Path(victim).read_bytes() == raw
+    assert _open_and_read_all(tmp_path) == entries
+
+
+def test_index_of_a_segment_truncated_later_is_not_trusted(tmp_path: Path) -> None:
+    entries, _ = build(tmp_path, [7] * 12)
+    segs = segments(str(tmp_path))
+    idx = _indexes(tmp_path)
+    kept_idx = Path(idx[2]).read_bytes()
+    first = int(os.path.basename(segs[2])[:20])
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    log.truncate_suffix(first + 2)  # segs[2] becomes the last segment, shorter
+    log.append(batch(first + 3, 40, term=50))
+    log.close()
+    # A crash could resurrect an index written before the truncation: put it back.
+    Path(idx[2]).write_bytes(kept_idx)
+    want = entries[: first + 2] + batch(first + 3, 40, term=50)
+    assert _open_and_read_all(tmp_path) == want
+
+
+def test_bit_flip_in_an_indexed_segment_is_refused_with_its_offset(tmp_path: Path) -> None:
+    build(tmp_path, [7] * 12)
+    segs = segments(str(tmp_path))
+    victim = segs[3]
+    assert os.path.exists(victim[:-4] + ".idx")
+    offs = record_offsets(victim)
+    flip_bit(victim, offs[2] + HEADER_SIZE + 1)
+    with pytest.raises(CorruptLogError) as info:
+        SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert (info.value.path, info.value.offset) == (victim, offs[2])
