@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pyjraft.core.messages import Message
 
@@ -74,3 +74,47 @@ def parse_address(addr: str) -> tuple[str, int]:
 def format_address(host: str, port: int) -> str:
     """The inverse of `parse_address`."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Transport(Protocol):
+    """What the runtime needs of a transport; `TcpTransport` and
+    `LocalTransport` both provide it."""
+
+    stats: TransportStats
+
+    @property
+    def address(self) -> str:
+        """This endpoint's address, the ``dst`` peers send to."""
+        ...
+
+    def register_group(self, group: str, handler: MessageHandler) -> None:
+        """Deliver inbound raft messages of ``group`` to ``handler``."""
+        ...
+
+    def unregister_group(self, group: str) -> None:
+        """Stop delivering ``group``'s messages."""
+        ...
+
+    def register_service(self, name: str, handler: ServiceHandler) -> None:
+        """Serve RPC calls to ``name`` with ``handler``."""
+        ...
+
+    def unregister_service(self, name: str) -> None:
+        """Stop serving ``name``."""
+        ...
+
+    def send(self, msgs: Sequence[Message]) -> None:
+        """Send raft messages to their ``dst``; never blocks; loss is possible."""
+        ...
+
+    async def call(self, addr: str, service: str, request: Any, timeout: float = 5.0) -> Any:
+        """Call a service on ``addr``."""
+        ...
+
+    async def remove_peer(self, addr: str) -> None:
+        """Release what is held for sending to ``addr``."""
+        ...
+
+    async def close(self) -> None:
+        """Stop; release every task and socket."""
+        ...

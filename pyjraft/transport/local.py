@@ -271,6 +271,9 @@ class LocalTransport:
         _, ok, payload = decode_response(body)
         return ok, payload
 
+    async def remove_peer(self, addr: str) -> None:
+        """Nothing is held per peer in process; present for `Transport` parity."""
+
     async def close(self) -> None:
         """Detach from the network; messages in flight to us are dropped and
         running service handlers are cancelled."""

@@ -521,6 +521,7 @@ def test_tls(seed: int, tmp_path: Path) -> None:
         a = await start(seed, ssl=server_ctx, client_ssl=client_ctx)
         b = await start(seed, ssl=server_ctx, client_ssl=client_ctx)
         plain = RpcClient()
+        untrusting = RpcClient(ssl=ssl.create_default_context())
         try:
             inbox = Inbox()
             b.register_group("g", inbox)
@@ -535,7 +536,11 @@ def test_tls(seed: int, tmp_path: Path) -> None:
             # A client speaking plaintext to the TLS port gets nowhere.
             with pytest.raises((TransportError, RpcTimeoutError)):
                 await plain.call(b.address, "echo", 1, timeout=1.0)
+            # Nor does one that does not trust the server's certificate.
+            with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.call(b.address, "echo", 1, timeout=5.0)
         finally:
+            await untrusting.close()
             await plain.close()
             await a.close()
             await b.close()
