@@ -546,8 +546,11 @@ class TcpTransport:
     def send(self, msgs: Sequence[Message]) -> None:
         """Queue raft messages for their ``dst`` addresses; never blocks.
 
-        Messages that cannot be queued (queue full, bad address, too large,
-        transport closed) are dropped and counted in ``stats.dropped_sends``.
+        Call it on the event loop's thread, with the loop running. Messages
+        that cannot be queued (queue full, bad address, too large, transport
+        closed) are dropped and counted in ``stats.dropped_sends``; network
+        trouble never raises. Only a message that cannot be encoded at all
+        (not a raft message, an int beyond 64 bits) raises, as the bug it is.
         """
         stats = self.stats
         if self._closed:
