@@ -97,9 +97,13 @@ def decode_index(raw: bytes, first: int, seg_size: int) -> SegmentIndex | None:
         return None
     arrays = []
     pos = _HEADER.size
-    for n in (count, runs, runs):
-        a: array[int] = array("Q")
-        a.frombytes(raw[pos : pos + 8 * n])
-        arrays.append(a)
-        pos += 8 * n
-    return SegmentIndex(arrays[0], arrays[1], arrays[2], seg_crc)
+    with memoryview(raw) as mv:
+        for n in (count, runs, runs):
+            a: array[int] = array("Q")
+            a.frombytes(mv[pos : pos + 8 * n])
+            arrays.append(a)
+            pos += 8 * n
+    offsets, run_starts, run_terms = arrays
+    if count and (offsets[0] != 0 or offsets[-1] >= seg_size or run_starts[0] != first):
+        return None
+    return SegmentIndex(offsets, run_starts, run_terms, seg_crc)
