@@ -237,7 +237,16 @@ class LocalTransport:
                 if dst is None or dst._closed:
                     raise TransportError(f"cannot connect to {addr}: no such endpoint")
                 await net._travel(self.address, addr)
-                ok, payload = await asyncio.shield(dst._serve(service, req))
+                task = dst._serve(service, req)
+                try:
+                    ok, payload = await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    me = asyncio.current_task()
+                    if task.cancelled() and me is not None and not me.cancelling():
+                        # The server closed under the call, not our caller
+                        # giving up: over TCP that is a lost connection.
+                        raise TransportError(f"connection to {addr} lost") from None
+                    raise
                 await net._travel(addr, self.address)
         except TimeoutError:
             raise RpcTimeoutError(

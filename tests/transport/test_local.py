@@ -176,7 +176,12 @@ def test_calls(seed: int) -> None:
         with pytest.raises(RpcTimeoutError):
             await a.call("b", "hang", 1, timeout=0.02)
         assert started.is_set()
-        await b.close()  # cancels the hanging handler
+        started.clear()
+        pending = asyncio.ensure_future(a.call("b", "hang", 2))
+        await started.wait()
+        await b.close()  # cancels the hanging handlers
+        with pytest.raises(TransportError, match="lost"):
+            await pending
         with pytest.raises(TransportError):
             await a.call("b", "echo", 1)
         await a.close()
