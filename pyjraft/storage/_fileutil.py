@@ -7,10 +7,24 @@ directory has been fsynced.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
-__all__ = ["atomic_replace", "fsync_dir", "sync_data", "sync_file"]
+import crc32c
+
+from pyjraft.storage.api import StorageError
+
+__all__ = [
+    "atomic_replace",
+    "file_crc",
+    "fsync_dir",
+    "lock_directory",
+    "pwrite_all",
+    "sync_data",
+    "sync_file",
+    "unlink_quietly",
+]
 
 
 def sync_data(fd: int) -> None:
@@ -61,3 +75,52 @@ def atomic_replace(directory: str, name: str, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, os.path.join(directory, name))
     fsync_dir(directory)
+
+
+def lock_directory(directory: str, name: str = "log.lock") -> int:
+    """Open ``directory/name`` and take an exclusive ``flock`` on it; the returned fd
+    holds the lock until closed. Raises `StorageError` if another holder has it."""
+    import fcntl
+
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(
+            f"{directory}: log is in use by another process or open ({exc})"
+        ) from exc
+    return fd
+
+
+def pwrite_all(fd: int, buf: bytes | bytearray, offset: int) -> None:
+    """Write all of ``buf`` at ``offset``: one ``pwrite`` unless the kernel writes short."""
+    n = os.pwrite(fd, buf, offset)
+    if n == len(buf):
+        return
+    view = memoryview(buf)
+    while n < len(buf):
+        written = os.pwrite(fd, view[n:], offset + n)
+        if written <= 0:
+            raise OSError(f"pwrite wrote {written} bytes")
+        n += written
+
+
+def unlink_quietly(path: str) -> None:
+    """Unlink ``path`` if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def file_crc(fd: int, size: int) -> int:
+    """CRC32C of the first ``size`` bytes of ``fd``."""
+    crc = 0
+    pos = 0
+    while pos < size:
+        chunk = os.pread(fd, min(8 * (1 << 20), size - pos), pos)
+        if not chunk:
+            raise OSError(f"file shorter than {size} bytes")
+        crc = crc32c.crc32c(chunk, crc)
+        pos += len(chunk)
+    return crc

@@ -39,16 +39,17 @@ flag. Every step is ordered so that a crash between any two leaves a state
 that recovery either finishes (prefix truncation, reset) or that is a valid
 shorter log (suffix truncation).
 
-Reading and concurrency. Each segment keeps the file offset and term of
-every record in two ``array('Q')`` (16 bytes per entry, no Python object per
-entry). Recently appended entries are also kept in a cache bounded in bytes
-(``Entry.size``), a contiguous suffix of the log; older entries are read
-with ``pread`` and re-validated (CRC, index) on every read. One writer thread
-calls the mutating methods while another thread reads indices the write
-does not touch: a `threading.Lock` guards the in-memory index, and is never
-held across a write, an fsync or an unlink, so reads are never blocked by an
-fsync. (Reads from disk ``pread`` under the lock, so a segment's fd cannot be
-closed and reused underneath them.)
+Reading and concurrency. Each segment keeps the file offset of every record
+in an ``array('Q')`` and its terms as runs (first index, term) in two more:
+about 8 bytes per entry and no Python object per entry. Recently appended
+entries are also kept in a cache bounded in bytes (``Entry.size``), a
+contiguous suffix of the log; older entries are read with ``pread`` and
+re-validated (CRC, index) on every read. One writer thread calls the
+mutating methods while another thread reads indices the write does not
+touch: a `threading.Lock` guards the in-memory index, and is never held
+across a write, an fsync or an unlink, so reads are never blocked by an
+fsync. (Reads from disk ``pread`` under the lock, so a segment's fd cannot
+be closed and reused underneath them.)
 
 Recovery on open. Every byte of every segment is CRC-checked. A sealed
 segment with a valid sidecar index is verified with one CRC32C over the whole
@@ -86,7 +87,6 @@ import logging
 import mmap
 import os
 import re
-import struct
 import threading
 from array import array
 from collections.abc import Sequence
@@ -95,8 +95,17 @@ import crc32c
 
 from pyjraft.core.log_reader import LogUnavailableError
 from pyjraft.core.types import Entry
-from pyjraft.storage._fileutil import atomic_replace, fsync_dir, sync_data, sync_file
+from pyjraft.storage._fileutil import (
+    file_crc,
+    fsync_dir,
+    lock_directory,
+    pwrite_all,
+    sync_data,
+    sync_file,
+    unlink_quietly,
+)
 from pyjraft.storage.api import CorruptLogError, StorageError
+from pyjraft.storage.log_meta import RESET_PENDING, read_log_meta, write_log_meta
 from pyjraft.storage.record import (
     decode_records,
     encode_batch,
@@ -112,12 +121,6 @@ logger = logging.getLogger("pyjraft.storage")
 
 _SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
 _INDEX_RE = re.compile(r"^\d{20}\.idx(\.tmp)?$")
-_LOG_META = "log_meta"
-_LOCK_FILE = "log.lock"
-_META_MAGIC = b"PJLM"
-_META_VERSION = 1
-_META = struct.Struct("<4sIBBHQQ")
-_RESET_PENDING = 0x01
 _MiB = 1 << 20
 _CACHE_COMPACT = 4096
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -220,7 +223,7 @@ class SegmentLogStorage:
         self._lock_fd = -1
         try:
             os.makedirs(self._dir, exist_ok=True)
-            self._lock_fd = _lock_directory(self._dir)
+            self._lock_fd = lock_directory(self._dir)
             self._recover()
         except BaseException as exc:
             self._close_files()
@@ -363,7 +366,7 @@ class SegmentLogStorage:
         else:
             enc = encode_batch(entries, self._last + 1, seg.size, seg.last_term)
         try:
-            _pwrite_all(seg.fd, enc.buf, seg.size)
+            pwrite_all(seg.fd, enc.buf, seg.size)
             if self._sync:
                 sync_data(seg.fd)
         except OSError as exc:
@@ -424,14 +427,14 @@ class SegmentLogStorage:
             for d in reversed(doomed):
                 os.close(d.fd)
                 os.unlink(d.path)
-                _unlink_quietly(d.index_path)
+                unlink_quietly(d.index_path)
                 fsync_dir(self._dir)
             if seg is not None:
-                _unlink_quietly(seg.index_path)  # it is the last segment now
+                unlink_quietly(seg.index_path)  # it is the last segment now
                 os.ftruncate(seg.fd, seg.size)
                 if self._sync:
                     sync_file(seg.fd)
-                seg.crc = _file_crc(seg.fd, seg.size)
+                seg.crc = file_crc(seg.fd, seg.size)
         except OSError as exc:
             self._fail(f"truncate_suffix({last_kept}) failed: {exc}")
             raise StorageError(self._failed) from exc
@@ -478,7 +481,7 @@ class SegmentLogStorage:
         if next_index < 1 or prev_term < 0:
             raise ValueError(f"reset({next_index}, {prev_term}): out of range")
         try:
-            self._write_log_meta(next_index, prev_term, _RESET_PENDING)
+            self._write_log_meta(next_index, prev_term, RESET_PENDING)
         except OSError as exc:
             self._fail(f"reset: writing log_meta failed: {exc}")
             raise StorageError(self._failed) from exc
@@ -546,7 +549,7 @@ class SegmentLogStorage:
             for d in doomed:
                 os.close(d.fd)
                 os.unlink(d.path)
-                _unlink_quietly(d.index_path)
+                unlink_quietly(d.index_path)
             fsync_dir(self._dir)
         except OSError as exc:
             self._fail(f"{what}: deleting segments failed: {exc}")
@@ -563,7 +566,7 @@ class SegmentLogStorage:
             os.replace(tmp, seg.index_path)
         except OSError as exc:
             logger.warning("%s: cannot write index (%s); next open will scan", seg.path, exc)
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
 
     def _evict_cache(self) -> None:
         cache = self._cache
@@ -598,32 +601,10 @@ class SegmentLogStorage:
             self._lock_fd = -1
 
     def _write_log_meta(self, first: int, prev_term: int, flags: int) -> None:
-        raw = _META.pack(_META_MAGIC, 0, _META_VERSION, flags, 0, first, prev_term)
-        crc = crc32c.crc32c(raw[8:])
-        atomic_replace(self._dir, _LOG_META, raw[:4] + struct.pack("<I", crc) + raw[8:])
-
-    def _read_log_meta(self) -> tuple[int, int, int]:
-        path = os.path.join(self._dir, _LOG_META)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return 1, 0, 0
-        if len(raw) != _META.size:
-            raise CorruptLogError(path, 0, f"log_meta has {len(raw)} bytes, expected {_META.size}")
-        magic, crc, version, flags, _res, first, prev_term = _META.unpack(raw)
-        if magic != _META_MAGIC:
-            raise CorruptLogError(path, 0, f"bad magic {magic!r}")
-        if crc32c.crc32c(raw[8:]) != crc:
-            raise CorruptLogError(path, 4, "CRC mismatch")
-        if version != _META_VERSION:
-            raise CorruptLogError(path, 8, f"unknown log_meta version {version}")
-        if first < 1 or flags & ~_RESET_PENDING:
-            raise CorruptLogError(path, 0, f"bad log_meta first={first} flags={flags:#x}")
-        return first, prev_term, flags
+        write_log_meta(self._dir, first, prev_term, flags)
 
     def _recover(self) -> None:
-        first, prev_term, flags = self._read_log_meta()
+        first, prev_term, flags = read_log_meta(self._dir)
         names: list[tuple[int, str]] = []
         for name in os.listdir(self._dir):
             if not name.endswith(".log"):
@@ -635,7 +616,7 @@ class SegmentLogStorage:
                 )
             names.append((int(m.group(1)), os.path.join(self._dir, name)))
         names.sort()
-        if flags & _RESET_PENDING:
+        if flags & RESET_PENDING:
             logger.warning("%s: finishing an interrupted reset(%d)", self._dir, first)
             for _, path in names:
                 os.unlink(path)
@@ -677,7 +658,7 @@ class SegmentLogStorage:
         for name in os.listdir(self._dir):
             path = os.path.join(self._dir, name)
             if _INDEX_RE.match(name) and path not in keep:
-                _unlink_quietly(path)
+                unlink_quietly(path)
         if self._segments:
             last = self._segments[-1].last
             if last < first - 1:
@@ -758,50 +739,6 @@ class SegmentLogStorage:
         seg.size = size
         seg.crc = idx.seg_crc
         return True
-
-
-def _lock_directory(directory: str) -> int:
-    import fcntl
-
-    path = os.path.join(directory, _LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise StorageError(
-            f"{directory}: log is in use by another process or open ({exc})"
-        ) from exc
-    return fd
-
-
-def _pwrite_all(fd: int, buf: bytes | bytearray, offset: int) -> None:
-    n = os.pwrite(fd, buf, offset)
-    if n == len(buf):
-        return
-    view = memoryview(buf)
-    while n < len(buf):
-        written = os.pwrite(fd, view[n:], offset + n)
-        if written <= 0:
-            raise OSError(f"pwrite wrote {written} bytes")
-        n += written
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _file_crc(fd: int, size: int) -> int:
-    crc = 0
-    pos = 0
-    while pos < size:
-        chunk = os.pread(fd, min(8 * _MiB, size - pos), pos)
-        if not chunk:
-            raise OSError(f"file shorter than {size} bytes")
-        crc = crc32c.crc32c(chunk, crc)
-        pos += len(chunk)
-    return crc
 
 
 def _pread_exact(seg: _Segment, length: int, offset: int) -> bytes:
