@@ -241,6 +241,16 @@ class RaftCore:
         rd.messages, self._msgs = self._msgs, []
         return rd
 
+    def take_eager_messages(self) -> list[Message]:
+        """Take the messages that may be sent before anything is durable (a leader's
+        appends and heartbeats), without waiting for the next `Ready`.
+
+        A runtime whose write is in flight calls this after each input, so
+        followers receive new entries while the leader's own fsync runs.
+        """
+        out, self._eager = self._eager, []
+        return out
+
     def advance(self, rd: Ready) -> None:
         """Report that ``rd`` was handled: its state is durable and its entries applied."""
         if rd.entries:

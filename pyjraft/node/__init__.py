@@ -1,1 +1,33 @@
-"""pyjraft.node."""
+"""The asyncio runtime: `Node` drives one raft group; `StateMachine` is yours."""
+
+from pyjraft.node.errors import (
+    LeadershipLostError,
+    NodeStorageError,
+    NotLeaderError,
+    OverloadedError,
+    RaftError,
+    ShutdownError,
+    StateMachineError,
+)
+from pyjraft.node.fsm_caller import FSMCaller
+from pyjraft.node.node import Node, NodeState, peers_from
+from pyjraft.node.options import NodeOptions
+from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
+
+__all__ = [
+    "FSMCaller",
+    "LeaderChangeContext",
+    "LeadershipLostError",
+    "Node",
+    "NodeOptions",
+    "NodeState",
+    "NodeStorageError",
+    "NotLeaderError",
+    "OverloadedError",
+    "RaftError",
+    "ShutdownError",
+    "StateMachine",
+    "StateMachineError",
+    "Status",
+    "peers_from",
+]

@@ -1,0 +1,48 @@
+"""The runtime's error family. Every error a caller of `Node.apply` can see.
+
+All derive from `pyjraft.core.RaftError`; `NotLeaderError` is the core's own,
+carrying the leader's address (``""`` when unknown).
+"""
+
+from __future__ import annotations
+
+from pyjraft.core.errors import NotLeaderError, RaftError
+
+
+class LeadershipLostError(RaftError):
+    """This node stopped leading before the entry was applied here.
+
+    The outcome is UNKNOWN: the entry may still be committed by the next
+    leader. Retry only if the operation is idempotent, or read to find out.
+    """
+
+
+class OverloadedError(RaftError):
+    """The proposal queue is full; nothing was proposed. Retry later.
+
+    Load never puts the node into a permanent error state.
+    """
+
+
+class ShutdownError(RaftError):
+    """The node is shut down (or shutting down); nothing was proposed."""
+
+
+class StateMachineError(RaftError):
+    """The state machine raised while applying; the node stopped applying and
+    left the group (its replica state is unknown). See `StateMachine.on_error`."""
+
+
+class NodeStorageError(RaftError):
+    """Durable storage failed; the node stopped. The operation's outcome is unknown."""
+
+
+__all__ = [
+    "LeadershipLostError",
+    "NodeStorageError",
+    "NotLeaderError",
+    "OverloadedError",
+    "RaftError",
+    "ShutdownError",
+    "StateMachineError",
+]

@@ -1,0 +1,504 @@
+"""`Node`: the asyncio runtime of one raft group member.
+
+Theory of operation
+-------------------
+The pure core (`pyjraft.core.RaftCore`) is fed from three sources, all on
+the event loop: a timer (one `tick` per heartbeat interval), the transport
+(`step` for each inbound message) and callers of `apply`. Proposals queue up
+and are proposed together at the next turn of the loop, so a burst becomes
+one `propose_batch`: one log write, one fsync, one AppendEntries per follower.
+
+One task, `_run`, takes each `Ready` and does what its contract says:
+the leader's eager messages go out at once, then hard state and entries are
+written on a dedicated writer thread (one write, one fdatasync; the write is
+shielded from cancellation), then the remaining messages are sent, then
+committed entries are applied through the `FSMCaller`, then `advance`. While
+a write is in flight the core keeps stepping messages and taking proposals;
+the leader sends the new appends right away (`take_eager_messages`), and the
+next `Ready` carries everything that accumulated: group commit.
+
+A caller's future resolves when its entry is applied on this node (hence
+durable on a majority, hence committed). If leadership is lost first, the
+future fails with `LeadershipLostError` (outcome unknown). Load is shed at
+the door: `apply` raises `OverloadedError` when too much is pending, and the
+node stays healthy. Storage failures and state machine exceptions are
+fatal: the node stops participating rather than risk divergence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import random
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pyjraft.core.config import CoreConfig
+from pyjraft.core.errors import NotLeaderError
+from pyjraft.core.messages import Message
+from pyjraft.core.raft import RaftCore
+from pyjraft.core.ready import Ready
+from pyjraft.core.types import NONE, ConfState, Entry, EntryType, HardState, Role, SoftState
+from pyjraft.node.errors import (
+    LeadershipLostError,
+    NodeStorageError,
+    OverloadedError,
+    ShutdownError,
+    StateMachineError,
+)
+from pyjraft.node.fsm_caller import FSMCaller
+from pyjraft.node.options import NodeOptions
+from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
+from pyjraft.storage.api import LogStorage, MetaStorage
+from pyjraft.transport.base import Transport
+
+log = logging.getLogger("pyjraft.node")
+
+
+class NodeState(enum.Enum):
+    """Lifecycle of a `Node`."""
+
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+_Waiter = tuple[int, "asyncio.Future[Any]"]
+
+
+class Node:
+    """One member of one raft group, driven on an asyncio loop. Create with `start`."""
+
+    def __init__(
+        self,
+        options: NodeOptions,
+        machine: StateMachine,
+        transport: Transport,
+        log_storage: LogStorage,
+        meta: MetaStorage,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options
+        self.transport = transport
+        self._log = log_storage
+        self._meta = meta
+        self._fsm = FSMCaller(machine)
+        o = options
+        config = CoreConfig(
+            id=o.id,
+            voters=o.peers,
+            group=o.group,
+            election_ticks=o.election_ticks,
+            heartbeat_ticks=1,
+            pre_vote=o.pre_vote,
+            check_quorum=o.check_quorum,
+            max_inflight_msgs=o.max_inflight_appends,
+            max_inflight_bytes=o.max_inflight_bytes,
+            max_entries_per_msg=o.max_entries_per_append,
+            max_bytes_per_msg=o.max_bytes_per_append,
+            max_apply_bytes=o.apply_batch_bytes,
+        )
+        self._core = RaftCore(config, log_storage, meta.load(), rng or random.Random())
+        self.state = NodeState.RUNNING
+        self.error: BaseException | None = None
+        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._waiting: dict[int, _Waiter] = {}
+        self._flush_scheduled = False
+        self._wake = asyncio.Event()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-{o.group}")
+        self._soft = SoftState(NONE, self._core.role, self._core.term)
+        self._leader_started = False
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self.stats: dict[str, int] = {
+            "proposals": 0,
+            "batches": 0,
+            "readies": 0,
+            "syncs": 0,
+            "applied": 0,
+            "overloaded": 0,
+        }
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls,
+        options: NodeOptions,
+        machine: StateMachine,
+        transport: Transport,
+        *,
+        log_storage: LogStorage | None = None,
+        meta: MetaStorage | None = None,
+        rng: random.Random | None = None,
+    ) -> Node:
+        """Open storage (recovering term, vote and log), join the transport, start.
+
+        Storage defaults to `SegmentLogStorage` and `FileMetaStorage` under
+        ``options.data_dir``, or in-memory storage when that is None.
+        """
+        if log_storage is None or meta is None:
+            log_storage, meta = await asyncio.to_thread(_open_storage, options)
+        assert log_storage is not None and meta is not None
+        node = cls(options, machine, transport, log_storage, meta, rng=rng)
+        transport.register_group(options.group, node._on_message)
+        node._task = asyncio.create_task(node._run(), name=f"raft-{options.group}-{options.id}")
+        node._schedule_tick()
+        await node._fsm.configuration_committed(ConfState(voters=options.peers))
+        return node
+
+    async def shutdown(self) -> None:
+        """Stop: fail pending callers with `ShutdownError`, finish the write in
+        flight, call `StateMachine.on_shutdown`, close storage. Idempotent."""
+        if self.state in (NodeState.STOPPING, NodeState.STOPPED):
+            return
+        was_error = self.state is NodeState.ERROR
+        self.state = NodeState.STOPPING
+        self._stop_participating()
+        self._fail_all(ShutdownError("node is shutting down"))
+        self._wake.set()
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        await asyncio.to_thread(self._writer.shutdown, True)
+        if not was_error:
+            await self._fsm.shutdown()
+        with contextlib.suppress(Exception):
+            self._log.close()
+        self.state = NodeState.STOPPED
+
+    # -- the public surface --------------------------------------------------
+
+    async def apply(self, data: bytes) -> Any:
+        """Replicate ``data`` and return the state machine's result for it.
+
+        Raises `NotLeaderError` (with ``.leader``), `OverloadedError`,
+        `LeadershipLostError` (outcome unknown), `ShutdownError`,
+        `StateMachineError` or `NodeStorageError`. Cancelling the caller does
+        not withdraw the entry.
+        """
+        self._check_running()
+        if self._core.role is not Role.LEADER:
+            raise NotLeaderError(self._core.leader)
+        if len(data) > self.options.max_entry_bytes:
+            raise ValueError(
+                f"entry of {len(data)} bytes exceeds max_entry_bytes {self.options.max_entry_bytes}"
+            )
+        if len(self._queue) + len(self._waiting) >= self.options.max_pending_proposals:
+            self.stats["overloaded"] += 1
+            raise OverloadedError(
+                f"{len(self._queue) + len(self._waiting)} proposals pending; retry later"
+            )
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.append((bytes(data), fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_proposals)
+        return await fut
+
+    @property
+    def id(self) -> str:
+        """This member's address."""
+        return self.options.id
+
+    @property
+    def group(self) -> str:
+        """The raft group."""
+        return self.options.group
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node currently leads."""
+        return self._core.role is Role.LEADER
+
+    @property
+    def leader(self) -> str:
+        """The known leader's address, or ``""``."""
+        return self._core.leader
+
+    @property
+    def term(self) -> int:
+        """The current term."""
+        return self._core.term
+
+    @property
+    def role(self) -> Role:
+        """The current role."""
+        return self._core.role
+
+    @property
+    def applied_index(self) -> int:
+        """The last index applied to the state machine."""
+        return self._fsm.applied_index
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot of this node's state, for status pages and admin tools."""
+        core = self._core
+        st: dict[str, Any] = {
+            "id": self.id,
+            "group": self.group,
+            "state": self.state.value,
+            "role": core.role.value,
+            "term": core.term,
+            "leader": core.leader,
+            "vote": core.vote,
+            "commit_index": core.commit_index,
+            "applied_index": self.applied_index,
+            "last_index": core.log.last_index(),
+            "first_index": core.log.first_index(),
+            "pending": len(self._queue) + len(self._waiting),
+            "stats": dict(self.stats),
+        }
+        if core.role is Role.LEADER:
+            st["peers"] = {
+                p: {"match": pr.match, "next": pr.next, "state": pr.state.value}
+                for p, pr in core.progress.items()
+                if p != self.id
+            }
+        if self.error is not None:
+            st["error"] = repr(self.error)
+        return st
+
+    # -- inputs --------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        if self.state is not NodeState.RUNNING:
+            return
+        try:
+            self._core.step(msg)
+        except Exception as exc:
+            self._fatal(exc)
+            return
+        self._send_eager()
+        self._wake.set()
+
+    def _schedule_tick(self) -> None:
+        self._tick_handle = self._loop.call_later(self.options.heartbeat_ms / 1000, self._on_tick)
+
+    def _on_tick(self) -> None:
+        if self.state is not NodeState.RUNNING:
+            return
+        self._schedule_tick()
+        try:
+            self._core.tick()
+        except Exception as exc:
+            self._fatal(exc)
+            return
+        self._send_eager()
+        self._wake.set()
+
+    def _flush_proposals(self) -> None:
+        self._flush_scheduled = False
+        queue, self._queue = self._queue, []
+        if not queue:
+            return
+        if self.state is not NodeState.RUNNING:
+            for _, fut in queue:
+                _fail(fut, ShutdownError("node is not running"))
+            return
+        core = self._core
+        if core.role is not Role.LEADER:
+            for _, fut in queue:
+                _fail(fut, NotLeaderError(core.leader))
+            return
+        try:
+            last = core.propose_batch([d for d, _ in queue])
+        except Exception as exc:
+            for _, fut in queue:
+                _fail(fut, exc)
+            self._fatal(exc)
+            return
+        term = core.term
+        first = last - len(queue) + 1
+        waiting = self._waiting
+        for i, (_, fut) in enumerate(queue):
+            waiting[first + i] = (term, fut)
+        self.stats["proposals"] += len(queue)
+        self.stats["batches"] += 1
+        self._send_eager()
+        self._wake.set()
+
+    def _send_eager(self) -> None:
+        msgs = self._core.take_eager_messages()
+        if msgs:
+            self.transport.send(msgs)
+
+    # -- the Ready loop ------------------------------------------------------
+
+    async def _run(self) -> None:
+        core = self._core
+        try:
+            while self.state is NodeState.RUNNING:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.state is NodeState.RUNNING and core.has_ready():
+                    await self._handle_ready(core.ready())
+        except Exception as exc:
+            self._fatal(exc)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        self.stats["readies"] += 1
+        if rd.soft_state is not None:
+            await self._on_soft_state(rd.soft_state)
+        if rd.eager_messages:
+            self.transport.send(rd.eager_messages)
+        if rd.must_sync:
+            write = self._loop.run_in_executor(
+                self._writer, self._persist, rd.hard_state, rd.entries
+            )
+            # The write must finish even if this task is cancelled: a half-known
+            # durable state would break the promise the next messages make.
+            try:
+                await asyncio.shield(write)
+            except Exception as exc:
+                raise NodeStorageError(f"storage write failed: {exc!r}") from exc
+            self.stats["syncs"] += 1
+        if rd.messages:
+            self.transport.send(rd.messages)
+        if rd.committed_entries:
+            await self._apply(rd.committed_entries)
+        self._core.advance(rd)
+        # advance may have committed our own entries (leader counted itself).
+        self._send_eager()
+
+    def _persist(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+        if hard_state is not None:
+            self._meta.save(hard_state)
+        if entries:
+            first = entries[0].index
+            if first <= self._log.last_index():
+                self._log.truncate_suffix(first - 1)
+            self._log.append(entries)
+
+    async def _apply(self, entries: list[Entry]) -> None:
+        user = [e for e in entries if e.type is EntryType.NORMAL]
+        results = await self._fsm.apply(user) if user else []
+        self._fsm.applied_index = entries[-1].index
+        self.stats["applied"] += len(user)
+        waiting = self._waiting
+        if waiting:
+            it = iter(results)
+            for e in entries:
+                result = next(it) if e.type is EntryType.NORMAL else None
+                w = waiting.pop(e.index, None)
+                if w is None:
+                    continue
+                term, fut = w
+                if e.term == term:
+                    if not fut.done():
+                        fut.set_result(result)
+                else:
+                    _fail(
+                        fut, LeadershipLostError(f"entry {e.index} was overwritten by a new leader")
+                    )
+        if not self._leader_started and self._core.role is Role.LEADER:
+            term = self._core.term
+            if any(e.type is EntryType.NOOP and e.term == term for e in entries):
+                # Everything before our no-op is applied: the machine is current.
+                self._leader_started = True
+                await self._fsm.leader_start(term)
+
+    async def _on_soft_state(self, soft: SoftState) -> None:
+        old = self._soft
+        self._soft = soft
+        if old.role is Role.LEADER and soft.role is not Role.LEADER:
+            self._fail_waiting(
+                LeadershipLostError(
+                    f"leadership lost in term {old.term}; the outcome is unknown "
+                    "(the entry may still commit)"
+                )
+            )
+            if self._leader_started:
+                self._leader_started = False
+                await self._fsm.leader_stop(Status("stepped_down", f"term {soft.term}"))
+        following_old = old.role not in (Role.LEADER,) and old.leader not in (NONE,)
+        following_new = soft.role not in (Role.LEADER,) and soft.leader not in (NONE,)
+        if following_old and (not following_new or old.leader != soft.leader):
+            await self._fsm.stop_following(LeaderChangeContext(old.leader, old.term))
+        if following_new and (not following_old or old.leader != soft.leader):
+            await self._fsm.start_following(LeaderChangeContext(soft.leader, soft.term))
+
+    # -- failure -------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self.state is NodeState.RUNNING:
+            return
+        if self.state is NodeState.ERROR and self.error is not None:
+            if isinstance(self.error, (StateMachineError, NodeStorageError)):
+                raise type(self.error)(str(self.error))
+            raise NodeStorageError(f"node failed: {self.error!r}")
+        raise ShutdownError("node is shut down")
+
+    def _fatal(self, exc: BaseException) -> None:
+        if self.state is not NodeState.RUNNING:
+            return
+        log.error("raft node %s/%s stopped on a fatal error", self.group, self.id, exc_info=exc)
+        self.state = NodeState.ERROR
+        self.error = exc
+        self._stop_participating()
+        err: Exception = (
+            exc
+            if isinstance(exc, (StateMachineError, NodeStorageError))
+            else NodeStorageError(f"node failed: {exc!r}")
+        )
+        self._fail_all(err)
+        self._wake.set()
+        self._loop.create_task(self._fsm.error(exc))
+
+    def _stop_participating(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        with contextlib.suppress(Exception):
+            self.transport.unregister_group(self.group)
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for _, fut in waiting.values():
+            _fail(fut, exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        queue, self._queue = self._queue, []
+        for _, fut in queue:
+            _fail(fut, exc)
+        self._fail_waiting(exc)
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _open_storage(options: NodeOptions) -> tuple[LogStorage, MetaStorage]:
+    if options.data_dir is None:
+        from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
+
+        return MemoryLogStorage(), MemoryMetaStorage()
+    from pyjraft.storage.meta import FileMetaStorage
+    from pyjraft.storage.segment_log import SegmentLogStorage
+
+    base = os.path.join(options.data_dir, options.group)
+    log_storage = SegmentLogStorage(
+        os.path.join(base, "log"),
+        sync=options.sync,
+        segment_bytes=options.segment_bytes,
+        cache_bytes=options.log_cache_bytes,
+    )
+    return log_storage, FileMetaStorage(base)
+
+
+def peers_from(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """Parse ``"a:1,b:2"`` (or a sequence) into a tuple of peer addresses."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    return tuple(p.strip() for p in items if p.strip())

@@ -1,0 +1,86 @@
+"""`NodeOptions`: every knob of a node, with sane defaults and validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyjraft.core.errors import ConfigError
+from pyjraft.core.types import GroupId, NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    """Options of one raft group member. Invalid values raise `ConfigError`."""
+
+    id: NodeId
+    """This member's address, ``host:port`` (the transport's address)."""
+    peers: tuple[NodeId, ...]
+    """Initial voting members, this one included."""
+    group: GroupId = "default"
+    """The raft group's name; many groups may share one transport."""
+    data_dir: str | None = None
+    """Directory for the log and term/vote; None keeps everything in memory (tests only)."""
+    election_timeout_ms: int = 1000
+    """Base election timeout; each election waits a random time in [t, 2t)."""
+    heartbeat_ms: int = 100
+    """Leader heartbeat interval; also the tick length. Must divide into the election timeout."""
+    max_inflight_appends: int = 256
+    """Unacknowledged AppendEntries per follower (pipelining depth)."""
+    max_entries_per_append: int = 4096
+    """Entries per AppendEntries."""
+    max_bytes_per_append: int = 1 << 20
+    """Entry bytes per AppendEntries."""
+    max_inflight_bytes: int = 64 << 20
+    """Unacknowledged entry bytes per follower."""
+    apply_batch_bytes: int = 16 << 20
+    """Committed entry bytes handed to the state machine per call."""
+    max_pending_proposals: int = 100_000
+    """Proposals queued or awaiting commit beyond which `apply` fails fast with
+    `OverloadedError` instead of growing memory."""
+    max_entry_bytes: int = 16 << 20
+    """Largest accepted entry."""
+    sync: bool = True
+    """fdatasync before acknowledging. ``False`` is UNSAFE: an acknowledged write can
+    be lost if a majority of machines lose power or crash together."""
+    segment_bytes: int = 64 << 20
+    """Log segment file size."""
+    log_cache_bytes: int = 32 << 20
+    """Recently appended entries kept in memory for followers that lag a little."""
+    pre_vote: bool = True
+    """Raft thesis 9.6 pre-vote."""
+    check_quorum: bool = True
+    """Leaders step down without a quorum; followers in a lease ignore vote requests."""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ConfigError("id must be set")
+        if self.id not in self.peers:
+            raise ConfigError(f"id {self.id} must be one of peers {self.peers}")
+        if len(set(self.peers)) != len(self.peers):
+            raise ConfigError(f"duplicate peers in {self.peers}")
+        if self.heartbeat_ms < 1:
+            raise ConfigError("heartbeat_ms must be >= 1")
+        if self.election_timeout_ms < 2 * self.heartbeat_ms:
+            raise ConfigError(
+                f"election_timeout_ms ({self.election_timeout_ms}) must be at least twice "
+                f"heartbeat_ms ({self.heartbeat_ms})"
+            )
+        for name in (
+            "max_inflight_appends",
+            "max_entries_per_append",
+            "max_bytes_per_append",
+            "max_inflight_bytes",
+            "apply_batch_bytes",
+            "max_pending_proposals",
+            "max_entry_bytes",
+            "segment_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.log_cache_bytes < 0:
+            raise ConfigError("log_cache_bytes must be >= 0")
+
+    @property
+    def election_ticks(self) -> int:
+        """The election timeout in ticks (a tick is one heartbeat interval)."""
+        return max(2, self.election_timeout_ms // self.heartbeat_ms)
