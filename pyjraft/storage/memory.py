@@ -68,7 +68,9 @@ class MemoryLogStorage:
         self._check_open()
         with self._lock:
             if last_kept < self._offset:
-                raise ValueError(f"truncate_suffix({last_kept}) below first index {self.first_index()}")
+                raise ValueError(
+                    f"truncate_suffix({last_kept}) below first index {self.first_index()}"
+                )
             del self._terms[last_kept - self._offset + 1 :]
             del self._entries[last_kept - self._offset + 1 :]
 
@@ -78,7 +80,9 @@ class MemoryLogStorage:
             if first_kept <= self.first_index():
                 return
             if first_kept > self.last_index() + 1:
-                raise ValueError(f"truncate_prefix({first_kept}) past last index {self.last_index()}")
+                raise ValueError(
+                    f"truncate_prefix({first_kept}) past last index {self.last_index()}"
+                )
             cut = first_kept - 1 - self._offset
             self._terms = self._terms[cut:]
             self._entries = [None, *self._entries[cut + 1 :]]
