@@ -29,6 +29,7 @@ from pyjraft.core.config import CoreConfig
 from pyjraft.core.errors import NotLeaderError
 from pyjraft.core.messages import Message
 from pyjraft.core.raft import RaftCore
+from pyjraft.core.ready import Ready
 from pyjraft.core.types import Entry, EntryType, NodeId, Role
 from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
 from pyjraft.testing.sim.checker import SafetyChecker, SafetyViolation, Violation
@@ -36,7 +37,10 @@ from pyjraft.testing.sim.checker import SafetyChecker, SafetyViolation, Violatio
 TICK = 100
 """Simulated time units per nominal tick; message delays are in these units."""
 
-_TICK, _DELIVER, _PROPOSE, _FAULT, _HEAL = range(5)
+_TICK, _DELIVER, _PROPOSE, _FAULT, _HEAL, _WRITTEN = range(6)
+
+_FAULTS_MIXED = ("partition", "oneway", "isolate", "crash", "crash_leader", "restart", "heal")
+_FAULTS_CHURN = ("crash_leader", "restart", "restart", "isolate", "heal", "partition")
 
 
 @dataclass(slots=True)
@@ -79,6 +83,7 @@ class _Node:
     core: RaftCore | None = None
     incarnation: int = 0
     applied: int = 0
+    writing: Ready | None = None
 
 
 class Simulation:
@@ -106,10 +111,19 @@ class Simulation:
         # which may overtake others (reconnects, retransmission across paths).
         self.reorder = rng.choice([0.0, 0.01, 0.1]) if faults else 0.0
         self._link_clock: dict[tuple[NodeId, NodeId], int] = {}
-        self.fault_every = rng.choice([20, 50, 100]) * TICK
+        self.fault_every = rng.choice([3, 10, 30, 100]) * TICK
+        # Some seeds churn leaders hard: the schedules that break commit rules
+        # (paper Figure 8) need leaders to die between two of their messages.
+        self.fault_actions = rng.choice([_FAULTS_MIXED, _FAULTS_CHURN])
+        if self.fault_actions is _FAULTS_CHURN:
+            self.fault_every = rng.choice([1, 2, 4]) * TICK
         self.crash_mid_ready = rng.choice([0.0, 0.002, 0.01]) if faults else 0.0
         self.propose_every = rng.choice([2, 10, 40]) * TICK // 10
         self.healed = not faults
+        # Half the seeds run Readies the way `pyjraft.node.Node` does: the write
+        # takes time, the core keeps stepping meanwhile, and a leader's appends go
+        # out between Readies. The other half handle each Ready atomically.
+        self.write_delay = rng.choice([0, 0, 3, 20])
         self.pending: dict[tuple[NodeId, int, int], bytes] = {}
         self.acked: dict[bytes, int] = {}
         self._proposal_no = 0
@@ -147,6 +161,7 @@ class Simulation:
     def _crash(self, nid: NodeId) -> None:
         node = self.nodes[nid]
         node.core = None
+        node.writing = None  # a write in flight when the process died is lost
 
     def run(self) -> SimResult:
         """Run the chaos phase, heal, and check convergence."""
@@ -218,6 +233,15 @@ class Simulation:
         if kind == _HEAL:
             self._heal()
             return None
+        if kind == _WRITTEN:
+            nid, incarnation = payload[0], payload[1]
+            rd: Ready = payload[2]
+            node = self.nodes[nid]
+            if node.core is None or node.incarnation != incarnation or node.writing is not rd:
+                return None
+            node.writing = None
+            self._finish_ready(node, node.core, rd)
+            return nid
         raise AssertionError(kind)
 
     def _propose(self) -> NodeId | None:
@@ -229,7 +253,7 @@ class Simulation:
         assert node.core is not None
         if node.core.log.last_index() - node.core.log.committed > 1000:
             return None  # overloaded: a runtime's bounded queue refuses here
-        n = self.rng.choice([1, 1, 1, 5, 50])
+        n = self.rng.choice([1, 1, 1, 5, 20])
         datas = []
         for _ in range(n):
             self._proposal_no += 1
@@ -246,7 +270,7 @@ class Simulation:
     def _fault(self) -> None:
         rng = self.rng
         ids = self.ids
-        action = rng.choice(["partition", "oneway", "isolate", "crash", "restart", "heal"])
+        action = rng.choice(self.fault_actions)
         if action == "partition":
             side = set(rng.sample(ids, rng.randrange(1, len(ids))))
             self.cut = {(a, b) for a in ids for b in ids if (a in side) != (b in side)}
@@ -260,6 +284,10 @@ class Simulation:
             alive = [n for n in ids if self.nodes[n].core is not None]
             if alive:
                 self._crash(rng.choice(alive))
+        elif action == "crash_leader":
+            leaders = [n for n in ids if (c := self.nodes[n].core) and c.role is Role.LEADER]
+            if leaders:
+                self._crash(rng.choice(leaders))
         elif action == "restart":
             dead = [n for n in ids if self.nodes[n].core is None]
             if dead:
@@ -297,29 +325,45 @@ class Simulation:
     def _drain(self, nid: NodeId) -> None:
         node = self.nodes[nid]
         rng = self.rng
-        while (core := node.core) is not None and core.has_ready():
+        if node.core is not None and self.write_delay:
+            self._send(node.core.take_eager_messages())
+        while (core := node.core) is not None and node.writing is None and core.has_ready():
             rd = core.ready()
             if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
                 self.result.elections += 1
+            # Log matching is judged on what the core hands out to be written.
+            self.checker.check_append(nid, core, rd.entries)
             self._send(rd.eager_messages)
             if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
                 self._crash(nid)  # before anything of this Ready is durable
                 return
-            if rd.hard_state is not None:
-                node.meta.save(rd.hard_state)
-            if rd.entries:
-                self.checker.check_append(nid, core, rd.entries)
-                first = rd.entries[0].index
-                if first <= node.log.last_index():
-                    node.log.truncate_suffix(first - 1)
-                node.log.append(rd.entries)
-            if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
-                self._crash(nid)  # durable, but nothing sent or applied
+            if self.write_delay and rd.must_sync:
+                node.writing = rd
+                delay = 1 + rng.randrange(self.write_delay)
+                self._schedule(delay, _WRITTEN, (nid, node.incarnation, rd))
                 return
-            self._send(rd.messages)
-            self.checker.check_commit(nid, core)
-            self._apply(node, rd.committed_entries)
-            core.advance(rd)
+            self._finish_ready(node, core, rd)
+
+    def _finish_ready(self, node: _Node, core: RaftCore, rd: Ready) -> None:
+        """Persist, send, apply and advance one Ready."""
+        nid = node.nid
+        rng = self.rng
+        if rd.hard_state is not None:
+            node.meta.save(rd.hard_state)
+        if rd.entries:
+            first = rd.entries[0].index
+            if first <= node.log.last_index():
+                node.log.truncate_suffix(first - 1)
+            node.log.append(rd.entries)
+        if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
+            self._crash(nid)  # durable, but nothing sent or applied
+            return
+        self._send(rd.messages)
+        self.checker.check_commit(nid, core)
+        self._apply(node, rd.committed_entries)
+        core.advance(rd)
+        if self.write_delay:
+            self._send(core.take_eager_messages())
 
     def _apply(self, node: _Node, entries: list[Entry]) -> None:
         if not entries:
