@@ -1,0 +1,211 @@
+"""The asyncio runtime: results, errors, overload, failures, restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from pyjraft.core.types import Role
+from pyjraft.node import (
+    LeadershipLostError,
+    NodeState,
+    NotLeaderError,
+    OverloadedError,
+    ShutdownError,
+    StateMachineError,
+)
+from tests.node.harness import IDS, LocalCluster, run, wait_for
+
+
+def test_apply_returns_results_in_log_order_and_replicates() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=1)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            results = await asyncio.gather(*(leader.apply(b"1") for _ in range(500)))
+            assert sorted(results) == list(range(1, 501))
+            assert results == list(range(1, 501)), "one batch applies in proposal order"
+            for nid in IDS:
+                await wait_for(lambda nid=nid: c.machines[nid].value == 500, 5, f"{nid} applies")
+            assert leader.stats["batches"] < 50, "a burst is proposed in few batches"
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_follower_refuses_with_the_leader_address() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=2)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            await leader.apply(b"1")
+            follower = next(n for n in c.nodes.values() if not n.is_leader)
+            await wait_for(lambda: follower.leader == leader.id, 5, "follower learns leader")
+            with pytest.raises(NotLeaderError) as info:
+                await follower.apply(b"1")
+            assert info.value.leader == leader.id
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_overload_fails_fast_and_the_node_stays_healthy() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=3, max_pending_proposals=20)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            outcomes = await asyncio.gather(
+                *(leader.apply(b"1") for _ in range(50)), return_exceptions=True
+            )
+            ok = [o for o in outcomes if isinstance(o, int)]
+            over = [o for o in outcomes if isinstance(o, OverloadedError)]
+            assert len(ok) == 20 and len(over) == 30, outcomes
+            assert leader.stats["overloaded"] == 30
+            assert await leader.apply(b"1") == 21, "load shed; the node still serves"
+            assert leader.state is NodeState.RUNNING
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_state_machine_exception_is_fatal_and_loud() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=4)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            c.machines[leader.id].fail_on = b"7"
+            with pytest.raises(StateMachineError):
+                await leader.apply(b"7")
+            assert leader.state is NodeState.ERROR
+            await wait_for(
+                lambda: ("error", "StateMachineError") in c.machines[leader.id].events,
+                5,
+                "on_error called",
+            )
+            with pytest.raises(StateMachineError):
+                await leader.apply(b"1")
+            # The rest of the group elects a new leader and carries on.
+            survivor = await wait_for(
+                lambda: next(
+                    (n for n in c.nodes.values() if n.is_leader and n is not leader), None
+                ),
+                5,
+                "new leader",
+            )
+            assert survivor.state is NodeState.RUNNING
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_isolated_leader_fails_pending_with_unknown_outcome() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=5)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            await leader.apply(b"1")
+            c.net.isolate(leader.id)
+            pending = asyncio.ensure_future(leader.apply(b"1"))
+            with pytest.raises(LeadershipLostError) as info:
+                await asyncio.wait_for(pending, 5)
+            assert "unknown" in str(info.value)
+            assert leader.role is not Role.LEADER
+            c.net.heal()
+            new = await c.leader()
+            assert await new.apply(b"0") >= 1
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_shutdown_fails_pending_and_later_calls() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=6)
+        await c.start_all()
+        leader = await c.leader()
+        c.net.isolate(leader.id)  # nothing can commit
+        pending = asyncio.ensure_future(leader.apply(b"1"))
+        await asyncio.sleep(0)
+        await leader.shutdown()
+        with pytest.raises((ShutdownError, LeadershipLostError)):
+            await pending
+        with pytest.raises(ShutdownError):
+            await leader.apply(b"1")
+        assert c.machines[leader.id].events[-1] == ("shutdown", None)
+        await c.stop_all()
+
+    run(main())
+
+
+def test_callbacks_leader_start_and_following() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=7)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            m = c.machines[leader.id]
+            await wait_for(lambda: ("leader_start", leader.term) in m.events, 5, "leader_start")
+            for nid in IDS:
+                if nid != leader.id:
+                    await wait_for(
+                        lambda nid=nid: ("start_following", leader.id) in c.machines[nid].events,
+                        5,
+                        f"{nid} start_following",
+                    )
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_restart_from_data_dir_recovers_log_and_state(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=8, data_dir=str(tmp_path))
+        await c.start_all()
+        leader = await c.leader()
+        for _ in range(5):
+            await asyncio.gather(*(leader.apply(b"2") for _ in range(20)))
+        terms = {nid: n.term for nid, n in c.nodes.items()}
+        await c.stop_all()
+        await c.start_all()
+        try:
+            for nid in IDS:
+                assert c.nodes[nid].term >= terms[nid], "term survives restart"
+            leader = await c.leader()
+            assert await leader.apply(b"0") == 200, "every acknowledged write survived"
+            for nid in IDS:
+                await wait_for(lambda nid=nid: c.machines[nid].value == 200, 5, f"{nid} replays")
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_cancelled_caller_does_not_disturb_others() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=9)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            a = asyncio.ensure_future(leader.apply(b"1"))
+            b = asyncio.ensure_future(leader.apply(b"1"))
+            await asyncio.sleep(0)
+            a.cancel()
+            assert await b in (1, 2)
+            assert await leader.apply(b"1") == 3, "the cancelled entry was still applied"
+        finally:
+            await c.stop_all()
+
+    run(main())
