@@ -172,6 +172,14 @@ class RaftLog:
 
     def _find_conflict(self, entries: Sequence[Entry]) -> int:
         """Index of the first entry we lack or hold with another term; 0 if none."""
+        if not entries:
+            return 0
+        # The common cases in O(1): all new, or (by log matching) all present.
+        if entries[0].index > self.last_index():
+            return entries[0].index
+        last = entries[-1]
+        if self.term_or_none(last.index) == last.term:
+            return 0
         for e in entries:
             if self.term_or_none(e.index) != e.term:
                 return e.index

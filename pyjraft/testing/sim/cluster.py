@@ -37,7 +37,7 @@ from pyjraft.testing.sim.checker import SafetyChecker, SafetyViolation, Violatio
 TICK = 100
 """Simulated time units per nominal tick; message delays are in these units."""
 
-_TICK, _DELIVER, _PROPOSE, _FAULT, _HEAL, _WRITTEN = range(6)
+_TICK, _DELIVER, _PROPOSE, _FAULT, _HEAL, _WRITTEN, _KILL = range(7)
 
 _FAULTS_MIXED = ("partition", "oneway", "isolate", "crash", "crash_leader", "restart", "heal")
 _FAULTS_CHURN = ("crash_leader", "restart", "restart", "isolate", "heal", "partition")
@@ -57,6 +57,8 @@ class SimOptions:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     faults: bool = True
+    regime: str | None = None
+    """Force a fault regime ("mixed" or "churn"); None lets the seed choose."""
     core_factory: Any = None
     """Builds a core from (config, log, hard_state, rng); lets tests inject broken cores."""
 
@@ -115,8 +117,14 @@ class Simulation:
         # Some seeds churn leaders hard: the schedules that break commit rules
         # (paper Figure 8) need leaders to die between two of their messages.
         self.fault_actions = rng.choice([_FAULTS_MIXED, _FAULTS_CHURN])
+        if self.opt.regime is not None:
+            self.fault_actions = _FAULTS_CHURN if self.opt.regime == "churn" else _FAULTS_MIXED
+        # In the churn regime new leaders often die young: a few message delays
+        # after winning, often mid-way through repairing followers' logs.
+        self.kill_new_leaders = 0.0
         if self.fault_actions is _FAULTS_CHURN:
             self.fault_every = rng.choice([1, 2, 4]) * TICK
+            self.kill_new_leaders = rng.choice([0.2, 0.5])
         self.crash_mid_ready = rng.choice([0.0, 0.002, 0.01]) if faults else 0.0
         self.propose_every = rng.choice([2, 10, 40]) * TICK // 10
         self.healed = False
@@ -150,7 +158,7 @@ class Simulation:
             election_ticks=self.opt.election_ticks,
             heartbeat_ticks=self.opt.heartbeat_ticks,
             max_inflight_msgs=self.rng.choice([1, 4, 256]),
-            max_entries_per_msg=self.rng.choice([1, 8, 4096]),
+            max_entries_per_msg=1 if self.kill_new_leaders else self.rng.choice([1, 8, 4096]),
         )
         core_rng = random.Random(self.rng.getrandbits(64))
         factory = self.opt.core_factory or RaftCore
@@ -232,6 +240,11 @@ class Simulation:
             return None
         if kind == _HEAL:
             self._heal()
+            return None
+        if kind == _KILL:
+            node = self.nodes[payload[0]]
+            if node.core is not None and node.incarnation == payload[1] and not self.healed:
+                self._crash(node.nid)
             return None
         if kind == _WRITTEN:
             nid, incarnation = payload[0], payload[1]
@@ -331,6 +344,10 @@ class Simulation:
             rd = core.ready()
             if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
                 self.result.elections += 1
+                if not self.healed and rng.random() < self.kill_new_leaders:
+                    self._schedule(
+                        1 + rng.randrange(4 * self.max_delay), _KILL, (nid, node.incarnation)
+                    )
             # Log matching is judged on what the core hands out to be written.
             self.checker.check_append(nid, core, rd.entries)
             self._send(rd.eager_messages)
