@@ -1,0 +1,52 @@
+"""The latency floor of a durable write at concurrency 1: one small write plus
+fdatasync on the data directory's filesystem, plus one loopback TCP round trip.
+
+A Raft write can not be acknowledged sooner: the leader's fdatasync runs in
+parallel with the round trip to a follower and that follower's fdatasync, so
+the floor is about one fdatasync plus one round trip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+def fdatasync_us(directory: str, n: int = 200, size: int = 100) -> list[int]:
+    """Append ``size`` bytes to a fresh file in ``directory`` and fdatasync it, ``n``
+    times; return each write+fdatasync time in microseconds."""
+    path = os.path.join(directory, "floor-fdatasync.bin")
+    data = b"x" * size
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    out: list[int] = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            os.write(fd, data)
+            os.fdatasync(fd)
+            out.append((time.perf_counter_ns() - t0) // 1000)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return out
+
+
+def tcp_rtt_us(port: int, n: int = 1000, size: int = 100, host: str = "127.0.0.1") -> list[int]:
+    """Ping-pong ``size`` bytes with the echo server at ``host:port`` ``n`` times
+    (TCP_NODELAY, blocking socket); return each round trip in microseconds."""
+    data = b"y" * size
+    out: list[int] = []
+    with socket.create_connection((host, port), timeout=5.0) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            s.sendall(data)
+            got = 0
+            while got < size:
+                chunk = s.recv(size - got)
+                if not chunk:
+                    raise ConnectionError("echo server closed the connection")
+                got += len(chunk)
+            out.append((time.perf_counter_ns() - t0) // 1000)
+    return out

@@ -1,0 +1,171 @@
+"""One PySyncObj 0.3.17 cluster member for ``--compare``, run as its own process.
+
+``python -m pyjraft.bench.pso_server --self ADDR --partners A,B [--tuned] ...``
+
+In-memory journal (PySyncObj's default: nothing touches disk). ``--tuned``
+sets ``appendEntriesPeriod`` and ``autoTickPeriod`` to 0.005 s; otherwise
+every `SyncObjConf` field keeps its library default. Speaks the same JSON
+lines as `pyjraft.bench.server`: ``status``, ``run`` (writes submitted with
+``callback=`` on this node, at most ``concurrency`` in flight), ``exit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pyjraft.bench._proc import emit, set_pdeathsig, start_watchdog
+
+TUNED_PERIOD_S = 0.005
+"""``appendEntriesPeriod`` and ``autoTickPeriod`` of the tuned configuration."""
+
+
+def _make_obj(self_addr: str, partners: list[str], tuned: bool) -> Any:
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+
+    kwargs: dict[str, Any] = {}
+    if tuned:
+        kwargs = {"appendEntriesPeriod": TUNED_PERIOD_S, "autoTickPeriod": TUNED_PERIOD_S}
+    conf = SyncObjConf(**kwargs)
+
+    class BenchObj(SyncObj):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(self_addr, partners, conf)
+            self.__count = 0
+            self.__bytes = 0
+
+        @replicated  # type: ignore[untyped-decorator]
+        def incr(self, value: bytes) -> int:
+            self.__count += 1
+            self.__bytes += len(value)
+            return self.__count
+
+        def applied(self) -> int:
+            return self.__count
+
+    return BenchObj()
+
+
+def _run(obj: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    from pysyncobj import FAIL_REASON
+
+    payload = os.urandom(int(spec["payload"]))
+    conc = max(1, int(spec["concurrency"]))
+    end = time.time() + float(spec["run_timeout"])
+
+    def phase(n: int, lat: list[int], errors: dict[str, int]) -> tuple[float, bool]:
+        sem = threading.Semaphore(conc)
+        done = threading.Event()
+        t_sub = [0] * n
+        state = {"done": 0}
+        clock = time.perf_counter_ns
+
+        def cb(i: int, _res: Any, err: Any) -> None:
+            t = clock()
+            if err == FAIL_REASON.SUCCESS:
+                lat.append((t - t_sub[i]) // 1000)
+            else:
+                errors[str(err)] = errors.get(str(err), 0) + 1
+            state["done"] += 1
+            sem.release()
+            if state["done"] >= n:
+                done.set()
+
+        t0 = time.perf_counter()
+        for i in range(n):
+            if not sem.acquire(timeout=max(0.0, end - time.time())):
+                return time.perf_counter() - t0, False
+            t_sub[i] = clock()
+            obj.incr(payload, callback=lambda r, e, i=i: cb(i, r, e))
+        finished = done.wait(max(0.0, end - time.time()))
+        return time.perf_counter() - t0, finished
+
+    if spec.get("warmup", 0):
+        phase(int(spec["warmup"]), [], {})
+    lat: list[int] = []
+    errors: dict[str, int] = {}
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(1.0):
+            emit({"type": "progress", "done": len(lat) + sum(errors.values())})
+
+    threading.Thread(target=report, daemon=True).start()
+    cpu0 = time.process_time()
+    elapsed, finished = phase(int(spec["ops"]), lat, errors)
+    cpu = time.process_time() - cpu0
+    stop.set()
+    out: dict[str, Any] = {
+        "type": "result",
+        "lat_us": lat,
+        "errors": errors,
+        "elapsed_s": elapsed,
+        "cpu_s": cpu,
+    }
+    if not finished:
+        out["error"] = "run timed out"
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run the PySyncObj node process."""
+    ap = argparse.ArgumentParser(description="one PySyncObj benchmark node (internal)")
+    ap.add_argument("--self", dest="self_addr", required=True)
+    ap.add_argument("--partners", required=True)
+    ap.add_argument("--tuned", action="store_true")
+    ap.add_argument("--deadline", type=float, required=True)
+    args = ap.parse_args(argv)
+    set_pdeathsig()
+    start_watchdog(args.deadline, os.getppid())
+    import pysyncobj.version
+
+    obj = _make_obj(args.self_addr, [p for p in args.partners.split(",") if p], args.tuned)
+    emit({"type": "ready", "addr": args.self_addr, "pid": os.getpid()})
+    for line in sys.stdin:
+        try:
+            cmd = json.loads(line)
+        except ValueError:
+            continue
+        name = cmd.get("cmd")
+        if name == "status":
+            st = obj.getStatus()
+            leader = st.get("leader")
+            emit(
+                {
+                    "type": "status",
+                    "addr": args.self_addr,
+                    "leader": str(leader) if leader is not None else "",
+                    "is_leader": st.get("state") == 2,  # _RAFT_STATE.LEADER
+                    "ready": bool(obj.isReady()),
+                    "commit_index": st.get("commit_idx"),
+                    "applied": obj.applied(),
+                    "cpu_s": time.process_time(),
+                    "pid": os.getpid(),
+                    "version": pysyncobj.version.VERSION,
+                }
+            )
+        elif name == "run":
+
+            def runner(spec: dict[str, Any] = cmd["spec"]) -> None:
+                try:
+                    emit(_run(obj, spec))
+                except Exception as e:
+                    emit({"type": "result", "error": repr(e)})
+
+            threading.Thread(target=runner, daemon=True).start()
+        elif name == "exit":
+            break
+    try:
+        obj.destroy()
+    finally:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""One pyjraft cluster member for the benchmark, run as its own process.
+
+``python -m pyjraft.bench.server --port P --peers A,B,C --data-dir D ...``
+
+It starts a `Node` over a `TcpTransport`, registers the ``bench.apply``
+service (``await node.apply(request)``, for ``--placement client``) and
+``bench.ping`` (an empty round trip through the RPC stack), then speaks
+JSON lines: commands on stdin, replies on stdout (see `pyjraft.bench.driver`).
+
+Commands: ``status``; ``run`` (a closed-loop workload calling `Node.apply`
+in this process, answered with the raw latencies); ``echo`` (start a raw TCP
+echo server for the round-trip floor); ``exit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pyjraft.bench._proc import emit, set_pdeathsig, start_echo_server, start_watchdog
+from pyjraft.core.types import Entry
+from pyjraft.node import Node, NodeOptions, StateMachine
+from pyjraft.transport.tcp import TcpTransport
+
+
+class CountingMachine(StateMachine):
+    """Counts entries and bytes applied; each result is the running count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+
+    def on_apply(self, entries: Sequence[Entry]) -> list[int]:
+        """Count the entries; return the count after each."""
+        out: list[int] = []
+        count = self.count
+        for e in entries:
+            count += 1
+            self.bytes += len(e.data)
+            out.append(count)
+        self.count = count
+        return out
+
+
+async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
+    """Drive ``spec["ops"]`` writes with ``spec["concurrency"]`` callers in a
+    closed loop (after ``spec["warmup"]`` unmeasured ones); return raw
+    latencies in microseconds and the CPU this process used meanwhile."""
+    payload = os.urandom(int(spec["payload"]))
+    conc = max(1, int(spec["concurrency"]))
+    progress = bool(spec.get("progress", True))
+
+    async def phase(n: int, lat: list[int], errors: dict[str, int]) -> float:
+        todo = iter(range(n))
+        apply = node.apply
+        clock = time.perf_counter_ns
+
+        async def worker() -> None:
+            for _ in todo:
+                t0 = clock()
+                try:
+                    await apply(payload)
+                except Exception as e:
+                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                    continue
+                lat.append((clock() - t0) // 1000)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(min(conc, n))))
+        return time.perf_counter() - t0
+
+    warm_lat: list[int] = []
+    warm_err: dict[str, int] = {}
+    if spec.get("warmup", 0):
+        await phase(int(spec["warmup"]), warm_lat, warm_err)
+
+    lat: list[int] = []
+    errors: dict[str, int] = {}
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            emit({"type": "progress", "done": len(lat) + sum(errors.values())})
+
+    reporter = asyncio.create_task(report()) if progress else None
+    prof: Any = None
+    if spec.get("profile"):
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    stats0 = dict(node.stats)
+    cpu0 = time.process_time()
+    try:
+        elapsed = await phase(int(spec["ops"]), lat, errors)
+    finally:
+        cpu = time.process_time() - cpu0
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(str(spec["profile"]))
+        if reporter is not None:
+            reporter.cancel()
+    node_stats = {k: v - stats0.get(k, 0) for k, v in node.stats.items()}
+    return {
+        "type": "result",
+        "lat_us": lat,
+        "errors": errors,
+        "warmup_errors": warm_err,
+        "elapsed_s": elapsed,
+        "cpu_s": cpu,
+        "node_stats": node_stats,
+    }
+
+
+def _stdin_lines(loop: asyncio.AbstractEventLoop, q: asyncio.Queue[str | None]) -> None:
+    for line in sys.stdin:
+        loop.call_soon_threadsafe(q.put_nowait, line)
+    loop.call_soon_threadsafe(q.put_nowait, None)
+
+
+async def amain(args: argparse.Namespace) -> None:
+    """Run the node and serve driver commands until ``exit`` or stdin EOF."""
+    transport = await TcpTransport.start("127.0.0.1", args.port)
+    peers = tuple(p for p in args.peers.split(",") if p)
+    options = NodeOptions(
+        id=transport.address,
+        peers=peers,
+        data_dir=args.data_dir,
+        sync=not args.no_sync,
+    )
+    machine = CountingMachine()
+    node = await Node.start(options, machine, transport)
+
+    async def apply_service(request: Any) -> Any:
+        return await node.apply(request)
+
+    async def ping_service(request: Any) -> Any:
+        return request
+
+    transport.register_service("bench.apply", apply_service)
+    transport.register_service("bench.ping", ping_service)
+
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue[str | None] = asyncio.Queue()
+    threading.Thread(target=_stdin_lines, args=(loop, q), daemon=True).start()
+    emit({"type": "ready", "addr": transport.address, "pid": os.getpid()})
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run_and_report(spec: dict[str, Any]) -> None:
+        try:
+            emit(await run_workload(node, spec))
+        except Exception as e:
+            emit({"type": "result", "error": repr(e)})
+
+    try:
+        while True:
+            line = await q.get()
+            if line is None:
+                break
+            cmd = _parse(line)
+            if cmd is None:
+                continue
+            name = cmd.get("cmd")
+            if name == "status":
+                st = node.status()
+                emit(
+                    {
+                        "type": "status",
+                        "addr": transport.address,
+                        "role": st["role"],
+                        "leader": st["leader"],
+                        "term": st["term"],
+                        "commit_index": st["commit_index"],
+                        "applied_index": st["applied_index"],
+                        "is_leader": node.is_leader,
+                        "applied": machine.count,
+                        "cpu_s": time.process_time(),
+                        "pid": os.getpid(),
+                    }
+                )
+            elif name == "run":
+                t = asyncio.create_task(run_and_report(cmd["spec"]))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            elif name == "echo":
+                emit({"type": "echo", "port": start_echo_server()})
+            elif name == "exit":
+                break
+    finally:
+        for t in list(tasks):
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(node.shutdown(), 5.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(transport.close(), 5.0)
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    import json
+
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run the node process."""
+    ap = argparse.ArgumentParser(description="one pyjraft benchmark node (internal)")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--peers", required=True, help="comma-separated host:port of all members")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--no-sync", action="store_true")
+    ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    ap.add_argument("--deadline", type=float, required=True, help="wall-clock time to exit at")
+    args = ap.parse_args(argv)
+    set_pdeathsig()
+    start_watchdog(args.deadline, os.getppid())
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(amain(args))
+    else:
+        asyncio.run(amain(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
