@@ -1,1 +1,1 @@
-"""pyjraft.examples."""
+"""pyjraft.examples: small applications built only on the public API (see `counter`)."""

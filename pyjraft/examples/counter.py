@@ -1,0 +1,311 @@
+"""A replicated counter: pyjraft's take on JRaft's CounterServer / CounterClient.
+
+Run three servers and talk to them::
+
+    python -m pyjraft.examples.counter server --data-dir /tmp/c1 --group counter \\
+        --id 127.0.0.1:8101 --peers 127.0.0.1:8101,127.0.0.1:8102,127.0.0.1:8103
+    ...
+    python -m pyjraft.examples.counter client --group counter \\
+        --peers 127.0.0.1:8101,127.0.0.1:8102,127.0.0.1:8103 increment-and-get 5
+    python -m pyjraft.examples.counter client ... get
+
+Log entries are msgpack arrays ``["incr", delta]`` (result: the new value)
+and ``["get"]`` (result: the value; linearizable, since it goes through the
+log). Each server runs one `TcpTransport` on its ``--id`` address, shared by
+raft traffic and two services: ``counter`` (requests are the same arrays,
+answered with the `pyjraft.client` reply convention through `serve_apply`)
+and ``status`` (`Node.status` plus the counter's value). SIGTERM or SIGINT
+shuts the node down gracefully.
+
+The client prints the resulting value alone on its last line. Exit status:
+0 on success, 1 on failure (no leader in time, bad reply), 3 when the
+outcome of an increment is unknown (it may or may not have been applied;
+it is not retried, see `pyjraft.client`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+
+from pyjraft.client import (
+    INVALID_REQUEST,
+    ClientError,
+    RaftClient,
+    UnknownOutcomeError,
+    error_reply,
+    serve_apply,
+)
+from pyjraft.core.types import Entry
+from pyjraft.node import Node, NodeOptions, StateMachine, peers_from
+from pyjraft.transport import RpcClient, TcpTransport, parse_address
+
+log = logging.getLogger("pyjraft.examples.counter")
+
+COUNTER_SERVICE = "counter"
+"""The RPC service serving increments and reads."""
+STATUS_SERVICE = "status"
+"""The RPC service answering `Node.status` plus ``value`` (the local counter)."""
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+EXIT_FAILURE = 1
+"""Client exit status: the call failed (and was not applied)."""
+EXIT_UNKNOWN_OUTCOME = 3
+"""Client exit status: the increment may or may not have been applied."""
+
+
+def validate_command(cmd: Any) -> str | None:
+    """Why ``cmd`` is not a valid counter command, or None if it is."""
+    if not isinstance(cmd, (list, tuple)) or not cmd:
+        return "a command is a non-empty array"
+    if cmd[0] == "get" and len(cmd) == 1:
+        return None
+    if cmd[0] == "incr" and len(cmd) == 2:
+        delta = cmd[1]
+        if type(delta) is not int or not _INT64_MIN <= delta <= _INT64_MAX:
+            return "incr takes one 64-bit integer"
+        return None
+    return f"unknown command {cmd!r:.80}; expected ['incr', delta] or ['get']"
+
+
+class CounterStateMachine(StateMachine):
+    """The counter: applies ``["incr", delta]`` and ``["get"]`` entries.
+
+    ``value`` is the counter; each entry's result is the value after it. An
+    invalid entry (never proposed by the service, which validates first)
+    leaves the value alone and yields None.
+    """
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def on_apply(self, entries: Sequence[Entry]) -> list[int | None]:
+        """Apply each entry in order; return the value after each (None if invalid)."""
+        out: list[int | None] = []
+        value = self.value
+        for e in entries:
+            try:
+                cmd = msgpack.unpackb(e.data)
+            except Exception:
+                cmd = None
+            if validate_command(cmd) is not None:
+                out.append(None)
+                continue
+            if cmd[0] == "incr":
+                value += cmd[1]
+            out.append(value)
+        self.value = value
+        return out
+
+
+class CounterServer:
+    """One counter replica: a `Node`, its `TcpTransport` and the two services."""
+
+    def __init__(self, node: Node, machine: CounterStateMachine, transport: TcpTransport) -> None:
+        self.node = node
+        self.machine = machine
+        self.transport = transport
+
+    @classmethod
+    async def start(cls, options: NodeOptions) -> CounterServer:
+        """Listen on ``options.id``, start the node, register the services."""
+        host, port = parse_address(options.id)
+        transport = await TcpTransport.start(host, port)
+        machine = CounterStateMachine()
+        try:
+            node = await Node.start(options, machine, transport)
+        except BaseException:
+            await transport.close()
+            raise
+        server = cls(node, machine, transport)
+        transport.register_service(COUNTER_SERVICE, server.handle_counter)
+        transport.register_service(STATUS_SERVICE, server.handle_status)
+        return server
+
+    async def handle_counter(self, request: Any) -> dict[str, Any]:
+        """Serve one counter command (see `validate_command`)."""
+        why = validate_command(request)
+        if why is not None:
+            return error_reply(INVALID_REQUEST, why)
+        data: bytes = msgpack.packb(list(request))
+        return await serve_apply(self.node, data)
+
+    async def handle_status(self, request: Any) -> dict[str, Any]:
+        """`Node.status` plus ``value``, the counter as applied here."""
+        st = self.node.status()
+        st["value"] = self.machine.value
+        return st
+
+    async def shutdown(self) -> None:
+        """Stop serving, shut the node down, close the transport."""
+        self.transport.unregister_service(COUNTER_SERVICE)
+        await self.node.shutdown()
+        await self.transport.close()
+
+
+class CounterClient:
+    """Typed calls to a counter group, over a `RaftClient`."""
+
+    def __init__(self, group: str, peers: Sequence[str] | str, **client_options: Any) -> None:
+        self.client = RaftClient(group, peers, **client_options)
+
+    async def increment_and_get(self, delta: int = 1, *, deadline: float | None = None) -> int:
+        """Add ``delta``; return the new value. Never retried once possibly
+        applied: may raise `UnknownOutcomeError`."""
+        value = await self.client.call(COUNTER_SERVICE, ["incr", delta], deadline=deadline)
+        return int(value)
+
+    async def get(self, *, deadline: float | None = None) -> int:
+        """The counter's value (linearizable: read through the log)."""
+        value = await self.client.call(COUNTER_SERVICE, ["get"], deadline=deadline, idempotent=True)
+        return int(value)
+
+    async def close(self) -> None:
+        """Close the underlying client."""
+        await self.client.close()
+
+
+async def fetch_status(addr: str, *, timeout: float = 1.0, rpc: RpcClient | None = None) -> Any:
+    """Ask the server at ``addr`` for its status (one attempt)."""
+    own = rpc is None
+    client = rpc if rpc is not None else RpcClient()
+    try:
+        return await client.call(addr, STATUS_SERVICE, None, timeout=timeout)
+    finally:
+        if own:
+            await client.close()
+
+
+# -- command line ---------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel for SIGKILL when the parent process dies."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    heartbeat = args.heartbeat_ms or max(1, min(100, args.election_timeout_ms // 10))
+    options = NodeOptions(
+        id=args.id,
+        peers=peers_from(args.peers),
+        group=args.group,
+        data_dir=args.data_dir,
+        election_timeout_ms=args.election_timeout_ms,
+        heartbeat_ms=heartbeat,
+        sync=not args.unsafe_no_sync,
+    )
+    server = await CounterServer.start(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("counter server %s of group %s is up (peers %s)", args.id, args.group, args.peers)
+    await stop.wait()
+    log.info("counter server %s shutting down", args.id)
+    await server.shutdown()
+    log.info("counter server %s stopped", args.id)
+    return 0
+
+
+async def _client(args: argparse.Namespace) -> int:
+    client = CounterClient(args.group, args.peers, timeout=args.timeout, deadline=args.deadline)
+    try:
+        if args.op == "increment-and-get":
+            value = await client.increment_and_get(args.delta)
+        elif args.op == "get":
+            value = await client.get()
+        else:  # status
+            for addr in client.client.routes.peers_of(args.group):
+                try:
+                    st = await fetch_status(addr, timeout=args.timeout)
+                    line = {k: st.get(k) for k in ("role", "term", "leader", "applied_index")}
+                    line["value"] = st.get("value")
+                except Exception as e:
+                    line = {"error": f"{type(e).__name__}: {e}"}
+                print(f"{addr} {json.dumps(line)}")
+            return 0
+    except UnknownOutcomeError as e:
+        print(f"error: {e} (the increment may or may not have been applied)", file=sys.stderr)
+        return EXIT_UNKNOWN_OUTCOME
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        await client.close()
+    print(value)
+    return 0
+
+
+def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.ArgumentParser:
+    """The example's command line parser (``server`` and ``client``)."""
+    p = argparse.ArgumentParser(prog=prog, description="A replicated counter on pyjraft.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("server", help="run one counter replica")
+    s.add_argument("--data-dir", required=True, help="directory for the log and term/vote")
+    s.add_argument("--group", default="counter", help="raft group name")
+    s.add_argument("--id", required=True, help="this replica's HOST:PORT (it listens there)")
+    s.add_argument("--peers", required=True, help="every replica's HOST:PORT, comma-separated")
+    s.add_argument("--election-timeout-ms", type=int, default=1000)
+    s.add_argument("--heartbeat-ms", type=int, default=0, help="default: election timeout / 10")
+    s.add_argument(
+        "--unsafe-no-sync",
+        action="store_true",
+        help="skip fdatasync (UNSAFE: acknowledged writes can be lost on power failure)",
+    )
+    s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--log-level", default="INFO")
+    c = sub.add_parser("client", help="call the counter")
+    c.add_argument("--group", default="counter")
+    c.add_argument("--peers", required=True, help="replica addresses, comma-separated")
+    c.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt")
+    c.add_argument("--deadline", type=float, default=10.0, help="seconds for the whole call")
+    cs = c.add_subparsers(dest="op", required=True)
+    inc = cs.add_parser("increment-and-get", help="add DELTA (default 1), print the new value")
+    inc.add_argument("delta", type=int, nargs="?", default=1)
+    cs.add_parser("get", help="print the value (linearizable)")
+    cs.add_parser("status", help="print each replica's role, term, leader and applied index")
+    return p
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run ``coro_fn()`` on uvloop when installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro_fn())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro_fn())
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Entry point of ``python -m pyjraft.examples.counter``; returns the exit status."""
+    args = build_parser(prog or "python -m pyjraft.examples.counter").parse_args(argv)
+    if args.cmd == "server":
+        if args.die_with_parent:
+            _die_with_parent()
+        logging.basicConfig(
+            stream=sys.stderr,
+            level=args.log_level.upper(),
+            format=f"%(asctime)s {args.id} %(levelname)s %(name)s: %(message)s",
+        )
+        return run(lambda: _serve(args))
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    return run(lambda: _client(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
