@@ -162,6 +162,11 @@ class Node:
         was_error = self.state is NodeState.ERROR
         self.state = NodeState.STOPPING
         self._stop_participating()
+        # Proposed entries may still commit on the other replicas: their outcome
+        # is unknown. Only the not-yet-proposed queue gets ShutdownError.
+        self._fail_waiting(
+            LeadershipLostError("node shut down before the entry was applied; outcome unknown")
+        )
         self._fail_all(ShutdownError("node is shutting down"))
         self._wake.set()
         if self._task is not None and not self._task.done():
