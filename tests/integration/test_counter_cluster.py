@@ -20,9 +20,9 @@ from tests.integration.cluster import CounterCluster
 pytestmark = pytest.mark.timeout(120)
 
 
-def _client(c: CounterCluster, rpc: RpcClient, rng: random.Random, **kw: float) -> RaftClient:
+def _client(c: CounterCluster, rpc: RpcClient, rng: random.Random) -> RaftClient:
     return RaftClient(
-        c.group, c.addrs, rpc=rpc, timeout=2.0, deadline=20.0, rng=random.Random(rng.random()), **kw
+        c.group, c.addrs, rpc=rpc, timeout=2.0, deadline=20.0, rng=random.Random(rng.random())
     )
 
 
