@@ -209,3 +209,44 @@ def test_cancelled_caller_does_not_disturb_others() -> None:
             await c.stop_all()
 
     run(main())
+
+
+def test_many_groups_share_one_transport_per_process() -> None:
+    import random
+
+    from pyjraft.node import Node, NodeOptions
+    from pyjraft.transport.local import LocalNetwork, LocalTransport
+    from tests.node.harness import CounterMachine
+
+    async def main() -> None:
+        net = LocalNetwork(random.Random(10))
+        transports = {nid: LocalTransport(net, nid) for nid in IDS}
+        groups: dict[str, list[Node]] = {"g1": [], "g2": []}
+        for group, nodes in groups.items():
+            for nid in IDS:
+                opts = NodeOptions(
+                    id=nid, peers=IDS, group=group, election_timeout_ms=150, heartbeat_ms=15
+                )
+                nodes.append(
+                    await Node.start(
+                        opts, CounterMachine(), transports[nid], rng=random.Random(group + nid)
+                    )
+                )
+        try:
+            for group, nodes in groups.items():
+                leader = await wait_for(
+                    lambda nodes=nodes: next((n for n in nodes if n.is_leader), None),
+                    5,
+                    f"{group} leader",
+                )
+                delta = b"1" if group == "g1" else b"10"
+                results = await asyncio.gather(*(leader.apply(delta) for _ in range(20)))
+                assert max(results) == 20 * int(delta), group
+        finally:
+            for nodes in groups.values():
+                for n in nodes:
+                    await n.shutdown()
+            for t in transports.values():
+                await t.close()
+
+    run(main())
