@@ -39,6 +39,7 @@ import msgpack  # type: ignore[import-untyped]
 
 from pyjraft.client import (
     INVALID_REQUEST,
+    UNAVAILABLE,
     ClientError,
     RaftClient,
     UnknownOutcomeError,
@@ -108,27 +109,32 @@ class CounterStateMachine(StateMachine):
 
 
 class CounterServer:
-    """One counter replica: a `Node`, its `TcpTransport` and the two services."""
+    """One counter replica: a `Node`, its `TcpTransport` and the two services.
 
-    def __init__(self, node: Node, machine: CounterStateMachine, transport: TcpTransport) -> None:
-        self.node = node
+    The services are registered before the node starts (so a client reaching
+    a replica that is still opening its log is told ``unavailable`` and tries
+    elsewhere, rather than hearing of an unknown service).
+    """
+
+    def __init__(self, machine: CounterStateMachine, transport: TcpTransport) -> None:
         self.machine = machine
         self.transport = transport
+        self.node: Node | None = None
+        """The raft node; None while it is starting."""
 
     @classmethod
     async def start(cls, options: NodeOptions) -> CounterServer:
-        """Listen on ``options.id``, start the node, register the services."""
+        """Listen on ``options.id``, register the services, start the node."""
         host, port = parse_address(options.id)
         transport = await TcpTransport.start(host, port)
-        machine = CounterStateMachine()
+        server = cls(CounterStateMachine(), transport)
+        transport.register_service(COUNTER_SERVICE, server.handle_counter)
+        transport.register_service(STATUS_SERVICE, server.handle_status)
         try:
-            node = await Node.start(options, machine, transport)
+            server.node = await Node.start(options, server.machine, transport)
         except BaseException:
             await transport.close()
             raise
-        server = cls(node, machine, transport)
-        transport.register_service(COUNTER_SERVICE, server.handle_counter)
-        transport.register_service(STATUS_SERVICE, server.handle_status)
         return server
 
     async def handle_counter(self, request: Any) -> dict[str, Any]:
@@ -136,19 +142,24 @@ class CounterServer:
         why = validate_command(request)
         if why is not None:
             return error_reply(INVALID_REQUEST, why)
+        if self.node is None:
+            return error_reply(UNAVAILABLE, "the node is starting")
         data: bytes = msgpack.packb(list(request))
         return await serve_apply(self.node, data)
 
     async def handle_status(self, request: Any) -> dict[str, Any]:
         """`Node.status` plus ``value``, the counter as applied here."""
+        if self.node is None:
+            raise RuntimeError("the node is starting")
         st = self.node.status()
         st["value"] = self.machine.value
         return st
 
     async def shutdown(self) -> None:
-        """Stop serving, shut the node down, close the transport."""
-        self.transport.unregister_service(COUNTER_SERVICE)
-        await self.node.shutdown()
+        """Shut the node down (calls meanwhile are answered ``unavailable``), close
+        the transport."""
+        if self.node is not None:
+            await self.node.shutdown()
         await self.transport.close()
 
 
