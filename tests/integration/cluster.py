@@ -108,6 +108,17 @@ class CounterCluster:
             proc.kill()
             proc.wait(10)
 
+    def terminate(self, addr: str, timeout: float = 10.0) -> int:
+        """SIGTERM ``addr`` (graceful shutdown); return its exit status."""
+        proc = self.procs.pop(addr)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError(f"{addr} ignored SIGTERM for {timeout} s") from None
+
     def alive(self, addr: str) -> bool:
         """Whether ``addr``'s process is running."""
         proc = self.procs.get(addr)

@@ -181,6 +181,10 @@ def test_garbage_on_the_wire_does_not_disturb_the_cluster(
                 assert st["value"] == 51
             after = await cluster.status(leader)
             assert after is not None and after["role"] == "leader", after
+            # SIGTERM shuts a replica down gracefully; the other two carry on.
+            follower = next(a for a in cluster.addrs if a != leader)
+            assert await asyncio.to_thread(cluster.terminate, follower) == 0
+            assert await _incr(client) == 52
         finally:
             await rpc.close()
             await cluster.close()
