@@ -369,6 +369,7 @@ async def measure_floor(tmp: str, leader: Child) -> dict[str, Any]:
     f = p50_ms(sync_us)
     r = p50_ms(rtt_us)
     return {
+        "fdatasync_p10_ms": round(percentile(sorted(sync_us), 10) / 1000.0, 4),
         "fdatasync_p50_ms": round(f, 4),
         "fdatasync_p99_ms": round(p99_ms(sync_us), 4),
         "tcp_rtt_p50_ms": round(r, 4),
@@ -428,6 +429,11 @@ async def run_pyjraft(
                 out["writes_per_sync"] = round(ns["proposals"] / ns["syncs"], 2)
         sts = await cluster.statuses()
         out["replicas_applied"] = [s_["applied"] for s_ in sts]
+        problems = ("dropped_sends", "reconnects", "bad_frames", "connect_failures")
+        out["transport_problems"] = {
+            s_["addr"]: {k: s_["transport"][k] for k in problems if s_["transport"].get(k)}
+            for s_ in sts
+        }
     finally:
         await cluster.stop()
 
@@ -531,6 +537,7 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         "loop": args.loop,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
     }
     code = 0
     main_task = asyncio.current_task()

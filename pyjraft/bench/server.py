@@ -183,6 +183,7 @@ async def amain(args: argparse.Namespace) -> None:
                         "applied": machine.count,
                         "cpu_s": time.process_time(),
                         "pid": os.getpid(),
+                        "transport": transport.stats.as_dict(),
                     }
                 )
             elif name == "run":
