@@ -15,6 +15,13 @@ Placements:
   always cluster members);
 * ``client``: the driver process calls a small RPC service (``bench.apply``)
   registered on the leader's `pyjraft.transport.tcp.TcpTransport`.
+
+Profiling: the driver prints ``pyjraft leader ADDR pid PID`` on stderr once a
+leader is known; attach ``py-spy record --gil --native --pid PID`` to it
+(``--gil``: only samples holding the GIL, a proxy for CPU), or pass
+``--profile FILE`` to cProfile the leader's measured run. The JSON reports
+the leader's CPU per write (``leader_cpu_us_per_write``), its garbage
+collection pauses (``leader_gc``) and transport counters.
 """
 
 from pyjraft.bench.stats import LatencySummary, percentile, summarize

@@ -420,6 +420,8 @@ async def run_pyjraft(
         cpu = float(res.get("cpu_s", cpu1 - cpu0))
         out["leader_cpu_s"] = round(cpu, 3)
         out["leader_cpu_us_per_write"] = round(cpu / s.ok * 1e6, 1) if s.ok else None
+        if "gc" in res:
+            out["leader_gc"] = res["gc"]
         if "node_stats" in res:
             ns = res["node_stats"]
             out["node_stats"] = ns
@@ -429,6 +431,9 @@ async def run_pyjraft(
                 out["writes_per_sync"] = round(ns["proposals"] / ns["syncs"], 2)
         sts = await cluster.statuses()
         out["replicas_applied"] = [s_["applied"] for s_ in sts]
+        for s_ in sts:
+            if s_["addr"] == leader.addr:
+                out["leader_transport"] = s_["transport"]
         problems = ("dropped_sends", "reconnects", "bad_frames", "connect_failures")
         out["transport_problems"] = {
             s_["addr"]: {k: s_["transport"][k] for k in problems if s_["transport"].get(k)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 import threading
@@ -47,6 +48,43 @@ class CountingMachine(StateMachine):
             out.append(count)
         self.count = count
         return out
+
+
+class GcPauses:
+    """Counts garbage collections per generation and their pauses (via `gc.callbacks`)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.total_ns = [0, 0, 0]
+        self.max_ns = [0, 0, 0]
+        self._t0 = 0
+
+    def _cb(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter_ns()
+            return
+        gen = int(info["generation"])
+        dt = time.perf_counter_ns() - self._t0
+        self.count[gen] += 1
+        self.total_ns[gen] += dt
+        self.max_ns[gen] = max(self.max_ns[gen], dt)
+
+    def start(self) -> None:
+        """Begin counting."""
+        gc.callbacks.append(self._cb)
+
+    def stop(self) -> None:
+        """Stop counting."""
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._cb)
+
+    def summary(self) -> dict[str, Any]:
+        """Collections, total and longest pause (ms) per generation."""
+        return {
+            "collections": self.count,
+            "total_ms": [round(x / 1e6, 3) for x in self.total_ns],
+            "max_ms": [round(x / 1e6, 3) for x in self.max_ns],
+        }
 
 
 async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
@@ -97,11 +135,14 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
         prof = cProfile.Profile()
         prof.enable()
     stats0 = dict(node.stats)
+    gc_watch = GcPauses()
+    gc_watch.start()
     cpu0 = time.process_time()
     try:
         elapsed = await phase(int(spec["ops"]), lat, errors)
     finally:
         cpu = time.process_time() - cpu0
+        gc_watch.stop()
         if prof is not None:
             prof.disable()
             prof.dump_stats(str(spec["profile"]))
@@ -116,6 +157,7 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
         "elapsed_s": elapsed,
         "cpu_s": cpu,
         "node_stats": node_stats,
+        "gc": gc_watch.summary(),
     }
 
 
