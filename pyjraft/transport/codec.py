@@ -6,9 +6,14 @@ A RAFT frame's body is one msgpack array of messages. Each message is a
 compact positional array ``[tag, group, term, src, dst, *fields]`` where
 ``tag`` is the message class's position in `MESSAGE_TYPES` and ``fields``
 follow the per-kind schema in ``_SCHEMA`` (field names are never sent).
-Entries are ``[term, index, type, data]``; `Entry` is a NamedTuple, so the
-packer writes a whole ``tuple[Entry, ...]`` as nested arrays in C without a
-Python-level loop per entry.
+An AppendEntries' entries travel as three columns,
+``[term_runs, types, datas]``: ``term_runs`` is a flat array ``[term, count,
+term, count, ...]`` (a log's terms come in long runs, usually one per
+message), ``types`` is a bin with one byte per entry, ``datas`` an array of
+bins; each index is implied by ``prev_log_index``. Both directions then work
+per message, not per entry, in Python: the columns are built and checked
+with C-level ``map``/``bytes``/``set`` calls and the `Entry` tuples are made
+by ``map(tuple.__new__, ...)``, with no Python-level loop per entry.
 
 Messages can be packed one at a time (`encode_message`) and the pieces later
 concatenated behind one array header (`raft_body`): the TCP transport encodes
@@ -30,6 +35,7 @@ raises nothing else. Adding a field to a message means updating ``_SCHEMA``
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
@@ -149,12 +155,36 @@ def new_packer() -> msgpack.Packer:
     return msgpack.Packer(use_bin_type=True, autoreset=True)
 
 
+_TERM = operator.itemgetter(0)
+_TYPE = operator.itemgetter(2)
+_DATA = operator.itemgetter(3)
+_AE_ENTRIES_POS = 1 + len(_COMMON) + 2  # position of ``entries`` in an AppendEntries row
+
+
+def _entry_columns(entries: Sequence[Entry]) -> tuple[list[int], bytes, list[bytes]]:
+    if not entries:
+        return [], b"", []
+    terms = list(map(_TERM, entries))
+    first = terms[0]
+    if terms.count(first) == len(terms):
+        runs = [first, len(terms)]
+    else:
+        runs = []
+        for term, group in itertools.groupby(terms):
+            runs += (term, sum(1 for _ in group))
+    return runs, bytes(map(_TYPE, entries)), list(map(_DATA, entries))
+
+
 def _row(msg: Message) -> tuple[Any, ...]:
     try:
         tag, getter = _ENCODE[type(msg)]
     except KeyError:
         raise TypeError(f"not a raft message: {type(msg).__name__}") from None
-    return (tag, *getter(msg))
+    row = (tag, *getter(msg))
+    if type(msg) is AppendEntries:
+        p = _AE_ENTRIES_POS
+        row = (*row[:p], _entry_columns(msg.entries), *row[p + 1 :])
+    return row
 
 
 def encode_message(msg: Message, packer: msgpack.Packer | None = None) -> bytes:
@@ -191,52 +221,55 @@ def _bad_id(v: object) -> bool:
     return type(v) is not str or len(v) > MAX_ID_LEN
 
 
-def _entry_error(e: object, expected: int) -> ProtocolError:
-    # Slow path: only reached once a frame is already known to be bad.
-    if type(e) is not tuple:
-        return ProtocolError(f"entry: expected an array, got {type(e).__name__}")
-    if len(e) != 4:
-        return ProtocolError(f"entry: expected 4 fields, got {len(e)}")
-    term, index, etype, data = e
-    if _bad_int(term):
-        return ProtocolError(f"entry term: invalid {term!r}")
-    if type(index) is not int or index != expected:
-        return ProtocolError(f"entry index: expected {expected}, got {index!r}")
-    if type(etype) is not int or not 0 <= etype <= _MAX_ETYPE:
-        return ProtocolError(f"entry type: invalid {etype!r}")
-    return ProtocolError(f"entry data: expected bytes, got {type(data).__name__}")
-
-
 def _decode_entries(raw: object, first_index: int) -> tuple[Entry, ...]:
-    if type(raw) is not tuple:
-        raise ProtocolError(f"entries: expected an array, got {type(raw).__name__}")
-    out: list[Entry] = []
-    append = out.append
-    new = tuple.__new__  # skips NamedTuple's Python-level __new__
-    etypes = _ETYPES
-    max_etype = _MAX_ETYPE
-    expected = first_index
-    for e in raw:
-        # One combined test on the hot path; the reason is worked out only
-        # when it fails.
-        if type(e) is not tuple or len(e) != 4:
-            raise _entry_error(e, expected)
-        term, index, etype, data = e
-        if (
-            type(term) is not int
-            or type(index) is not int
-            or type(etype) is not int
-            or type(data) is not bytes
-            or index != expected
-            or not 0 <= term <= MAX_INT
-            or not 0 <= etype <= max_etype
-        ):
-            raise _entry_error(e, expected)
-        append(new(Entry, (term, index, etypes[etype], data)))
-        expected += 1
-    if expected - 1 > MAX_INT:
+    if type(raw) is not tuple or len(raw) != 3:
+        raise ProtocolError("entries: expected [term_runs, types, datas]")
+    runs, types, datas = raw
+    if type(runs) is not tuple or len(runs) % 2:
+        raise ProtocolError("entries: term runs must be an even-length array")
+    if type(types) is not bytes:
+        raise ProtocolError(f"entries: types must be bin, got {type(types).__name__}")
+    if type(datas) is not tuple:
+        raise ProtocolError(f"entries: datas must be an array, got {type(datas).__name__}")
+    n = len(datas)
+    if len(types) != n:
+        raise ProtocolError(f"entries: {len(types)} types for {n} entries")
+    if n == 0:
+        if runs:
+            raise ProtocolError("entries: term runs without entries")
+        return ()
+    terms: list[int] = []
+    total = 0
+    for i in range(0, len(runs), 2):
+        term, count = runs[i], runs[i + 1]
+        if type(term) is not int or not 0 <= term <= MAX_INT:
+            raise ProtocolError(f"entry term: invalid {term!r:.80}")
+        if type(count) is not int or not 0 < count <= n - total:
+            raise ProtocolError(f"entries: invalid run length {count!r:.80}")
+        total += count
+        terms += [term] * count
+    if total != n:
+        raise ProtocolError(f"entries: term runs cover {total} of {n} entries")
+    if max(types) > _MAX_ETYPE:
+        raise ProtocolError(f"entry type: invalid {max(types)}")
+    if set(map(type, datas)) != {bytes}:
+        raise ProtocolError("entry data: expected bytes")
+    if first_index + n - 1 > MAX_INT:
         raise ProtocolError("entry index: out of range")
-    return tuple(out)
+    # tuple.__new__ through map: Entry tuples built in C, no NamedTuple __new__.
+    return tuple(
+        map(
+            tuple.__new__,
+            itertools.repeat(Entry, n),
+            zip(
+                terms,
+                range(first_index, first_index + n),
+                map(_ETYPES.__getitem__, types),
+                datas,
+                strict=True,
+            ),
+        )
+    )
 
 
 def _decode_one(raw: object) -> Message:

@@ -19,7 +19,7 @@ import struct
 
 from pyjraft.transport.errors import ProtocolError
 
-VERSION = 1
+VERSION = 2
 """The wire version this code speaks; any other version byte is rejected."""
 
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024

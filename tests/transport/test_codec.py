@@ -192,46 +192,75 @@ def test_rejects_trailing_bytes_and_bad_utf8() -> None:
         decode_messages(bytes(body))
 
 
-ENTRY_MUTATIONS: list[tuple[int, Any]] = [
-    (0, -1),
-    (0, MAX_INT + 1),
-    (0, True),
-    (1, 12),  # index gap (expected 11)
-    (1, 10),
-    (1, True),
-    (1, "11"),
-    (2, 3),  # unknown entry type
-    (2, -1),
-    (2, True),
-    (2, "normal"),
-    (3, "data"),
-    (3, None),
-    (3, 1),
+# Mutations of the columnar entries field ``[term_runs, types, datas]`` of an
+# AppendEntries with three entries of term 3 starting at index 11.
+ENTRY_MUTATIONS: list[tuple[str, Any]] = [
+    ("runs", [-1, 3]),  # negative term
+    ("runs", [MAX_INT + 1, 3]),
+    ("runs", [True, 3]),  # bool is not int
+    ("runs", [3, 2]),  # covers too few entries
+    ("runs", [3, 4]),  # covers too many
+    ("runs", [3, 0, 3, 3]),  # empty run
+    ("runs", [3, -1, 3, 4]),
+    ("runs", [3, True, 3, 2]),
+    ("runs", [3]),  # odd length
+    ("runs", ["3", 3]),
+    ("types", b"\x00\x03\x00"),  # unknown entry type
+    ("types", b"\x00\x00"),  # one type short
+    ("types", [0, 0, 0]),  # an array, not bin
+    ("types", "\x00\x00\x00"),
+    ("datas", [b"a", "b", b"c"]),  # str is not bytes
+    ("datas", [b"a", None, b"c"]),
+    ("datas", [b"a", 1, b"c"]),
+    ("datas", [b"a", b"b"]),  # one entry short
+    ("datas", b"abc"),
 ]
 
 
-@pytest.mark.parametrize(("field", "bad"), ENTRY_MUTATIONS)
-def test_rejects_bad_entry_field(field: int, bad: Any) -> None:
+@pytest.mark.parametrize(("column", "bad"), ENTRY_MUTATIONS)
+def test_rejects_bad_entry_column(column: str, bad: Any) -> None:
     r = row(ae(ents(3)))
-    entries = [list(e) for e in r[7]]
-    entries[0][field] = bad
-    r[7] = entries
+    runs, types, datas = r[7]
+    cols = {"runs": runs, "types": types, "datas": datas}
+    cols[column] = bad
+    r[7] = [cols["runs"], cols["types"], cols["datas"]]
     rejects([r])
 
 
 def test_rejects_bad_entry_shapes() -> None:
-    for bad_entries in ([[3, 11, 0]], [[3, 11, 0, b"", 1]], [5], [b"x"], {"e": 1}, b"entries"):
+    for bad_entries in (
+        [[3, 1], b"\x00"],
+        [[3, 1], b"\x00", [b""], 1],
+        [5],
+        [b"x"],
+        {"e": 1},
+        b"entries",
+    ):
         r = row(ae(ents(1)))
         r[7] = bad_entries
         rejects([r])
-    r = row(ae(ents(3)))
-    r[7] = [r[7][0], r[7][2]]  # a hole in the middle
-    assert "index" in rejects([r])
+    r = row(ae())
+    r[7] = [[3, 1], b"", []]  # runs without entries
+    rejects([r])
+
+
+def test_columns_carry_runs_of_terms() -> None:
+    entries = (
+        Entry(2, 11, EntryType.NORMAL, b"a"),
+        Entry(2, 12, EntryType.NOOP, b""),
+        Entry(5, 13, EntryType.NORMAL, b"c"),
+    )
+    r = row(ae(entries))
+    assert list(r[7][0]) == [2, 2, 5, 1]
+    assert r[7][1] == b"\x00\x01\x00"
+    (out,) = decode_messages(encode_messages([ae(entries)]))
+    assert isinstance(out, AppendEntries)
+    assert out.entries == entries
 
 
 def test_entry_index_overflow_rejected() -> None:
     r = row(ae(prev=MAX_INT))
-    r[7] = [[1, MAX_INT + 1, 0, b""]]
+    r[7] = [[1, 1], b"\x00", [b""]]
     rejects([r])
 
 
