@@ -60,7 +60,16 @@ from pyjraft.core.messages import (
 from pyjraft.core.progress import Progress, ProgressState
 from pyjraft.core.raft_log import LogSafetyError, RaftLog
 from pyjraft.core.ready import Ready
-from pyjraft.core.types import NONE, Entry, EntryType, HardState, NodeId, Role, SoftState
+from pyjraft.core.types import (
+    NONE,
+    Entry,
+    EntryType,
+    HardState,
+    NodeId,
+    Role,
+    SoftState,
+    entries_size,
+)
 
 
 class RaftCore:
@@ -504,7 +513,7 @@ class RaftCore:
         )
         if entries and pr.state is ProgressState.REPLICATE:
             pr.next = entries[-1].index + 1
-            pr.inflights.add(entries[-1].index, sum(e.size for e in entries))
+            pr.inflights.add(entries[-1].index, entries_size(entries))
         else:
             pr.probe_sent = True
         return True

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyjraft.core.log_reader import LogReader, LogUnavailableError
-from pyjraft.core.types import Entry
+from pyjraft.core.types import Entry, count_within, entries_size
 
 
 class LogSafetyError(AssertionError):
@@ -98,12 +98,7 @@ class RaftLog:
         if max_bytes is None:
             out.extend(tail)
             return out
-        size = sum(e.size for e in out)
-        for e in tail:
-            size += e.size
-            if out and size > max_bytes:
-                break
-            out.append(e)
+        out.extend(tail[: count_within(tail, max_bytes, entries_size(out))])
         return out
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:

@@ -9,7 +9,11 @@ Everything else here is a frozen, slotted dataclass.
 from __future__ import annotations
 
 import enum
+import operator
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
 from typing import NamedTuple
 
 NodeId = str
@@ -44,7 +48,33 @@ class Entry(NamedTuple):
     @property
     def size(self) -> int:
         """Bytes this entry counts for against message and in-flight limits."""
-        return len(self.data) + 16
+        return len(self.data) + ENTRY_OVERHEAD
+
+
+ENTRY_OVERHEAD = 16
+"""Bytes an entry counts for beyond its data (see `Entry.size`)."""
+
+_DATA = operator.itemgetter(3)
+
+
+def entries_size(entries: Sequence[Entry]) -> int:
+    """Total `Entry.size` of ``entries``, computed without a Python-level loop."""
+    return sum(map(len, map(_DATA, entries))) + ENTRY_OVERHEAD * len(entries)
+
+
+def count_within(entries: Sequence[Entry], max_bytes: int, used: int = 0) -> int:
+    """How many leading ``entries`` fit in ``max_bytes`` when ``used`` bytes are taken.
+
+    When nothing is taken yet (``used == 0``) at least one entry fits, so a
+    single oversized entry still makes progress. No Python-level loop per entry.
+    """
+    if not entries:
+        return 0
+    sizes = map(operator.add, map(len, map(_DATA, entries)), repeat(ENTRY_OVERHEAD))
+    n = bisect_right(list(accumulate(sizes, initial=used)), max_bytes) - 1
+    if n <= 0:
+        return 1 if used == 0 else 0
+    return min(n, len(entries))
 
 
 class Role(enum.Enum):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import cast
 
 from pyjraft.core.log_reader import LogUnavailableError
-from pyjraft.core.types import Entry, HardState
+from pyjraft.core.types import Entry, HardState, count_within
 
 
 class MemoryLogStorage:
@@ -41,14 +42,9 @@ class MemoryLogStorage:
                 raise LogUnavailableError(
                     f"entries[{lo}, {hi}): log holds {self.first_index()}..{self.last_index()}"
                 )
-            out: list[Entry] = []
-            size = 0
-            for e in self._entries[lo - self._offset : hi - self._offset]:
-                assert e is not None
-                size += e.size
-                if max_bytes is not None and out and size > max_bytes:
-                    break
-                out.append(e)
+            out = cast("list[Entry]", self._entries[lo - self._offset : hi - self._offset])
+            if max_bytes is not None:
+                del out[count_within(out, max_bytes) :]
             return out
 
     def append(self, entries: Sequence[Entry]) -> None:
