@@ -10,11 +10,12 @@ from pyjraft.node.errors import (
     StateMachineError,
 )
 from pyjraft.node.fsm_caller import FSMCaller
-from pyjraft.node.node import Node, NodeState, peers_from
+from pyjraft.node.node import Done, Node, NodeState, peers_from
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
 
 __all__ = [
+    "Done",
     "FSMCaller",
     "LeaderChangeContext",
     "LeadershipLostError",

@@ -17,9 +17,9 @@ a write is in flight the core keeps stepping messages and taking proposals;
 the leader sends the new appends right away (`take_eager_messages`), and the
 next `Ready` carries everything that accumulated: group commit.
 
-A caller's future resolves when its entry is applied on this node (hence
-durable on a majority, hence committed). If leadership is lost first, the
-future fails with `LeadershipLostError` (outcome unknown). Load is shed at
+A caller's future (or `submit` callback) resolves when its entry is applied
+on this node (hence durable on a majority, hence committed). If leadership
+is lost first, it fails with `LeadershipLostError` (outcome unknown). Load is shed at
 the door: `apply` raises `OverloadedError` when too much is pending, and the
 node stays healthy. Storage failures and state machine exceptions are
 fatal: the node stops participating rather than risk divergence.
@@ -31,10 +31,13 @@ import asyncio
 import contextlib
 import enum
 import logging
+import operator
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from itertools import repeat
 from typing import Any
 
 from pyjraft.core.config import CoreConfig
@@ -68,7 +71,12 @@ class NodeState(enum.Enum):
     ERROR = "error"
 
 
-_Waiter = tuple[int, "asyncio.Future[Any]"]
+Done = Callable[[Any, BaseException | None], None]
+"""Completion callback of `Node.submit`: ``done(result, None)`` or ``done(None, error)``."""
+
+_Waiter = tuple[int, Done]
+_TYPE = operator.itemgetter(2)
+_NORMAL_ONLY = {EntryType.NORMAL}
 
 
 class Node:
@@ -107,7 +115,7 @@ class Node:
         self._core = RaftCore(config, log_storage, meta.load(), rng or random.Random())
         self.state = NodeState.RUNNING
         self.error: BaseException | None = None
-        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[bytes, Done]] = []
         self._waiting: dict[int, _Waiter] = {}
         self._flush_scheduled = False
         self._wake = asyncio.Event()
@@ -193,6 +201,20 @@ class Node:
         `StateMachineError` or `NodeStorageError`. Cancelling the caller does
         not withdraw the entry.
         """
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self.submit(data, partial(_settle, fut))
+        return await fut
+
+    def submit(self, data: bytes, done: Done) -> None:
+        """Replicate ``data``; call ``done(result, None)`` once it is applied here,
+        or ``done(None, error)`` with one of `apply`'s errors.
+
+        The callback form of `apply` (JRaft's ``Task`` with a ``Closure``): no
+        coroutine or future per entry, for callers that pipeline many writes.
+        Errors known at once (not leader, overloaded, shut down, too large) are
+        raised instead of reported through ``done``. ``done`` runs on the event
+        loop, serially with the state machine; it must be quick and not raise.
+        """
         self._check_running()
         if self._core.role is not Role.LEADER:
             raise NotLeaderError(self._core.leader)
@@ -200,17 +222,14 @@ class Node:
             raise ValueError(
                 f"entry of {len(data)} bytes exceeds max_entry_bytes {self.options.max_entry_bytes}"
             )
-        if len(self._queue) + len(self._waiting) >= self.options.max_pending_proposals:
+        pending = len(self._queue) + len(self._waiting)
+        if pending >= self.options.max_pending_proposals:
             self.stats["overloaded"] += 1
-            raise OverloadedError(
-                f"{len(self._queue) + len(self._waiting)} proposals pending; retry later"
-            )
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.append((bytes(data), fut))
+            raise OverloadedError(f"{pending} proposals pending; retry later")
+        self._queue.append((bytes(data), done))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_proposals)
-        return await fut
 
     @property
     def id(self) -> str:
@@ -309,26 +328,22 @@ class Node:
         if not queue:
             return
         if self.state is not NodeState.RUNNING:
-            for _, fut in queue:
-                _fail(fut, ShutdownError("node is not running"))
+            _fail_queue(queue, ShutdownError("node is not running"))
             return
         core = self._core
         if core.role is not Role.LEADER:
-            for _, fut in queue:
-                _fail(fut, NotLeaderError(core.leader))
+            _fail_queue(queue, NotLeaderError(core.leader))
             return
         try:
-            last = core.propose_batch([d for d, _ in queue])
+            last = core.propose_batch(list(map(_DATA, queue)))
         except Exception as exc:
-            for _, fut in queue:
-                _fail(fut, exc)
+            _fail_queue(queue, exc)
             self._fatal(exc)
             return
-        term = core.term
         first = last - len(queue) + 1
-        waiting = self._waiting
-        for i, (_, fut) in enumerate(queue):
-            waiting[first + i] = (term, fut)
+        self._waiting.update(
+            zip(range(first, last + 1), zip(repeat(core.term), map(_DONE, queue)), strict=True)
+        )
         self.stats["proposals"] += len(queue)
         self.stats["batches"] += 1
         self._send_eager()
@@ -387,26 +402,25 @@ class Node:
             self._log.append(entries)
 
     async def _apply(self, entries: list[Entry]) -> None:
-        user = [e for e in entries if e.type is EntryType.NORMAL]
+        all_normal = set(map(_TYPE, entries)) == _NORMAL_ONLY
+        user = entries if all_normal else [e for e in entries if e.type is EntryType.NORMAL]
         results = await self._fsm.apply(user) if user else []
         self._fsm.applied_index = entries[-1].index
         self.stats["applied"] += len(user)
         waiting = self._waiting
         if waiting:
+            pop = waiting.pop
             it = iter(results)
             for e in entries:
-                result = next(it) if e.type is EntryType.NORMAL else None
-                w = waiting.pop(e.index, None)
+                result = next(it) if all_normal or e.type is EntryType.NORMAL else None
+                w = pop(e.index, None)
                 if w is None:
                     continue
-                term, fut = w
-                if e.term == term:
-                    if not fut.done():
-                        fut.set_result(result)
+                if e.term == w[0]:
+                    w[1](result, None)
                 else:
-                    _fail(
-                        fut, LeadershipLostError(f"entry {e.index} was overwritten by a new leader")
-                    )
+                    lost = LeadershipLostError(f"entry {e.index} was overwritten by a new leader")
+                    w[1](None, lost)
         if not self._leader_started and self._core.role is Role.LEADER:
             term = self._core.term
             if any(e.type is EntryType.NOOP and e.term == term for e in entries):
@@ -470,18 +484,31 @@ class Node:
 
     def _fail_waiting(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, {}
-        for _, fut in waiting.values():
-            _fail(fut, exc)
+        for _, done in waiting.values():
+            done(None, exc)
 
     def _fail_all(self, exc: Exception) -> None:
         queue, self._queue = self._queue, []
-        for _, fut in queue:
-            _fail(fut, exc)
+        _fail_queue(queue, exc)
         self._fail_waiting(exc)
 
 
-def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
+_DATA = operator.itemgetter(0)
+_DONE = operator.itemgetter(1)
+
+
+def _fail_queue(queue: list[tuple[bytes, Done]], exc: BaseException) -> None:
+    for _, done in queue:
+        done(None, exc)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    # The caller may have been cancelled; its entry goes on regardless.
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(result)
+    else:
         fut.set_exception(exc)
 
 

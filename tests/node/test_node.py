@@ -250,3 +250,31 @@ def test_many_groups_share_one_transport_per_process() -> None:
                 await t.close()
 
     run(main())
+
+
+def test_submit_calls_back_with_results_and_raises_known_errors_at_once() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=11)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            got: list[tuple[object, BaseException | None]] = []
+            finished = asyncio.Event()
+
+            def done(result: object, exc: BaseException | None) -> None:
+                got.append((result, exc))
+                if len(got) == 100:
+                    finished.set()
+
+            for _ in range(100):
+                leader.submit(b"1", done)
+            await asyncio.wait_for(finished.wait(), 5)
+            assert [r for r, _ in got] == list(range(1, 101))
+            assert all(e is None for _, e in got)
+            follower = next(n for n in c.nodes.values() if not n.is_leader)
+            with pytest.raises(NotLeaderError):
+                follower.submit(b"1", done)
+        finally:
+            await c.stop_all()
+
+    run(main())
