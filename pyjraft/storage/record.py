@@ -149,15 +149,17 @@ def encode_batch(entries: Sequence[Entry], first_index: int, last_term: int) -> 
     data_len = sum(lengths)
     if data_len > 0xFFFFFFFF or count > 0xFFFFFFFF:
         raise ValueError(f"append: batch too large ({count} entries, {data_len} bytes)")
-    parts: list[object] = [
+    # All parts as bytes: join has a fast path for those only (arrays would cost
+    # ~100 ns per entry more).
+    parts = [
         _HEADER.pack(0, FORMAT_VERSION, 0, 0, count, data_len, first_index),
-        _le(array("Q", terms)) if _BIG_ENDIAN else terms,
-        _le(array("I", lengths)) if _BIG_ENDIAN else lengths,
+        (_le(array("Q", terms)) if _BIG_ENDIAN else terms).tobytes(),
+        (_le(array("I", lengths)) if _BIG_ENDIAN else lengths).tobytes(),
         types,
     ]
     parts.extend(datas)
     try:
-        buf = bytearray().join(parts)  # type: ignore[arg-type]
+        buf = bytearray().join(parts)
     except TypeError as exc:
         raise ValueError(f"append: entry data is not bytes-like: {exc}") from None
     with memoryview(buf) as mv:
