@@ -50,7 +50,8 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from itertools import accumulate
+from functools import partial
+from itertools import accumulate, islice
 from typing import NamedTuple
 
 import crc32c
@@ -366,8 +367,11 @@ def decode_batch(buf: bytes, path: str, offset: int, first_index: int, count: in
         if why2 is not None:
             raise CorruptLogError(path, offset, why2)
     ends = list(accumulate(lengths, initial=BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * n))
-    ts = _TYPES
-    return [
-        Entry(t, first_index + k, ts[y], buf[ends[k] : ends[k + 1]])
-        for k, (t, y) in enumerate(zip(terms, types, strict=True))
-    ]
+    # C-level passes only: Entry tuples built by tuple.__new__, data by slicing.
+    datas = map(buf.__getitem__, map(slice, ends, islice(ends, 1, None)))
+    types_e = map(_TYPES.__getitem__, types)
+    fields = zip(terms, range(first_index, first_index + n), types_e, datas, strict=True)
+    return list(map(_new_entry, fields))
+
+
+_new_entry = partial(tuple.__new__, Entry)

@@ -130,7 +130,7 @@ import os
 import re
 import threading
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 import crc32c
@@ -295,6 +295,9 @@ class SegmentLogStorage:
         self._cache_head = 0
         self._cache_first = 1
         self._cache_size = 0
+        # The cache as appended batches, oldest first: [entry count, bytes] each, so
+        # that eviction costs O(1) per batch instead of a Python step per entry.
+        self._cache_runs: deque[list[int]] = deque()
         # LRU of batches read from disk and verified: (segment first, offset) -> entries.
         self._verified: OrderedDict[tuple[int, int], tuple[list[Entry], int]] = OrderedDict()
         self._verified_bytes = 0
@@ -494,6 +497,7 @@ class SegmentLogStorage:
             self._last += len(enc.entries)
             self._cache.extend(enc.entries)
             self._cache_size += enc.entry_bytes
+            self._cache_runs.append([len(enc.entries), enc.entry_bytes])
             self._evict_cache()
 
     def truncate_suffix(self, last_kept: int) -> None:
@@ -555,8 +559,21 @@ class SegmentLogStorage:
                 self._clear_cache(cut)
             else:
                 keep = self._cache_head + cut - self._cache_first
-                self._cache_size -= sum(e.size for e in self._cache[keep:])
+                drop = len(self._cache) - keep
                 del self._cache[keep:]
+                runs = self._cache_runs
+                while drop > 0:
+                    run = runs[-1]
+                    if run[0] <= drop:
+                        runs.pop()
+                        drop -= run[0]
+                        self._cache_size -= run[1]
+                    else:
+                        run[0] -= drop
+                        left = sum(e.size for e in self._cache[len(self._cache) - run[0] :])
+                        self._cache_size -= run[1] - left
+                        run[1] = left
+                        drop = 0
         try:
             # Newest first, so a crash in the middle leaves a contiguous (shorter) log.
             for d in reversed(doomed):
@@ -614,9 +631,21 @@ class SegmentLogStorage:
             self._clear_verified()
             if self._cache_first < first_kept:
                 drop = first_kept - self._cache_first
-                for e in self._cache[self._cache_head : self._cache_head + drop]:
-                    self._cache_size -= e.size
                 self._cache_head += drop
+                runs = self._cache_runs
+                while drop > 0:
+                    run = runs[0]
+                    if run[0] <= drop:
+                        runs.popleft()
+                        drop -= run[0]
+                        self._cache_size -= run[1]
+                    else:
+                        run[0] -= drop
+                        head = self._cache_head
+                        left = sum(e.size for e in self._cache[head : head + run[0]])
+                        self._cache_size -= run[1] - left
+                        run[1] = left
+                        drop = 0
                 self._cache_first = first_kept
                 self._compact_cache()
         self._unlink_segments(doomed, f"truncate_prefix({first_kept})")
@@ -727,11 +756,14 @@ class SegmentLogStorage:
             unlink_quietly(tmp)
 
     def _evict_cache(self) -> None:
-        cache = self._cache
+        # Whole batches at a time: the cache may hold up to one batch less than its
+        # budget, never more than the budget.
+        runs = self._cache_runs
         head = self._cache_head
-        while self._cache_size > self._cache_bytes and head < len(cache):
-            self._cache_size -= cache[head].size
-            head += 1
+        while self._cache_size > self._cache_bytes and runs:
+            n, nbytes = runs.popleft()
+            head += n
+            self._cache_size -= nbytes
         self._cache_first += head - self._cache_head
         self._cache_head = head
         self._compact_cache()
@@ -746,6 +778,7 @@ class SegmentLogStorage:
         self._cache = []
         self._cache_head = 0
         self._cache_size = 0
+        self._cache_runs = deque()
         self._cache_first = next_index
 
     def _close_files(self) -> None:
