@@ -4,7 +4,7 @@ For each entry size (100 B, 1 KiB, 16 KiB) and several batch sizes (one entry
 up to 256 KiB per batch), appends with ``sync=True`` for a fixed time and
 reports entries/s and MB/s of entry data. Beside it, the raw limit of the same
 disk in the same run: a plain ``os.write`` + ``os.fdatasync`` loop writing
-exactly the bytes the log wrote per batch (headers included), run before and
+exactly the bytes the log wrote per batch (batch and entry headers included), run before and
 after the log case, the faster of the two kept. ``ratio`` is log throughput /
 raw throughput (1.0 = the log costs nothing over the disk). Then a log of
 ``--reopen-bytes`` (default 1 GiB) is written (``sync=False``, then
@@ -31,7 +31,7 @@ from typing import Any
 
 from pyjraft.core.types import Entry, EntryType
 from pyjraft.storage import SegmentLogStorage
-from pyjraft.storage.record import HEADER_SIZE
+from pyjraft.storage.record import batch_size
 
 ENTRY_SIZES = (100, 1024, 16 * 1024)
 BATCH_BYTES = (0, 16 * 1024, 64 * 1024, 256 * 1024)  # 0: one entry per batch
@@ -58,7 +58,7 @@ def bench_log(directory: str, entry_size: int, per_batch: int, seconds: float) -
     return {
         "entry_bytes": entry_size,
         "entries_per_batch": per_batch,
-        "batch_bytes": per_batch * (entry_size + HEADER_SIZE),
+        "batch_bytes": batch_size(per_batch, per_batch * entry_size),
         "batches": batches,
         "entries": entries,
         "seconds": elapsed,
@@ -103,7 +103,7 @@ def bench_reopen(directory: str, total_bytes: int, entry_size: int) -> dict[str,
     entries = log.last_index()
     log.close()
     # Without sidecar indexes (a log written by a crashed process that never
-    # rolled cleanly, or an upgrade): every record is parsed in Python.
+    # rolled cleanly, or an upgrade): every batch is parsed and CRC-checked.
     for name in os.listdir(directory):
         if name.endswith(".idx"):
             os.unlink(os.path.join(directory, name))
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                 if target and per_batch == 1:
                     continue  # same as the one-entry case
                 d = os.path.join(root, f"log-{size}-{per_batch}")
-                batch_bytes = per_batch * (size + HEADER_SIZE)
+                batch_bytes = batch_size(per_batch, per_batch * size)
                 # The disk is noisy: the raw limit is the better of a run before and after.
                 guess = max(8, int(seconds * 200))
                 raw_before = bench_raw(root, batch_bytes, guess) / guess
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             f"reopen: {reopen['log_bytes'] / (1 << 20):,.0f} MiB, {reopen['entries']:,} entries "
             f"of {reopen['entry_bytes']} B: {reopen['open_s']:.2f} s "
             f"({reopen['open_mb_per_s']:,.0f} MB/s); "
-            f"without sidecar indexes (full record scan): {reopen['open_without_indexes_s']:.2f} s",
+            f"without sidecar indexes (full batch scan): {reopen['open_without_indexes_s']:.2f} s",
             flush=True,
         )
     finally:

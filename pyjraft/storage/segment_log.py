@@ -6,77 +6,118 @@ Theory of operation
 Files in the log directory:
 
 ``<first index, 20 digits>.log``
-    A segment: consecutive records (format in `pyjraft.storage.record`: a
-    28-byte header with crc, version, type, length, term, index, then the
-    data), the first with the index in the file name. Only the last segment
-    is ever appended to; segments are contiguous (each starts right after
-    the previous one ends).
+    A segment: consecutive *batch records*, format version 2 (see
+    `pyjraft.storage.record`): one per `append` call, a 24-byte batch header
+    with one CRC32C over the whole batch, the per-entry headers (term, data
+    length, type) as compact columns, then the data. The first entry of the
+    first batch has the index in the file name. Only the last segment is ever
+    appended to; segments are contiguous (each starts right after the
+    previous one ends). Segments of format version 1 (one record per entry)
+    are refused with `CorruptLogError` naming the format: there is no
+    migration, as no such log was ever deployed.
 ``log_meta``
     The logical start of the log: ``first_index`` and the term of
     ``first_index - 1`` (what a snapshot covers), plus a "reset pending"
     flag. Replaced atomically (temp file, fsync, rename, fsync directory).
     Missing means ``first_index == 1``, previous term 0.
+``truncate_redo``
+    Present only while a `truncate_suffix` that cuts a batch in the middle is
+    in progress (see below and `pyjraft.storage.log_meta`).
 ``<first index, 20 digits>.idx``
     Sidecar index of a *sealed* segment (every one but the last), written when
-    the log rolls past it: record offsets, term runs, and the CRC32C of the
-    whole segment file (`pyjraft.storage.segment_index`). An accelerator
-    only: trusted when that whole-file CRC matches, otherwise ignored.
+    the log rolls past it: batch offsets and first indices, entry lengths, term
+    runs, and the CRC32C of the whole segment file
+    (`pyjraft.storage.segment_index`). An accelerator only: trusted when that
+    whole-file CRC matches, otherwise ignored.
 ``log.lock``
     Held with ``flock`` while open, so two processes never write one log.
 
-Writing. `append` encodes the whole batch into one buffer, writes it with
-one ``pwrite`` at the end of the last segment and makes it durable with one
+Writing. `append` encodes the whole batch into one batch record (a few
+C-level passes over the entries and one CRC32C call), writes it with one
+``pwrite`` at the end of the last segment and makes it durable with one
 ``fdatasync`` (group commit). Before a batch, if the last segment has reached
 ``segment_bytes``, a new segment named ``last_index + 1`` is created and the
 directory fsynced; a batch never spans two segments, so a segment may exceed
-``segment_bytes`` by at most one batch. `truncate_suffix` unlinks later
-segments (newest first) and ftruncates the one holding the cut at a record
-boundary. `truncate_prefix` first records the new start in ``log_meta``, then
-unlinks segments lying wholly before it; the segment holding the new start
-keeps its older records, which are simply invisible. `reset` sets the
-"reset pending" flag in ``log_meta``, unlinks every segment, then clears the
-flag. Every step is ordered so that a crash between any two leaves a state
-that recovery either finishes (prefix truncation, reset) or that is a valid
-shorter log (suffix truncation).
+``segment_bytes`` by at most one batch. `truncate_prefix` first records the
+new start in ``log_meta``, then unlinks segments lying wholly before it; the
+segment holding the new start keeps its older batches, whose entries are
+simply invisible. `reset` sets the "reset pending" flag in ``log_meta``,
+unlinks every segment, then clears the flag.
 
-Reading and concurrency. Each segment keeps the file offset of every record
-in an ``array('Q')`` and its terms as runs (first index, term) in two more:
-about 8 bytes per entry and no Python object per entry. Recently appended
-entries are also kept in a cache bounded in bytes (``Entry.size``), a
-contiguous suffix of the log; older entries are read with ``pread`` and
-re-validated (CRC, index) on every read. One writer thread calls the
-mutating methods while another thread reads indices the write does not
-touch: a `threading.Lock` guards the in-memory index, and is never held
-across a write, an fsync or an unlink, so reads are never blocked by an
-fsync. (Reads from disk ``pread`` under the lock, so a segment's fd cannot
-be closed and reused underneath them.)
+`truncate_suffix` unlinks later segments (newest first) and cuts the segment
+holding the cut. At a batch boundary it simply ftruncates there. In the
+middle of a batch B (entries ``f..l``, cut after ``k``, ``f <= k < l``) the
+kept prefix ``f..k`` must survive (those entries may be committed), but
+batches are CRC-framed whole, so B must be replaced in place by a new batch
+B' holding ``f..k``; and B' cannot be written before B is gone (indices are
+contiguous, the file position is B's). The steps are:
 
-Recovery on open. Every byte of every segment is CRC-checked. A sealed
-segment with a valid sidecar index is verified with one CRC32C over the whole
-file (GB/s, no per-record Python work); any other segment (the last one
-always, and a sealed one whose index is missing, stale or damaged: it is then
-rewritten) is scanned record by record: headers parsed with ``struct``, each
-record's CRC verified, the file mmapped. A sealed segment whose whole-file
-CRC does not match its index is scanned too, so damage is reported at the
-offset of the exact record. Rules:
+1. read and verify B, encode B';
+2. write ``truncate_redo`` = (segment, offset of B, B') atomically: temp file,
+   fsync, rename, fsync directory. This is the commit point of the cut;
+3. unlink the later segments (newest first), fsync the directory;
+4. ftruncate the segment at B's offset, ``pwrite`` B' there, fsync;
+5. unlink ``truncate_redo``, fsync the directory.
 
-* In the *last* segment, the first invalid record (partial header, data past
-  the end of the file, CRC mismatch: zero-filled tails included) is a torn
-  tail if no valid record starts anywhere after it: the file is truncated
-  there (ftruncate + fsync) and a warning is logged on ``pyjraft.storage``.
+A crash before 2 leaves the old log intact (the cut entries are uncommitted
+by Raft's contract, and the kept ones are in B). A crash anywhere after 2
+leaves the redo file, which every open applies *before* scanning anything:
+it deletes segments after the named one, ftruncates at the offset, writes
+B', fsyncs, then removes the journal. The redo is idempotent, so a crash
+during recovery is handled the same way. The kept prefix is therefore
+always either in B on disk, or in the journal, or in B' made durable: at no
+point is it only in memory. (With ``sync=False`` steps 2, 4 and 5 still
+fsync, so this holds there too.)
+
+Reading and concurrency. Each segment keeps, in ``array``\\s, the file
+offset and first index of every batch, the data length of every entry (4
+bytes per entry, for ``max_bytes`` budgets) and its terms as runs (first
+index, term): no Python object per entry. Recently appended entries are also
+kept in a cache bounded in bytes (``Entry.size``), a contiguous suffix of the
+log. Older entries are read with ``pread`` a whole batch at a time and the
+batch is CRC-verified in full before any entry of it is returned; a small LRU
+of recently verified, decoded batches (bounded in bytes) serves repeated
+reads of one batch (a follower catching up in ``max_bytes`` pieces). One
+writer thread calls the mutating methods while another thread reads indices
+the write does not touch: a `threading.Lock` guards the in-memory index, and
+is never held across a write, an fsync or an unlink, so reads are never
+blocked by an fsync. (Reads from disk ``pread`` under the lock, so a
+segment's fd cannot be closed and reused underneath them.)
+
+Recovery on open. A pending ``truncate_redo`` is applied first (see above).
+Every byte of every segment is CRC-checked. A sealed segment with a valid
+sidecar index is verified with one CRC32C over the whole file (GB/s, no
+per-batch Python work); any other segment (the last one always, and a sealed
+one whose index is missing, stale or damaged: it is then rewritten) is
+scanned batch by batch: header parsed with ``struct``, the batch's CRC
+verified, the file mmapped. A sealed segment whose whole-file CRC does not
+match its index is scanned too, so damage is reported at the offset of the
+exact batch. Rules:
+
+* Torn tail: in the *last* segment, an invalid batch (partial header, batch
+  running past the end of the file, CRC mismatch: zero-filled tails and
+  batches whose pages reached the disk in any order included) that is the
+  last batch: no CRC-valid batch with a later index starts anywhere after
+  it. Each batch is written with one ``pwrite`` at the end of the file, and
+  the next only after the previous one's ``fdatasync`` returned, so a crash
+  can damage only the last batch. The file is truncated at its start
+  (ftruncate + fsync) and a warning is logged on ``pyjraft.storage``. That
+  batch was never acknowledged.
 * Everything else refuses to open with `CorruptLogError` naming the file and
-  offset: an invalid record followed by a valid one, an invalid record in any
-  other segment, a CRC-valid record with an unknown version or type, set
-  reserved bits or an unexpected index (including a segment whose first
-  record does not match its name), a gap or overlap between segments, a
-  first segment starting after ``first_index``, a damaged ``log_meta``.
-  Nothing is silently dropped.
+  offset: an invalid batch followed by a valid one, an invalid batch in any
+  other segment, a CRC-valid batch with an unknown version, set flags or
+  reserved bits, no entries, lengths not adding up, an unknown type or an
+  unexpected first index (including a segment whose first batch does not
+  match its name), a version-1 segment, a gap or overlap between segments,
+  a first segment starting after ``first_index``, a damaged ``log_meta`` or
+  ``truncate_redo``. Nothing is silently dropped.
 
-Durability. With ``sync=False`` no fdatasync is issued: this is UNSAFE,
-acknowledged writes may be lost (and the log found corrupt) after a power
-failure or OS crash; it exists for tests and benchmarks. After any IO error
-in a mutating call the storage refuses further writes (`StorageError`): after
-a failed fsync the page cache state is unknown, and retrying would lie.
+Durability. With ``sync=False`` no fdatasync is issued on appends: this is
+UNSAFE, acknowledged writes may be lost (and the log found corrupt) after a
+power failure or OS crash; it exists for tests and benchmarks. After any IO
+error in a mutating call the storage refuses further writes
+(`StorageError`): after a failed fsync the page cache state is unknown, and
+retrying would lie.
 """
 
 from __future__ import annotations
@@ -89,6 +130,7 @@ import os
 import re
 import threading
 from array import array
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 import crc32c
@@ -105,13 +147,23 @@ from pyjraft.storage._fileutil import (
     unlink_quietly,
 )
 from pyjraft.storage.api import CorruptLogError, StorageError
-from pyjraft.storage.log_meta import RESET_PENDING, read_log_meta, write_log_meta
+from pyjraft.storage.log_meta import (
+    RESET_PENDING,
+    TRUNCATE_REDO,
+    TruncateRedo,
+    read_log_meta,
+    read_truncate_redo,
+    write_log_meta,
+    write_truncate_redo,
+)
 from pyjraft.storage.record import (
-    decode_records,
+    FORMAT_VERSION,
+    EncodedBatch,
+    decode_batch,
     encode_batch,
-    entry_size_of_record,
-    find_valid_record,
-    scan_records,
+    find_valid_batch,
+    looks_like_v1,
+    scan_batches,
 )
 from pyjraft.storage.segment_index import decode_index, encode_index
 
@@ -123,28 +175,43 @@ _SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
 _INDEX_RE = re.compile(r"^\d{20}\.idx(\.tmp)?$")
 _MiB = 1 << 20
 _CACHE_COMPACT = 4096
+_VERIFIED_BYTES = 8 * _MiB  # budget of the LRU of verified batches read from disk
+_ENTRY_OVERHEAD = 16  # Entry.size = len(data) + 16
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def segment_name(first_index: int) -> str:
-    """File name of the segment whose first record has ``first_index``."""
+    """File name of the segment whose first entry has ``first_index``."""
     return f"{first_index:020d}.log"
 
 
 class _Segment:
     """One segment file and its in-memory index."""
 
-    __slots__ = ("crc", "fd", "first", "offsets", "path", "run_starts", "run_terms", "size")
+    __slots__ = (
+        "batch_firsts",
+        "batch_starts",
+        "crc",
+        "fd",
+        "first",
+        "lengths",
+        "path",
+        "run_starts",
+        "run_terms",
+        "size",
+    )
 
     def __init__(self, path: str, fd: int, first: int) -> None:
         self.path = path
         self.fd = fd
         self.first = first
-        self.offsets: array[int] = array("Q")
+        self.batch_starts: array[int] = array("Q")  # file offset of each batch
+        self.batch_firsts: array[int] = array("Q")  # first index of each batch
+        self.lengths: array[int] = array("I")  # data length of each entry
         # Terms change rarely: runs (first index, term) cost far less than one per entry.
         self.run_starts: array[int] = array("Q")
         self.run_terms: array[int] = array("Q")
-        self.size = 0  # bytes of valid records: where the next record goes
+        self.size = 0  # bytes of valid batches: where the next batch goes
         self.crc = 0  # CRC32C of bytes [0, size): what the sidecar index records
 
     @property
@@ -154,20 +221,30 @@ class _Segment:
 
     @property
     def last(self) -> int:
-        return self.first + len(self.offsets) - 1
+        return self.first + len(self.lengths) - 1
 
     def term(self, index: int) -> int:
-        """Term of the record at ``index`` (which this segment must hold)."""
+        """Term of the entry at ``index`` (which this segment must hold)."""
         return self.run_terms[bisect.bisect_right(self.run_starts, index) - 1]
 
     @property
     def last_term(self) -> int:
-        """Term of the last record, -1 if empty."""
+        """Term of the last entry, -1 if empty."""
         return self.run_terms[-1] if self.run_terms else -1
 
-    def record_end(self, i: int) -> int:
-        """File offset just past record number ``i`` of this segment."""
-        return self.offsets[i + 1] if i + 1 < len(self.offsets) else self.size
+    def batch_of(self, index: int) -> int:
+        """Number of the batch holding ``index`` (which this segment must hold)."""
+        return bisect.bisect_right(self.batch_firsts, index) - 1
+
+    def batch_span(self, b: int) -> tuple[int, int, int, int]:
+        """``(offset, end offset, first index, entry count)`` of batch number ``b``."""
+        nb = b + 1
+        if nb < len(self.batch_starts):
+            end, nxt = self.batch_starts[nb], self.batch_firsts[nb]
+        else:
+            end, nxt = self.size, self.last + 1
+        first = self.batch_firsts[b]
+        return self.batch_starts[b], end, first, nxt - first
 
 
 class SegmentLogStorage:
@@ -218,6 +295,12 @@ class SegmentLogStorage:
         self._cache_head = 0
         self._cache_first = 1
         self._cache_size = 0
+        # The cache as appended batches, oldest first: [entry count, bytes] each, so
+        # that eviction costs O(1) per batch instead of a Python step per entry.
+        self._cache_runs: deque[list[int]] = deque()
+        # LRU of batches read from disk and verified: (segment first, offset) -> entries.
+        self._verified: OrderedDict[tuple[int, int], tuple[list[Entry], int]] = OrderedDict()
+        self._verified_bytes = 0
         self._closed = False
         self._failed: str | None = None
         self._lock_fd = -1
@@ -284,7 +367,7 @@ class SegmentLogStorage:
         """Entries ``[lo, hi)``; with ``max_bytes`` a non-empty prefix within that size.
 
         Raises `LogUnavailableError` if the range is not held, `CorruptLogError` if
-        a record read from disk fails validation.
+        a batch read from disk fails validation.
         """
         with self._lock:
             self._check_open()
@@ -319,11 +402,13 @@ class SegmentLogStorage:
             seg = self._segments[i]
             k0 = lo - seg.first
             k1 = min(hi, seg.last + 1) - seg.first
+            full = False
             if budget >= 0:
-                # Sizes are known from the offsets, so only what fits is read.
+                # Sizes are known from the lengths, so only the batches needed are read.
+                lengths = seg.lengths
                 k = k0
                 while k < k1:
-                    size = entry_size_of_record(seg.record_end(k) - seg.offsets[k])
+                    size = lengths[k] + _ENTRY_OVERHEAD
                     if size > budget and (out or k > k0):
                         break
                     budget = max(budget - size, 0)
@@ -332,17 +417,43 @@ class SegmentLogStorage:
                 k1 = k
                 if k1 == k0:
                     return 0
-            else:
-                full = False
-            start = seg.offsets[k0]
-            length = seg.record_end(k1 - 1) - start
-            buf = _pread_exact(seg, length, start)
-            out.extend(decode_records(buf, seg.path, start, seg.first + k0, k1 - k0))
+            index = seg.first + k0
+            stop = seg.first + k1
+            b = seg.batch_of(index)
+            while index < stop:
+                batch = self._load_batch(seg, b)
+                bfirst = seg.batch_firsts[b]
+                take = batch[index - bfirst : stop - bfirst]
+                out.extend(take)
+                index += len(take)
+                b += 1
             if full:
                 return 0
-            lo = seg.first + k1
+            lo = stop
             i += 1
         return budget
+
+    def _load_batch(self, seg: _Segment, b: int) -> list[Entry]:
+        """The entries of batch ``b`` of ``seg``, read and verified in full (or from the
+        LRU of verified batches). Called with the lock held."""
+        start, end, first, count = seg.batch_span(b)
+        key = (seg.first, start)
+        hit = self._verified.get(key)
+        if hit is not None:
+            self._verified.move_to_end(key)
+            return hit[0]
+        buf = _pread_exact(seg, end - start, start)
+        got = decode_batch(buf, seg.path, start, first, count)
+        self._verified[key] = (got, end - start)
+        self._verified_bytes += end - start
+        while self._verified_bytes > _VERIFIED_BYTES and len(self._verified) > 1:
+            _key, (_old, nbytes) = self._verified.popitem(last=False)
+            self._verified_bytes -= nbytes
+        return got
+
+    def _clear_verified(self) -> None:
+        self._verified.clear()
+        self._verified_bytes = 0
 
     def _segment_of(self, index: int) -> _Segment:
         return self._segments[bisect.bisect_right(self._seg_firsts, index) - 1]
@@ -356,50 +467,76 @@ class SegmentLogStorage:
         if not entries:
             return
         seg = self._segments[-1] if self._segments else None
-        roll = seg is None or (seg.size >= self._segment_bytes and len(seg.offsets) > 0)
+        roll = seg is None or (seg.size >= self._segment_bytes and len(seg.lengths) > 0)
+        first = self._last + 1
         # Encode (and so validate) before touching any file.
+        enc = encode_batch(entries, first, -1 if roll or seg is None else seg.last_term)
         if roll or seg is None:
-            enc = encode_batch(entries, self._last + 1, 0, -1)
             if seg is not None:
                 self._write_index(seg)
-            seg = self._new_segment(self._last + 1)
-        else:
-            enc = encode_batch(entries, self._last + 1, seg.size, seg.last_term)
+            seg = self._new_segment(first)
+        start = seg.size
         try:
-            pwrite_all(seg.fd, enc.buf, seg.size)
+            pwrite_all(seg.fd, enc.buf, start)
             if self._sync:
                 sync_data(seg.fd)
         except OSError as exc:
             self._fail(f"append to {seg.path} failed: {exc}")
             # Best effort: leave no partial batch behind for the next append to follow.
             with contextlib.suppress(OSError):
-                os.ftruncate(seg.fd, seg.size)
+                os.ftruncate(seg.fd, start)
             raise StorageError(self._failed) from exc
         seg.crc = crc32c.crc32c(enc.buf, seg.crc)
         with self._lock:
-            seg.offsets.extend(enc.offsets)
+            seg.batch_starts.append(start)
+            seg.batch_firsts.append(first)
+            seg.lengths.extend(enc.lengths)
             seg.run_starts.extend(enc.run_starts)
             seg.run_terms.extend(enc.run_terms)
-            seg.size += len(enc.buf)
+            seg.size = start + len(enc.buf)
             self._last += len(enc.entries)
             self._cache.extend(enc.entries)
             self._cache_size += enc.entry_bytes
+            self._cache_runs.append([len(enc.entries), enc.entry_bytes])
             self._evict_cache()
 
     def truncate_suffix(self, last_kept: int) -> None:
         """Drop every entry after ``last_kept``, durably. Raises `ValueError` if
-        ``last_kept < first_index() - 1``."""
+        ``last_kept < first_index() - 1``.
+
+        A cut in the middle of a batch rewrites the kept part of that batch as a new
+        batch in the same place, journaled in ``truncate_redo`` first so that a crash
+        at any point loses none of the kept entries (see the module docstring)."""
         self._check_writable()
         if last_kept < self._first - 1:
             raise ValueError(f"truncate_suffix({last_kept}) below first index {self._first}")
         if last_kept >= self._last:
             return
         cut = last_kept + 1
+        rewrite: EncodedBatch | None = None
         with self._lock:
             i = bisect.bisect_right(self._seg_firsts, cut) - 1
-            doomed = self._segments[i + 1 :]
             seg: _Segment | None = self._segments[i]
             assert seg is not None
+            b = 0
+            start = 0
+            if cut > seg.first:
+                b = seg.batch_of(cut)
+                start, _end, bfirst, _count = seg.batch_span(b)
+                if bfirst < cut:
+                    # Verified read: the kept prefix is rewritten from checked bytes only.
+                    kept = self._load_batch(seg, b)[: cut - bfirst]
+                    rewrite = encode_batch(kept, bfirst, -1)
+        if rewrite is not None:
+            assert seg is not None
+            try:
+                write_truncate_redo(self._dir, seg.first, start, bytes(rewrite.buf))
+            except OSError as exc:
+                self._fail(f"truncate_suffix({last_kept}): writing {TRUNCATE_REDO} failed: {exc}")
+                raise StorageError(self._failed) from exc
+            self._crash_point("redo_written")
+        with self._lock:
+            doomed = self._segments[i + 1 :]
             if cut == seg.first:
                 doomed.insert(0, seg)
                 seg = None
@@ -408,20 +545,35 @@ class SegmentLogStorage:
             else:
                 del self._segments[i + 1 :]
                 del self._seg_firsts[i + 1 :]
-                k = cut - seg.first
-                new_size = seg.offsets[k]
-                del seg.offsets[k:]
+                nb = b + 1 if rewrite is not None else b
+                del seg.batch_starts[nb:]
+                del seg.batch_firsts[nb:]
+                del seg.lengths[cut - seg.first :]
                 j = bisect.bisect_left(seg.run_starts, cut)
                 del seg.run_starts[j:]
                 del seg.run_terms[j:]
-                seg.size = new_size
+                seg.size = start + (len(rewrite.buf) if rewrite is not None else 0)
             self._last = last_kept
+            self._clear_verified()
             if cut <= self._cache_first:
                 self._clear_cache(cut)
             else:
                 keep = self._cache_head + cut - self._cache_first
-                self._cache_size -= sum(e.size for e in self._cache[keep:])
+                drop = len(self._cache) - keep
                 del self._cache[keep:]
+                runs = self._cache_runs
+                while drop > 0:
+                    run = runs[-1]
+                    if run[0] <= drop:
+                        runs.pop()
+                        drop -= run[0]
+                        self._cache_size -= run[1]
+                    else:
+                        run[0] -= drop
+                        left = sum(e.size for e in self._cache[len(self._cache) - run[0] :])
+                        self._cache_size -= run[1] - left
+                        run[1] = left
+                        drop = 0
         try:
             # Newest first, so a crash in the middle leaves a contiguous (shorter) log.
             for d in reversed(doomed):
@@ -429,15 +581,27 @@ class SegmentLogStorage:
                 os.unlink(d.path)
                 unlink_quietly(d.index_path)
                 fsync_dir(self._dir)
+            self._crash_point("segments_unlinked")
             if seg is not None:
                 unlink_quietly(seg.index_path)  # it is the last segment now
-                os.ftruncate(seg.fd, seg.size)
-                if self._sync:
+                os.ftruncate(seg.fd, start if rewrite is not None else seg.size)
+                if rewrite is not None:
+                    self._crash_point("ftruncated")
+                    pwrite_all(seg.fd, rewrite.buf, start)
+                    self._crash_point("rewritten")
+                if self._sync or rewrite is not None:
                     sync_file(seg.fd)
                 seg.crc = file_crc(seg.fd, seg.size)
+            if rewrite is not None:
+                self._crash_point("synced")
+                os.unlink(os.path.join(self._dir, TRUNCATE_REDO))
+                fsync_dir(self._dir)
         except OSError as exc:
             self._fail(f"truncate_suffix({last_kept}) failed: {exc}")
             raise StorageError(self._failed) from exc
+
+    def _crash_point(self, where: str) -> None:
+        """Test hook: called between the steps of a mid-batch truncation."""
 
     def truncate_prefix(self, first_kept: int) -> None:
         """Forget entries before ``first_kept``: record the new start in ``log_meta``,
@@ -464,11 +628,24 @@ class SegmentLogStorage:
             doomed = self._segments[:n]
             del self._segments[:n]
             del self._seg_firsts[:n]
+            self._clear_verified()
             if self._cache_first < first_kept:
                 drop = first_kept - self._cache_first
-                for e in self._cache[self._cache_head : self._cache_head + drop]:
-                    self._cache_size -= e.size
                 self._cache_head += drop
+                runs = self._cache_runs
+                while drop > 0:
+                    run = runs[0]
+                    if run[0] <= drop:
+                        runs.popleft()
+                        drop -= run[0]
+                        self._cache_size -= run[1]
+                    else:
+                        run[0] -= drop
+                        head = self._cache_head
+                        left = sum(e.size for e in self._cache[head : head + run[0]])
+                        self._cache_size -= run[1] - left
+                        run[1] = left
+                        drop = 0
                 self._cache_first = first_kept
                 self._compact_cache()
         self._unlink_segments(doomed, f"truncate_prefix({first_kept})")
@@ -493,6 +670,7 @@ class SegmentLogStorage:
             self._prev_term = prev_term
             self._last = next_index - 1
             self._clear_cache(next_index)
+            self._clear_verified()
         self._unlink_segments(doomed, f"reset({next_index})")
         try:
             self._write_log_meta(next_index, prev_term, 0)
@@ -558,7 +736,16 @@ class SegmentLogStorage:
     def _write_index(self, seg: _Segment) -> None:
         """Write the sidecar index of a segment that is being sealed. Best effort:
         without it, the next open scans the segment instead."""
-        raw = encode_index(seg.first, seg.size, seg.crc, seg.offsets, seg.run_starts, seg.run_terms)
+        raw = encode_index(
+            seg.first,
+            seg.size,
+            seg.crc,
+            seg.batch_starts,
+            seg.batch_firsts,
+            seg.lengths,
+            seg.run_starts,
+            seg.run_terms,
+        )
         tmp = seg.index_path + ".tmp"
         try:
             with open(tmp, "wb") as f:
@@ -569,11 +756,14 @@ class SegmentLogStorage:
             unlink_quietly(tmp)
 
     def _evict_cache(self) -> None:
-        cache = self._cache
+        # Whole batches at a time: the cache may hold up to one batch less than its
+        # budget, never more than the budget.
+        runs = self._cache_runs
         head = self._cache_head
-        while self._cache_size > self._cache_bytes and head < len(cache):
-            self._cache_size -= cache[head].size
-            head += 1
+        while self._cache_size > self._cache_bytes and runs:
+            n, nbytes = runs.popleft()
+            head += n
+            self._cache_size -= nbytes
         self._cache_first += head - self._cache_head
         self._cache_head = head
         self._compact_cache()
@@ -588,9 +778,11 @@ class SegmentLogStorage:
         self._cache = []
         self._cache_head = 0
         self._cache_size = 0
+        self._cache_runs = deque()
         self._cache_first = next_index
 
     def _close_files(self) -> None:
+        self._clear_verified()
         for seg in self._segments:
             with contextlib.suppress(OSError):
                 os.close(seg.fd)
@@ -605,10 +797,12 @@ class SegmentLogStorage:
 
     def _recover(self) -> None:
         first, prev_term, flags = read_log_meta(self._dir)
+        redo = read_truncate_redo(self._dir)
+        unlink_quietly(os.path.join(self._dir, TRUNCATE_REDO + ".tmp"))
         names: list[tuple[int, str]] = []
         for name in os.listdir(self._dir):
             if not name.endswith(".log"):
-                continue  # log_meta, its temp file, the lock, other components' files
+                continue  # log_meta, journals, temp files, the lock, other components' files
             m = _SEGMENT_RE.match(name)
             if m is None:
                 raise CorruptLogError(
@@ -620,9 +814,14 @@ class SegmentLogStorage:
             logger.warning("%s: finishing an interrupted reset(%d)", self._dir, first)
             for _, path in names:
                 os.unlink(path)
+            if redo is not None:
+                os.unlink(os.path.join(self._dir, TRUNCATE_REDO))
+                redo = None
             fsync_dir(self._dir)
             self._write_log_meta(first, prev_term, 0)
             names = []
+        if redo is not None:
+            names = self._redo_truncate(redo, names)
         # Finish an interrupted truncate_prefix: segments before the one holding
         # `first` are wholly compacted away.
         k = bisect.bisect_right([n for n, _ in names], first) - 1
@@ -669,6 +868,47 @@ class SegmentLogStorage:
                 )
             self._last = last
 
+    def _redo_truncate(
+        self, redo: TruncateRedo, names: list[tuple[int, str]]
+    ) -> list[tuple[int, str]]:
+        """Finish an interrupted mid-batch `truncate_suffix` from its journal; return
+        the segments left. Idempotent: a crash in here is redone by the next open."""
+        journal = os.path.join(self._dir, TRUNCATE_REDO)
+        path = os.path.join(self._dir, segment_name(redo.segment_first))
+        if path not in {p for _, p in names}:
+            raise CorruptLogError(
+                journal, 0, f"names segment {path}, which does not exist (cannot redo the cut)"
+            )
+        later = [p for n, p in names if n > redo.segment_first]
+        logger.warning(
+            "%s: finishing an interrupted truncate_suffix: %s cut at offset %d, "
+            "%d later segment(s) deleted",
+            self._dir,
+            path,
+            redo.offset,
+            len(later),
+        )
+        for p in reversed(later):
+            os.unlink(p)
+            unlink_quietly(p[: -len(".log")] + ".idx")
+        if later:
+            fsync_dir(self._dir)
+        fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size < redo.offset:
+                raise CorruptLogError(
+                    path, size, f"{TRUNCATE_REDO} cuts at offset {redo.offset}, past the end"
+                )
+            os.ftruncate(fd, redo.offset)
+            pwrite_all(fd, redo.batch, redo.offset)
+            sync_file(fd)
+        finally:
+            os.close(fd)
+        os.unlink(journal)
+        fsync_dir(self._dir)
+        return [(n, p) for n, p in names if n <= redo.segment_first]
+
     def _load_segment(self, path: str, first: int, *, is_last: bool) -> _Segment:
         fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
         seg = _Segment(path, fd, first)
@@ -679,17 +919,28 @@ class SegmentLogStorage:
             with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
                 if not is_last and self._use_index(seg, mm, size):
                     return seg
-                if size > 4 and mm[4] not in (0, 1):
+                if looks_like_v1(mm, size):
+                    raise CorruptLogError(
+                        path,
+                        0,
+                        "segment in log format version 1 (one record per entry); this "
+                        f"pyjraft reads only format version {FORMAT_VERSION} (batch records) "
+                        "and cannot open this log",
+                    )
+                if size > 4 and mm[4] not in (0, FORMAT_VERSION):
                     # Not a torn write (those leave zeros or old bytes, never a new
                     # version byte): a format this code does not know. Never truncate it.
-                    raise CorruptLogError(path, 0, f"unknown record version {mm[4]}")
-                res = scan_records(mm, size, first)
+                    raise CorruptLogError(path, 0, f"unknown batch format version {mm[4]}")
+                res = scan_batches(mm, size, first)
                 follower = -1
                 if res.error is not None and not res.corrupt and is_last:
-                    follower = find_valid_record(mm, res.end + 1, size)
+                    next_index = first + len(res.lengths)
+                    follower = find_valid_batch(mm, res.end + 1, size, next_index)
                 with memoryview(mm) as mv:
                     seg.crc = crc32c.crc32c(mv[: res.end])
-            seg.offsets = res.offsets
+            seg.batch_starts = res.batch_starts
+            seg.batch_firsts = res.batch_firsts
+            seg.lengths = res.lengths
             seg.run_starts = res.run_starts
             seg.run_terms = res.run_terms
             seg.size = res.end
@@ -702,7 +953,7 @@ class SegmentLogStorage:
                 raise CorruptLogError(path, res.end, res.error + where)
             if follower >= 0:
                 raise CorruptLogError(
-                    path, res.end, f"{res.error}, but a valid record follows at offset {follower}"
+                    path, res.end, f"{res.error}, but a valid batch follows at offset {follower}"
                 )
             logger.warning(
                 "%s: torn tail at offset %d (%s): truncating %d byte(s); log ends at index %d",
@@ -733,7 +984,9 @@ class SegmentLogStorage:
         with memoryview(mm) as mv:
             if crc32c.crc32c(mv) != idx.seg_crc:
                 return False  # the scan will find and name the damage
-        seg.offsets = idx.offsets
+        seg.batch_starts = idx.batch_starts
+        seg.batch_firsts = idx.batch_firsts
+        seg.lengths = idx.lengths
         seg.run_starts = idx.run_starts
         seg.run_terms = idx.run_terms
         seg.size = size

@@ -12,9 +12,9 @@ from pathlib import Path
 import crc32c
 import pytest
 
-from pyjraft.core.types import Entry
+from pyjraft.core.types import Entry, EntryType
 from pyjraft.storage import CorruptLogError, SegmentLogStorage
-from pyjraft.storage.record import HEADER_SIZE
+from pyjraft.storage.record import BATCH_HEADER_SIZE, ENTRY_HEADER_SIZE
 from tests.storage.helpers import batch, flip_bit, segments
 
 SEG = 600
@@ -36,13 +36,21 @@ def build(path: Path, batches: list[int]) -> tuple[list[Entry], list[tuple[str, 
     return entries, marks
 
 
-def record_offsets(path: str) -> list[int]:
+def batch_spans(path: str) -> list[tuple[int, int, int]]:
+    """(offset, end offset, entry count) of each batch in the segment at ``path``."""
     raw = Path(path).read_bytes()
-    offs, pos = [], 0
+    spans, pos = [], 0
     while pos < len(raw):
-        offs.append(pos)
-        pos += HEADER_SIZE + struct.unpack_from("<I", raw, pos + 8)[0]
-    return offs
+        count, data_len = struct.unpack_from("<II", raw, pos + 8)
+        end = pos + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * count + data_len
+        spans.append((pos, end, count))
+        pos = end
+    return spans
+
+
+def record_offsets(path: str) -> list[int]:
+    """File offset of each batch in the segment at ``path``."""
+    return [o for o, _, _ in batch_spans(path)]
 
 
 def check_prefix(path: Path, entries: list[Entry], must_have: int) -> int:
@@ -71,11 +79,12 @@ def test_torn_tail_at_every_byte_is_recovered_to_the_acknowledged_prefix(
     seed = 1234
     rng = random.Random(seed)
     src = tmp_path / "src"
-    entries, marks = build(src, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5])
+    entries, marks = build(src, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 2, 1, 1, 2, 1, 2])
     last_seg, _, _ = marks[-1]
     pristine = Path(last_seg).read_bytes()
-    offs = record_offsets(last_seg)
-    start = offs[max(0, len(offs) - 4)]  # the last few records
+    spans = batch_spans(last_seg)
+    assert len(spans) >= 4
+    start = spans[len(spans) - 4][0]  # the last few batches
     first_in_seg = int(os.path.basename(last_seg)[:20])
     work = tmp_path / "work"
     shutil.copytree(src, work)
@@ -103,7 +112,8 @@ def test_torn_tail_at_every_byte_is_recovered_to_the_acknowledged_prefix(
         )
         # Every batch whose bytes all lie before the cut was acknowledged and must survive.
         acked = max((m[2] for m in marks if m[0] != last_seg or m[1] <= cut), default=0)
-        complete = first_in_seg - 1 + sum(1 for o in [*offs[1:], len(pristine)] if o <= cut)
+        # A batch is all or nothing: only whole batches before the cut survive.
+        complete = first_in_seg - 1 + sum(n for _, end, n in spans if end <= cut)
         try:
             last = check_prefix(work, entries, acked)
         except Exception as exc:
@@ -120,7 +130,8 @@ def test_torn_tail_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
         f.truncate(os.path.getsize(seg) - 5)
     with caplog.at_level(logging.WARNING, logger="pyjraft.storage"):
         log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
-    assert log.last_index() == 5
+    # A batch is all or nothing: the torn last batch (indices 5 and 6) goes whole.
+    assert log.last_index() == 4
     log.close()
     assert any(
         r.name == "pyjraft.storage" and "torn tail" in r.getMessage() for r in caplog.records
@@ -156,12 +167,12 @@ def test_bit_flip_in_a_non_last_segment_is_refused(tmp_path: Path) -> None:
 
 
 def test_bit_flip_before_a_valid_record_in_the_last_segment_is_refused(tmp_path: Path) -> None:
-    _entries, _marks = build(tmp_path, [4, 4, 4, 4])
+    _entries, _marks = build(tmp_path, [2] * 8)
     last = segments(str(tmp_path))[-1]
     offs = record_offsets(last)
     assert len(offs) >= 3
     for rec in offs[:-1]:
-        for target in (rec, rec + 9, rec + HEADER_SIZE - 1):
+        for target in (rec, rec + 9, rec + BATCH_HEADER_SIZE - 1, rec + BATCH_HEADER_SIZE + 3):
             flip_bit(last, target, 6)
             with pytest.raises(CorruptLogError) as info:
                 SegmentLogStorage(tmp_path, segment_bytes=SEG)
@@ -210,36 +221,86 @@ def test_stray_log_file_is_refused(tmp_path: Path) -> None:
         SegmentLogStorage(tmp_path)
 
 
-def _rewrite_record(path: str, offset: int, **fields: int) -> None:
-    """Rewrite header fields of the record at ``offset`` and fix its CRC, as a newer
-    (or buggy) writer would have produced it."""
+def _rewrite_batch(path: str, offset: int, **fields: int) -> None:
+    """Rewrite header fields (or the first entry's type) of the batch at ``offset``
+    and fix its CRC, as a newer (or buggy) writer would have produced it."""
     raw = bytearray(Path(path).read_bytes())
-    _crc, ver, typ, res, n, term, index = struct.unpack_from("<IBBHIQQ", raw, offset)
+    _crc, ver, flags, res, count, data_len, first = struct.unpack_from("<IBBHIIQ", raw, offset)
     ver = fields.get("ver", ver)
-    typ = fields.get("typ", typ)
+    flags = fields.get("flags", flags)
     res = fields.get("res", res)
-    index = fields.get("index", index)
-    struct.pack_into("<IBBHIQQ", raw, offset, 0, ver, typ, res, n, term, index)
-    end = offset + HEADER_SIZE + n
+    first = fields.get("index", first)
+    struct.pack_into("<IBBHIIQ", raw, offset, 0, ver, flags, res, count, data_len, first)
+    if "typ" in fields:
+        raw[offset + BATCH_HEADER_SIZE + 12 * count] = fields["typ"]
+    if "len" in fields:  # first entry one byte longer, second one byte shorter
+        pos = offset + BATCH_HEADER_SIZE + 8 * count
+        n0 = struct.unpack_from("<I", raw, pos)[0]
+        struct.pack_into("<I", raw, pos, n0 + fields["len"])
+    end = offset + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * count + data_len
     struct.pack_into("<I", raw, offset, crc32c.crc32c(bytes(raw[offset + 4 : end])))
     Path(path).write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("fields", [{"ver": 2}, {"typ": 9}, {"res": 1}, {"index": 10**6}], ids=str)
+@pytest.mark.parametrize(
+    "fields",
+    [{"ver": 3}, {"typ": 9}, {"res": 1}, {"flags": 1}, {"index": 10**6}, {"len": 1}],
+    ids=str,
+)
 @pytest.mark.parametrize("which", ["first", "middle", "last"])
 def test_crc_valid_but_meaningless_record_is_refused_even_at_the_tail(
     tmp_path: Path, fields: dict[str, int], which: str
 ) -> None:
-    build(tmp_path, [5, 5])
+    build(tmp_path, [2, 2, 2])
     last = segments(str(tmp_path))[-1]
     offs = record_offsets(last)
+    assert len(offs) == 3
     rec = {"first": offs[0], "middle": offs[len(offs) // 2], "last": offs[-1]}[which]
-    _rewrite_record(last, rec, **fields)
+    _rewrite_batch(last, rec, **fields)
     size = os.path.getsize(last)
     with pytest.raises(CorruptLogError) as info:
         SegmentLogStorage(tmp_path, segment_bytes=SEG)
     assert (info.value.path, info.value.offset) == (last, rec)
     assert os.path.getsize(last) == size, "nothing may be truncated"
+
+
+def test_version_1_log_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """A segment of format version 1 (28-byte record per entry) is never taken for
+    a torn tail: it is refused, and left untouched."""
+    data = b"hello"
+    rec = bytearray(struct.pack("<IBBHIQQ", 0, 1, 0, 0, len(data), 1, 1) + data)
+    struct.pack_into("<I", rec, 0, crc32c.crc32c(bytes(rec[4:])))
+    seg = tmp_path / f"{1:020d}.log"
+    seg.write_bytes(bytes(rec) * 3)
+    with pytest.raises(CorruptLogError, match="version 1") as info:
+        SegmentLogStorage(tmp_path)
+    assert (info.value.path, info.value.offset) == (str(seg), 0)
+    assert seg.read_bytes() == bytes(rec) * 3
+
+
+def test_batch_whose_pages_were_written_out_of_order_is_a_torn_tail(tmp_path: Path) -> None:
+    """Power loss may persist a batch's later pages but not its first one: that is
+    still a torn (never acknowledged) last batch, not corruption."""
+    log = SegmentLogStorage(tmp_path, segment_bytes=1 << 20)
+    log.append(batch(1, 3))
+    big = [Entry(1, 4 + i, EntryType.NORMAL, bytes([i + 1]) * 3000) for i in range(5)]
+    log.append(big)
+    log.close()
+    seg = segments(str(tmp_path))[0]
+    start, end, _n = batch_spans(seg)[-1]
+    pristine = Path(seg).read_bytes()
+    for lost in range(0, end - start, 4096):
+        # Page `lost` of the batch never reached the disk; every other page did.
+        damaged = bytearray(pristine)
+        damaged[start + lost : start + lost + 4096] = bytes(
+            len(damaged[start + lost : start + lost + 4096])
+        )
+        Path(seg).write_bytes(bytes(damaged))
+        log = SegmentLogStorage(tmp_path, segment_bytes=1 << 20)
+        assert log.last_index() == 3, lost
+        assert log.entries(1, 4) == batch(1, 3)
+        log.close()
+        assert os.path.getsize(seg) == start
 
 
 def test_damaged_log_meta_is_refused(tmp_path: Path) -> None:
@@ -353,12 +414,12 @@ def test_index_of_a_segment_truncated_later_is_not_trusted(tmp_path: Path) -> No
 
 
 def test_bit_flip_in_an_indexed_segment_is_refused_with_its_offset(tmp_path: Path) -> None:
-    build(tmp_path, [7] * 12)
+    build(tmp_path, [2] * 30)
     segs = segments(str(tmp_path))
     victim = segs[3]
     assert os.path.exists(victim[:-4] + ".idx")
     offs = record_offsets(victim)
-    flip_bit(victim, offs[2] + HEADER_SIZE + 1)
+    flip_bit(victim, offs[2] + BATCH_HEADER_SIZE + 1)
     with pytest.raises(CorruptLogError) as info:
         SegmentLogStorage(tmp_path, segment_bytes=SEG)
     assert (info.value.path, info.value.offset) == (victim, offs[2])

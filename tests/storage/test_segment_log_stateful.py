@@ -99,6 +99,19 @@ class LogMachine(RuleBasedStateMachine):
             assert self.log.term(i) == self.model.term(i), i
         assert self.log.entries(first, last + 1) == self.model.entries(first, last + 1)
 
+    @invariant()
+    def cache_accounting(self) -> None:
+        log = self.log
+        cached = log._cache[log._cache_head :]
+        assert log._cache_size == sum(e.size for e in cached) <= CACHE_BYTES
+        assert sum(n for n, _ in log._cache_runs) == len(cached)
+        assert sum(b for _, b in log._cache_runs) == log._cache_size
+        assert [e.index for e in cached] == list(
+            range(log._cache_first, log._cache_first + len(cached))
+        )
+        if cached:
+            assert cached[-1].index == self.model.last_index()
+
     def teardown(self) -> None:
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
