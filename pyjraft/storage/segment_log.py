@@ -136,7 +136,7 @@ from collections.abc import Sequence
 import crc32c
 
 from pyjraft.core.log_reader import LogUnavailableError
-from pyjraft.core.types import Entry
+from pyjraft.core.types import Entry, count_within
 from pyjraft.storage._fileutil import (
     file_crc,
     fsync_dir,
@@ -387,11 +387,9 @@ class SegmentLogStorage:
                 if budget < 0:
                     out.extend(self._cache[base + lo : base + hi])
                 else:
-                    for e in self._cache[base + lo : base + hi]:
-                        if out and e.size > budget:
-                            break
-                        out.append(e)
-                        budget = max(budget - e.size, 0)
+                    assert max_bytes is not None
+                    chunk = self._cache[base + lo : base + hi]
+                    out.extend(chunk[: count_within(chunk, max_bytes, max_bytes - budget)])
             return out
 
     def _read_disk(self, lo: int, hi: int, budget: int, out: list[Entry]) -> int:
