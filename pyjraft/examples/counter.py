@@ -48,6 +48,7 @@ from pyjraft.client import (
 )
 from pyjraft.core.types import Entry
 from pyjraft.node import Node, NodeOptions, StateMachine, peers_from
+from pyjraft.node.loop import run as run_on_best_loop
 from pyjraft.transport import RpcClient, TcpTransport, parse_address
 
 log = logging.getLogger("pyjraft.examples.counter")
@@ -294,12 +295,7 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
 
 def run(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``coro_fn()`` on uvloop when installed, else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro_fn())
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro_fn())
+    return run_on_best_loop(coro_fn)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -10,6 +10,7 @@ from pyjraft.node.errors import (
     StateMachineError,
 )
 from pyjraft.node.fsm_caller import FSMCaller
+from pyjraft.node.loop import loop_factory, run
 from pyjraft.node.node import Done, Node, NodeState, peers_from
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
@@ -30,5 +31,7 @@ __all__ = [
     "StateMachine",
     "StateMachineError",
     "Status",
+    "loop_factory",
     "peers_from",
+    "run",
 ]
