@@ -200,6 +200,8 @@ class Cluster:
                 argv += ["--data-dir", data, "--deadline", str(deadline), "--loop", args.loop]
                 if args.no_sync:
                     argv.append("--no-sync")
+                if not args.tune_gc:
+                    argv.append("--no-tune-gc")
                 log_path = os.path.join(tmp, f"node{i}.log")
                 children.append(await Child.spawn(f"pyjraft node{i}", argv, log_path))
             for c in children:
@@ -612,6 +614,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="unmeasured writes first")
     ap.add_argument(
         "--no-sync", action="store_true", help="NodeOptions(sync=False): UNSAFE, no fdatasync"
+    )
+    ap.add_argument(
+        "--no-tune-gc",
+        dest="tune_gc",
+        action="store_false",
+        help="leave the nodes' GC at Python's defaults (default: pyjraft.node.tune_gc)",
     )
     ap.add_argument("--placement", choices=["leader", "client"], default="leader")
     ap.add_argument("--compare", action="store_true", help="also run PySyncObj 0.3.17")

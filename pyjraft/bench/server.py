@@ -27,7 +27,7 @@ from typing import Any
 
 from pyjraft.bench._proc import emit, set_pdeathsig, start_echo_server, start_watchdog
 from pyjraft.core.types import Entry
-from pyjraft.node import Node, NodeOptions, StateMachine
+from pyjraft.node import Node, NodeOptions, StateMachine, tune_gc
 from pyjraft.transport.tcp import TcpTransport
 
 
@@ -179,6 +179,8 @@ async def amain(args: argparse.Namespace) -> None:
     )
     machine = CountingMachine()
     node = await Node.start(options, machine, transport)
+    if args.tune_gc:
+        tune_gc()
 
     async def apply_service(request: Any) -> Any:
         return await node.apply(request)
@@ -266,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--no-sync", action="store_true")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    ap.add_argument(
+        "--no-tune-gc", dest="tune_gc", action="store_false", help="leave the GC at defaults"
+    )
     ap.add_argument("--deadline", type=float, required=True, help="wall-clock time to exit at")
     args = ap.parse_args(argv)
     set_pdeathsig()

@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from functools import partial
+from itertools import repeat
 
 from pyjraft.core import quorum
 from pyjraft.core.config import CoreConfig
@@ -70,6 +72,12 @@ from pyjraft.core.types import (
     SoftState,
     entries_size,
 )
+
+_new_entry = partial(tuple.__new__, Entry)
+
+# Entry types as plain ints (see `Entry`).
+_NORMAL = int(EntryType.NORMAL)
+_NOOP = int(EntryType.NOOP)
 
 
 class RaftCore:
@@ -158,8 +166,12 @@ class RaftCore:
             raise NotLeaderError(self.leader)
         term = self.term
         start = self.log.last_index() + 1
-        normal = EntryType.NORMAL
-        entries = [Entry(term, start + i, normal, d) for i, d in enumerate(datas)]
+        normal = _NORMAL
+        # tuple.__new__ through map builds the entries in C, without the
+        # NamedTuple constructor's Python-level call per entry.
+        stop = start + len(datas)
+        fields = zip(repeat(term), range(start, stop), repeat(normal), datas, strict=False)
+        entries = list(map(_new_entry, fields))
         last = self._append_as_leader(entries)
         self._broadcast_append()
         return last
@@ -316,7 +328,7 @@ class RaftCore:
         self.leader = self.id
         self.role = Role.LEADER
         # Paper 5.4.2 / 8: an entry of our own term lets us commit earlier terms' entries.
-        noop = Entry(self.term, self.log.last_index() + 1, EntryType.NOOP, b"")
+        noop = Entry(self.term, self.log.last_index() + 1, _NOOP, b"")
         self._append_as_leader([noop])
         self._broadcast_append()
 

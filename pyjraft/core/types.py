@@ -38,11 +38,17 @@ class EntryType(enum.IntEnum):
 
 
 class Entry(NamedTuple):
-    """One log entry. ``index`` starts at 1; ``term`` is the leader's term."""
+    """One log entry. ``index`` starts at 1; ``term`` is the leader's term.
+
+    ``type`` holds an `EntryType` value as a plain ``int`` (compare it with
+    ``==``): entries are cached by the hundred thousand, and a reference to an
+    enum member (a GC-tracked object) makes every full garbage collection walk
+    them all, which cost the leader pauses of tens of milliseconds.
+    """
 
     term: int
     index: int  # type: ignore[assignment]  # shadows tuple.index, on purpose
-    type: EntryType
+    type: int
     data: bytes
 
     @property

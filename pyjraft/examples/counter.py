@@ -49,6 +49,7 @@ from pyjraft.client import (
 from pyjraft.core.types import Entry
 from pyjraft.node import Node, NodeOptions, StateMachine, peers_from
 from pyjraft.node.loop import run as run_on_best_loop
+from pyjraft.node.loop import tune_gc
 from pyjraft.transport import RpcClient, TcpTransport, parse_address
 
 log = logging.getLogger("pyjraft.examples.counter")
@@ -221,6 +222,7 @@ async def _serve(args: argparse.Namespace) -> int:
         sync=not args.unsafe_no_sync,
     )
     server = await CounterServer.start(options)
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,7 +10,7 @@ from pyjraft.node.errors import (
     StateMachineError,
 )
 from pyjraft.node.fsm_caller import FSMCaller
-from pyjraft.node.loop import loop_factory, run
+from pyjraft.node.loop import loop_factory, run, tune_gc
 from pyjraft.node.node import Done, Node, NodeState, peers_from
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
@@ -34,4 +34,5 @@ __all__ = [
     "loop_factory",
     "peers_from",
     "run",
+    "tune_gc",
 ]

@@ -76,7 +76,9 @@ Done = Callable[[Any, BaseException | None], None]
 
 _Waiter = tuple[int, Done]
 _TYPE = operator.itemgetter(2)
-_NORMAL_ONLY = {EntryType.NORMAL}
+_NORMAL = int(EntryType.NORMAL)
+_NOOP = int(EntryType.NOOP)
+_NORMAL_ONLY = {_NORMAL}
 
 
 class Node:
@@ -215,7 +217,8 @@ class Node:
         raised instead of reported through ``done``. ``done`` runs on the event
         loop, serially with the state machine; it must be quick and not raise.
         """
-        self._check_running()
+        if self.state is not NodeState.RUNNING:
+            self._check_running()
         if self._core.role is not Role.LEADER:
             raise NotLeaderError(self._core.leader)
         if len(data) > self.options.max_entry_bytes:
@@ -226,7 +229,8 @@ class Node:
         if pending >= self.options.max_pending_proposals:
             self.stats["overloaded"] += 1
             raise OverloadedError(f"{pending} proposals pending; retry later")
-        self._queue.append((bytes(data), done))
+        # Copy only what could change under us (a bytearray, a memoryview).
+        self._queue.append((data if type(data) is bytes else bytes(data), done))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_proposals)
@@ -374,13 +378,18 @@ class Node:
         if rd.eager_messages:
             self.transport.send(rd.eager_messages)
         if rd.must_sync:
-            write = self._loop.run_in_executor(
-                self._writer, self._persist, rd.hard_state, rd.entries
-            )
-            # The write must finish even if this task is cancelled: a half-known
-            # durable state would break the promise the next messages make.
             try:
-                await asyncio.shield(write)
+                if self.options.sync or rd.hard_state is not None:
+                    write = self._loop.run_in_executor(
+                        self._writer, self._persist, rd.hard_state, rd.entries
+                    )
+                    # The write must finish even if this task is cancelled: a half-known
+                    # durable state would break the promise the next messages make.
+                    await asyncio.shield(write)
+                else:
+                    # Without fdatasync the write only reaches the page cache: doing it
+                    # here costs less than the hand-off to the writer thread.
+                    self._persist(None, rd.entries)
             except Exception as exc:
                 raise NodeStorageError(f"storage write failed: {exc!r}") from exc
             self.stats["syncs"] += 1
@@ -403,7 +412,7 @@ class Node:
 
     async def _apply(self, entries: list[Entry]) -> None:
         all_normal = set(map(_TYPE, entries)) == _NORMAL_ONLY
-        user = entries if all_normal else [e for e in entries if e.type is EntryType.NORMAL]
+        user = entries if all_normal else [e for e in entries if e.type == _NORMAL]
         results = await self._fsm.apply(user) if user else []
         self._fsm.applied_index = entries[-1].index
         self.stats["applied"] += len(user)
@@ -412,7 +421,7 @@ class Node:
             pop = waiting.pop
             it = iter(results)
             for e in entries:
-                result = next(it) if all_normal or e.type is EntryType.NORMAL else None
+                result = next(it) if all_normal or e.type == _NORMAL else None
                 w = pop(e.index, None)
                 if w is None:
                     continue
@@ -423,7 +432,7 @@ class Node:
                     w[1](None, lost)
         if not self._leader_started and self._core.role is Role.LEADER:
             term = self._core.term
-            if any(e.type is EntryType.NOOP and e.term == term for e in entries):
+            if any(e.type == _NOOP and e.term == term for e in entries):
                 # Everything before our no-op is applied: the machine is current.
                 self._leader_started = True
                 await self._fsm.leader_start(term)

@@ -83,8 +83,7 @@ ENTRY_HEADER_SIZE = 13
 """Bytes of per-entry header (term u64, length u32, type u8) inside a batch."""
 
 _CRC = struct.Struct("<I")
-_TYPES: tuple[EntryType, ...] = tuple(EntryType)
-_MAX_TYPE = len(_TYPES) - 1
+_MAX_TYPE = int(max(EntryType))
 _BIG_ENDIAN = sys.byteorder != "little"
 # Entry.size counts len(data) + 16.
 _ENTRY_OVERHEAD = 16
@@ -114,7 +113,7 @@ class EncodedBatch(NamedTuple):
     run_terms: array[int]
     """Term of each such run."""
     entries: Sequence[Entry]
-    """The entries, with ``data`` as `bytes` and ``type`` as `EntryType` (copies only
+    """The entries, with ``data`` as `bytes` and ``type`` as a plain int (copies only
     of those that were not)."""
     entry_bytes: int
     """Sum of `Entry.size` over the batch."""
@@ -179,10 +178,10 @@ def encode_batch(entries: Sequence[Entry], first_index: int, last_term: int) -> 
                 run_starts.append(first_index + k)
                 run_terms.append(t)
                 cur = t
-    clean = set(map(type, types_t)) == {EntryType} and set(map(type, datas)) == {bytes}
+    clean = set(map(type, types_t)) == {int} and set(map(type, datas)) == {bytes}
     if not clean:
         # The log's cache hands entries to readers: they must be immutable.
-        entries = [Entry(t, i, EntryType(k), bytes(d)) for t, i, k, d in entries]
+        entries = [Entry(t, i, int(k), bytes(d)) for t, i, k, d in entries]
     return EncodedBatch(
         buf, lengths, run_starts, run_terms, entries, data_len + _ENTRY_OVERHEAD * count
     )
@@ -369,8 +368,8 @@ def decode_batch(buf: bytes, path: str, offset: int, first_index: int, count: in
     ends = list(accumulate(lengths, initial=BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * n))
     # C-level passes only: Entry tuples built by tuple.__new__, data by slicing.
     datas = map(buf.__getitem__, map(slice, ends, islice(ends, 1, None)))
-    types_e = map(_TYPES.__getitem__, types)
-    fields = zip(terms, range(first_index, first_index + n), types_e, datas, strict=True)
+    # Iterating bytes yields the type codes as plain ints, as `Entry` wants.
+    fields = zip(terms, range(first_index, first_index + n), types, datas, strict=True)
     return list(map(_new_entry, fields))
 
 

@@ -264,7 +264,7 @@ def _decode_entries(raw: object, first_index: int) -> tuple[Entry, ...]:
             zip(
                 terms,
                 range(first_index, first_index + n),
-                map(_ETYPES.__getitem__, types),
+                types,  # iterating bytes yields plain ints, as `Entry` wants
                 datas,
                 strict=True,
             ),

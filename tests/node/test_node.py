@@ -278,3 +278,25 @@ def test_submit_calls_back_with_results_and_raises_known_errors_at_once() -> Non
             await c.stop_all()
 
     run(main())
+
+
+def test_sync_off_writes_inline_and_still_replicates(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=12, data_dir=str(tmp_path), sync=False)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            results = await asyncio.gather(*(leader.apply(b"1") for _ in range(300)))
+            assert sorted(results) == list(range(1, 301))
+            for nid in IDS:
+                await wait_for(lambda nid=nid: c.machines[nid].value == 300, 5, f"{nid} applies")
+        finally:
+            await c.stop_all()
+        await c.start_all()  # what reached the page cache survives a clean restart
+        try:
+            leader = await c.leader()
+            assert await leader.apply(b"0") == 300
+        finally:
+            await c.stop_all()
+
+    run(main())

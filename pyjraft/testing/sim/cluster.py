@@ -394,7 +394,7 @@ class Simulation:
         self.checker.check_apply(node.nid, entries)
         node.applied = entries[-1].index
         for e in entries:
-            if e.type is not EntryType.NORMAL:
+            if e.type != EntryType.NORMAL:
                 continue
             data = self.pending.pop((node.nid, node.incarnation, e.index), None)
             if data is not None and data == e.data:
