@@ -172,7 +172,7 @@ class RaftCore:
         stop = start + len(datas)
         fields = zip(repeat(term), range(start, stop), repeat(normal), datas, strict=False)
         entries = list(map(_new_entry, fields))
-        last = self._append_as_leader(entries)
+        last = self.log.append(entries)
         self._broadcast_append()
         return last
 
@@ -329,7 +329,7 @@ class RaftCore:
         self.role = Role.LEADER
         # Paper 5.4.2 / 8: an entry of our own term lets us commit earlier terms' entries.
         noop = Entry(self.term, self.log.last_index() + 1, _NOOP, b"")
-        self._append_as_leader([noop])
+        self.log.append([noop])
         self._broadcast_append()
 
     # -- elections -----------------------------------------------------------
@@ -479,9 +479,6 @@ class RaftCore:
     def _quorum_active(self) -> bool:
         active = {p: pr.recent_active or p == self.id for p, pr in self.progress.items()}
         return quorum.majority_vote(self.voters, active) is quorum.VoteResult.WON
-
-    def _append_as_leader(self, entries: list[Entry]) -> int:
-        return self.log.append(entries)
 
     def _broadcast_append(self) -> None:
         for peer in self.progress:
