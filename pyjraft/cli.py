@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pyjraft.examples import counter
+from pyjraft.testing.ports import free_ports as _free_ports
 from pyjraft.transport import RpcClient
 
 DEMO_TIME_LIMIT = 50.0
@@ -110,19 +110,6 @@ class _DemoCluster:
                 return st
             await asyncio.sleep(0.05)
         raise RuntimeError(f"{addr} did not catch up within {timeout} s")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _say(text: str) -> None:

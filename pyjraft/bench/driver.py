@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any
 from pyjraft.bench import floor
 from pyjraft.bench._proc import set_pdeathsig
 from pyjraft.bench.stats import percentile, summarize
+from pyjraft.testing.ports import free_ports
 
 DURABILITY_SYNC = "durable: leader and a majority fdatasync each entry before the ack"
 DURABILITY_NOSYNC = (
@@ -57,20 +57,6 @@ def kill_all_children() -> None:
         with contextlib.suppress(OSError):
             os.waitpid(pid, os.WNOHANG)
         _LIVE.discard(pid)
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Child:

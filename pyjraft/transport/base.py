@@ -76,6 +76,31 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class HandlerRegistry:
+    """The raft group handlers and RPC services of one endpoint; both transports
+    inherit it."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, MessageHandler] = {}
+        self._services: dict[str, ServiceHandler] = {}
+
+    def register_group(self, group: str, handler: MessageHandler) -> None:
+        """Deliver inbound raft messages of ``group`` to ``handler``."""
+        self._groups[group] = handler
+
+    def unregister_group(self, group: str) -> None:
+        """Stop delivering ``group``'s messages; later ones count as unknown."""
+        self._groups.pop(group, None)
+
+    def register_service(self, name: str, handler: ServiceHandler) -> None:
+        """Serve RPC requests for service ``name`` with ``handler``."""
+        self._services[name] = handler
+
+    def unregister_service(self, name: str) -> None:
+        """Stop serving ``name``; later requests get an error response."""
+        self._services.pop(name, None)
+
+
 class Transport(Protocol):
     """What the runtime needs of a transport; `TcpTransport` and
     `LocalTransport` both provide it."""

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pyjraft.core.messages import Message
-from pyjraft.transport.base import MessageHandler, ServiceHandler, TransportStats
+from pyjraft.transport.base import HandlerRegistry, TransportStats
 from pyjraft.transport.codec import (
     decode_messages,
     decode_request,
@@ -162,7 +162,7 @@ class LocalNetwork:
             await asyncio.sleep(fate[0])
 
 
-class LocalTransport:
+class LocalTransport(HandlerRegistry):
     """An endpoint on a `LocalNetwork`, with `TcpTransport`'s surface."""
 
     def __init__(self, network: LocalNetwork, address: str) -> None:
@@ -171,8 +171,7 @@ class LocalTransport:
         self._address = address
         self.stats = TransportStats()
         """Counters, as for `TcpTransport`."""
-        self._groups: dict[str, MessageHandler] = {}
-        self._services: dict[str, ServiceHandler] = {}
+        HandlerRegistry.__init__(self)
         self._tasks: set[asyncio.Task[tuple[bool, Any]]] = set()
         self._closed = False
         network._attach(self)
@@ -181,22 +180,6 @@ class LocalTransport:
     def address(self) -> str:
         """This endpoint's address."""
         return self._address
-
-    def register_group(self, group: str, handler: MessageHandler) -> None:
-        """Deliver inbound raft messages of ``group`` to ``handler``."""
-        self._groups[group] = handler
-
-    def unregister_group(self, group: str) -> None:
-        """Stop delivering ``group``'s messages."""
-        self._groups.pop(group, None)
-
-    def register_service(self, name: str, handler: ServiceHandler) -> None:
-        """Serve calls to ``name`` with ``handler``."""
-        self._services[name] = handler
-
-    def unregister_service(self, name: str) -> None:
-        """Stop serving ``name``."""
-        self._services.pop(name, None)
 
     def send(self, msgs: Sequence[Message]) -> None:
         """Send raft messages to their ``dst``; never blocks, never raises for

@@ -55,8 +55,7 @@ from typing import Any
 
 from pyjraft.core.messages import Message
 from pyjraft.transport.base import (
-    MessageHandler,
-    ServiceHandler,
+    HandlerRegistry,
     TransportStats,
     format_address,
     parse_address,
@@ -439,7 +438,7 @@ class _Peer:
         return b"".join(parts), frames, msgs
 
 
-class TcpTransport:
+class TcpTransport(HandlerRegistry):
     """One TCP server per process, shared by raft groups and RPC services.
 
     Create it with `start`. ``send`` needs a running event loop; everything
@@ -482,8 +481,7 @@ class TcpTransport:
         self._server_hostname = server_hostname
         self.stats = TransportStats()
         """Counters of this transport, its peers and its RPC client."""
-        self._groups: dict[str, MessageHandler] = {}
-        self._services: dict[str, ServiceHandler] = {}
+        HandlerRegistry.__init__(self)
         self._peers: dict[str, _Peer] = {}
         self._bad_addrs: set[str] = set()
         self._server: asyncio.Server | None = None
@@ -522,24 +520,6 @@ class TcpTransport:
     def address(self) -> str:
         """``"host:port"`` this transport listens on (``""`` before `listen`)."""
         return self._address
-
-    # -- registration -------------------------------------------------------
-
-    def register_group(self, group: str, handler: MessageHandler) -> None:
-        """Deliver inbound raft messages of ``group`` to ``handler``."""
-        self._groups[group] = handler
-
-    def unregister_group(self, group: str) -> None:
-        """Stop delivering ``group``'s messages; later ones count as unknown."""
-        self._groups.pop(group, None)
-
-    def register_service(self, name: str, handler: ServiceHandler) -> None:
-        """Serve RPC requests for service ``name`` with ``handler``."""
-        self._services[name] = handler
-
-    def unregister_service(self, name: str) -> None:
-        """Stop serving ``name``; later requests get an error response."""
-        self._services.pop(name, None)
 
     # -- sending --------------------------------------------------------------
 
