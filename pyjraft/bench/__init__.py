@@ -5,8 +5,10 @@ processes on loopback, waits for a leader, measures the latency floor (one
 fdatasync on the data directory's filesystem plus one loopback TCP round
 trip), drives a closed-loop workload and prints committed writes/s and
 latency percentiles. With ``--compare`` the same run drives PySyncObj 0.3.17
-(`pyjraft.bench.pso_server`) at its defaults and tuned, and prints a side by
-side table. The last line of output is one JSON object with every figure.
+(`pyjraft.bench.pso_server`) at its defaults, tuned (5 ms periods) and
+unbatched (tuned plus ``appendEntriesUseBatch=False``), and prints a side by
+side table. ``--idle SECONDS`` measures an idle cluster's CPU and RSS instead.
+The last line of output is one JSON object with every figure.
 
 Placements:
 

@@ -1,7 +1,19 @@
 """The benchmark driver: start clusters as child processes, measure, report.
 
 ``python -m pyjraft.bench --concurrency C --payload BYTES --ops N [--no-sync]
-[--placement leader|client] [--compare] [--timeout S]``
+[--placement leader|client] [--compare [--pysyncobj-configs default,tuned,unbatched]]
+[--disk-bw-seconds S] [--timeout S]``
+
+``python -m pyjraft.bench --idle SECONDS [--compare]``: no workload; the CPU
+(``/proc/PID/stat`` utime + stime, read at the start and end of the window)
+and RSS of an idle 3-node cluster.
+
+With ``--compare``, PySyncObj runs in each chosen configuration (each run
+gets an equal share of the time left); ``ratio`` is against the one with the
+most writes/s, ``pysyncobj_best_p50_ms`` is the lowest p50 of any. Durable
+runs also measure the disk's raw append + fdatasync bandwidth at the leader's
+bytes per sync (`floor.raw_sync_bandwidth`) and report ``disk_bw_ratio``.
+``goals`` judges the issue's targets this run can judge, with the numbers.
 
 Children speak JSON lines (commands on stdin, replies on stdout, their
 stderr goes to a log file in the run's temp directory). Every child is
@@ -198,21 +210,18 @@ class Cluster:
         return cluster
 
     @classmethod
-    async def start_pysyncobj(cls, tuned: bool, tmp: str, deadline: float) -> Cluster:
-        """Start three `pyjraft.bench.pso_server` processes."""
+    async def start_pysyncobj(cls, config: str, tmp: str, deadline: float) -> Cluster:
+        """Start three `pyjraft.bench.pso_server` processes in configuration ``config``."""
         addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
         children: list[Child] = []
         cluster = cls(children)
-        tag = "tuned" if tuned else "default"
         try:
             for i, a in enumerate(addrs):
                 argv = ["-m", "pyjraft.bench.pso_server", "--self", a]
                 argv += ["--partners", ",".join(x for x in addrs if x != a)]
-                argv += ["--deadline", str(deadline)]
-                if tuned:
-                    argv.append("--tuned")
-                log_path = os.path.join(tmp, f"pso-{tag}-{i}.log")
-                children.append(await Child.spawn(f"pysyncobj-{tag} node{i}", argv, log_path))
+                argv += ["--deadline", str(deadline), "--config", config]
+                log_path = os.path.join(tmp, f"pso-{config}-{i}.log")
+                children.append(await Child.spawn(f"pysyncobj-{config} node{i}", argv, log_path))
             for c in children:
                 c.addr = (await c.expect("ready", 30.0))["addr"]
         except BaseException:
@@ -392,13 +401,21 @@ async def run_pyjraft(
         }
         progress = Progress(label, args.ops)
         leader.on_progress = progress
-        cpu0 = (await leader.request({"cmd": "status"}, "status", 10.0))["cpu_s"]
+        st0 = await leader.request({"cmd": "status"}, "status", 10.0)
         left = max(1.0, deadline - time.time())
         if args.placement == "leader":
             res = await leader.request({"cmd": "run", "spec": spec}, "result", left)
         else:
             res = await asyncio.wait_for(client_workload(leader.addr, spec, progress), left)
-        cpu1 = (await leader.request({"cmd": "status"}, "status", 10.0))["cpu_s"]
+        st1 = await leader.request({"cmd": "status"}, "status", 10.0)
+        cpu0, cpu1 = st0["cpu_s"], st1["cpu_s"]
+        if "node_stats" not in res and "node_stats" in st1:
+            # --placement client: the leader's counters from its status before and after;
+            # they include the warmup writes (run by client_workload), so writes_per_sync
+            # is an average over warmup and measured writes.
+            ns0 = st0.get("node_stats", {})
+            res["node_stats"] = {k: v - ns0.get(k, 0) for k, v in st1["node_stats"].items()}
+            out["node_stats_include_warmup"] = True
         if "error" in res:
             raise RuntimeError(f"pyjraft workload failed: {res['error']}")
         s = summarize(res["lat_us"], sum(res["errors"].values()), res["elapsed_s"])
@@ -432,11 +449,12 @@ async def run_pyjraft(
 
 
 async def run_pysyncobj(
-    args: argparse.Namespace, tuned: bool, tmp: str, deadline: float
+    args: argparse.Namespace, config: str, tmp: str, deadline: float
 ) -> dict[str, Any]:
-    """One PySyncObj run (defaults or tuned); its summary."""
-    tag = "tuned" if tuned else "default"
-    cluster = await Cluster.start_pysyncobj(tuned, tmp, deadline)
+    """One PySyncObj run in configuration ``config`` (see `PSO_CONFIGS`); its summary."""
+    from pyjraft.bench.pso_server import CONFIGS
+
+    cluster = await Cluster.start_pysyncobj(config, tmp, deadline)
     try:
         leader, st = await cluster.wait_leader(max(1.0, deadline - time.time()))
         spec = {
@@ -446,13 +464,13 @@ async def run_pysyncobj(
             "payload": args.payload,
             "run_timeout": max(1.0, deadline - time.time() - 5.0),
         }
-        progress = Progress(f"pysyncobj {tag}", args.ops)
+        progress = Progress(f"pysyncobj {config}", args.ops)
         leader.on_progress = progress
         res = await leader.request(
             {"cmd": "run", "spec": spec}, "result", max(1.0, deadline - time.time())
         )
         if "error" in res:
-            raise RuntimeError(f"pysyncobj {tag} workload failed: {res['error']}")
+            raise RuntimeError(f"pysyncobj {config} workload failed: {res['error']}")
         s = summarize(res["lat_us"], sum(res["errors"].values()), res["elapsed_s"])
         progress.end(f"{s.ok} ok, {s.errors} errors, {s.ops_per_s:,.0f} ops/s")
         d = s.as_dict()
@@ -460,9 +478,126 @@ async def run_pysyncobj(
         d["leader_cpu_s"] = round(float(res["cpu_s"]), 3)
         d["leader_cpu_us_per_write"] = round(res["cpu_s"] / s.ok * 1e6, 1) if s.ok else None
         d["version"] = st.get("version")
+        d["config"] = config
+        d["sync_obj_conf"] = CONFIGS[config]
         return d
     finally:
         await cluster.stop()
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state) of proc(5); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kib(pid: int) -> int | None:
+    """Resident set size of process ``pid`` in KiB (``VmRSS`` of ``/proc/PID/status``)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+async def measure_idle(cluster: Cluster, seconds: float) -> dict[str, Any]:
+    """CPU of the cluster's processes over ``seconds`` of idleness: ``/proc`` is
+    read once at the start and once at the end of the window, and nothing is
+    sent to the processes in between."""
+    pids = [c.pid for c in cluster.children]
+    t0 = time.perf_counter()
+    cpu0 = [proc_cpu_s(p) for p in pids]
+    await asyncio.sleep(seconds)
+    cpu1 = [proc_cpu_s(p) for p in pids]
+    wall = time.perf_counter() - t0
+    rss = [proc_rss_kib(p) for p in pids]
+    used = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    return {
+        "idle_s": round(wall, 3),
+        "idle_cpu_s": round(sum(used), 3),
+        "idle_cpu_pct_of_core": round(sum(used) / wall * 100.0, 3),
+        "idle_cpu_pct_per_node": [round(u / wall * 100.0, 3) for u in used],
+        "rss_kib_per_node": rss,
+        "node_pids": pids,
+        "cpu_resolution_pct": round(tick / wall * 100.0, 3),
+    }
+
+
+async def run_idle_pyjraft(
+    args: argparse.Namespace, tmp: str, deadline: float, out: dict[str, Any]
+) -> None:
+    """Start the pyjraft cluster, wait for a leader, measure it idle; fill ``out``."""
+    cluster = await Cluster.start_pyjraft(args, tmp, deadline)
+    try:
+        out["node_pids"] = [c.pid for c in cluster.children]
+        t0 = time.time()
+        leader, ls = await cluster.wait_leader(max(1.0, deadline - time.time()))
+        out["leader_wait_s"] = round(time.time() - t0, 3)
+        out["leader_pid"] = leader.pid
+        sys.stderr.write(f"pyjraft leader {leader.addr} pid {leader.pid}; idle {args.idle} s\n")
+        out.update(await measure_idle(cluster, args.idle))
+        sts = await cluster.statuses()
+        out["leader_pid_index"] = out["node_pids"].index(leader.pid)
+        out["leader_unchanged"] = all(s_["leader"] == leader.addr for s_ in sts) and all(
+            s_["term"] == ls["term"] for s_ in sts
+        )
+    finally:
+        await cluster.stop()
+
+
+async def run_idle_pysyncobj(
+    config: str, seconds: float, tmp: str, deadline: float
+) -> dict[str, Any]:
+    """Start a PySyncObj cluster in configuration ``config`` and measure it idle."""
+    cluster = await Cluster.start_pysyncobj(config, tmp, deadline)
+    try:
+        leader, _ = await cluster.wait_leader(max(1.0, deadline - time.time()))
+        d = await measure_idle(cluster, seconds)
+        d["leader_pid_index"] = d["node_pids"].index(leader.pid)
+        d["config"] = config
+        return d
+    finally:
+        await cluster.stop()
+
+
+async def disk_bandwidth(args: argparse.Namespace, tmp: str, out: dict[str, Any]) -> None:
+    """After a durable run: the raw append + fdatasync bandwidth of the data
+    directory's disk at the leader's bytes per sync, and pyjraft's share of it."""
+    ns = out.get("node_stats") or {}
+    syncs, proposals = int(ns.get("syncs", 0)), int(ns.get("proposals", 0))
+    ops_per_s = float(out.get("ops_per_s") or 0.0)
+    if syncs < 1 or proposals < 1 or args.payload < 1 or ops_per_s <= 0:
+        return
+    from pyjraft.storage.record import BATCH_HEADER_SIZE, ENTRY_HEADER_SIZE
+
+    wps = proposals / syncs
+    batch_bytes = max(1, round(wps * args.payload))
+    raw = await asyncio.to_thread(floor.raw_sync_bandwidth, tmp, batch_bytes, args.disk_bw_seconds)
+    mb = 1e6
+    log_mb_s = ops_per_s * args.payload / mb
+    # The leader's log record per sync: one batch header, one entry header per entry.
+    framed_mb_s = (
+        ops_per_s * (args.payload + ENTRY_HEADER_SIZE) + ops_per_s / wps * BATCH_HEADER_SIZE
+    ) / mb
+    raw_mb_s = float(raw["mb_per_s"])
+    out["raw_sync_batch_bytes"] = batch_bytes
+    out["raw_sync_bw_mb_s"] = raw_mb_s
+    out["raw_syncs_per_s"] = raw["syncs_per_s"]
+    out["leader_log_mb_s"] = round(log_mb_s, 3)
+    out["leader_log_mb_s_framed"] = round(framed_mb_s, 3)
+    out["leader_syncs_per_s"] = round(ops_per_s / wps, 1)
+    if raw_mb_s > 0:
+        out["disk_bw_ratio"] = round(log_mb_s / raw_mb_s, 3)
+        out["disk_bw_ratio_framed"] = round(framed_mb_s / raw_mb_s, 3)
+    out["disk_bw"] = {
+        "raw": raw,
+        "batch": "writes_per_sync x payload bytes (payload only, no framing)",
+        "framing_bytes": {"per_batch": BATCH_HEADER_SIZE, "per_entry": ENTRY_HEADER_SIZE},
+        "note": "all 3 nodes share this disk during the pyjraft run; the raw loop runs alone",
+    }
 
 
 def _fmt(v: Any, nd: int = 2) -> str:
@@ -473,35 +608,136 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
+PSO_CONFIGS = ("default", "tuned", "unbatched")
+"""PySyncObj configurations ``--compare`` can run (see `pyjraft.bench.pso_server.CONFIGS`)."""
+
+PSO_NAMES = {
+    "default": "PySyncObj 0.3.17 defaults",
+    "tuned": "PySyncObj tuned 5 ms",
+    "unbatched": "PySyncObj unbatched 5 ms",
+}
+
+DURABILITY_TAGS = {
+    DURABILITY_SYNC: "fdatasync",
+    DURABILITY_NOSYNC: "no fsync (UNSAFE)",
+    DURABILITY_PSO: "memory only",
+}
+
+GOAL_P50_VS_FLOOR = 3.0
+"""Durable: p50 at concurrency 1 at most this many times the floor."""
+GOAL_P50_VS_PYSYNCOBJ = 1.0
+"""Sync off: p50 at concurrency 1 at most PySyncObj's best p50 times this."""
+GOAL_RATIO_SYNC = 1.5
+GOAL_RATIO_NOSYNC = 2.0
+"""Throughput: pyjraft over the better PySyncObj configuration, durable and sync off."""
+GOAL_DISK_BW = 0.7
+"""Durable, 4 KiB payloads: share of the disk's raw fdatasync bandwidth at the same batch size."""
+GOAL_IDLE_CPU_PCT = 2.0
+"""Idle 3-node cluster: total CPU, percent of one core."""
+
+
+def _goal(
+    value: float | None, op: str, target: float, applies: bool, **numbers: Any
+) -> dict[str, Any]:
+    met = None if value is None else (value <= target if op == "<=" else value >= target)
+    return {"value": value, "goal": f"{op} {target:g}", "met": met, "applies": applies, **numbers}
+
+
+def compute_goals(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goals this run can judge, each with the numbers behind it.
+    ``applies`` is False when the run's shape is not the one the goal is stated
+    for (latency goals: concurrency 1; disk bandwidth: payloads of 4 KiB or more)."""
+    goals: dict[str, Any] = {}
+    p50 = out.get("p50_ms")
+    c1 = args.concurrency == 1
+    if not args.no_sync and p50 is not None and out.get("floor_ms"):
+        v = round(p50 / out["floor_ms"], 3)
+        goals["p50_vs_floor"] = _goal(
+            v, "<=", GOAL_P50_VS_FLOOR, c1, p50_ms=p50, floor_ms=out["floor_ms"]
+        )
+    best_p50 = out.get("pysyncobj_best_p50_ms")
+    if args.no_sync and p50 is not None and best_p50:
+        v = round(p50 / best_p50, 3)
+        goals["p50_vs_pysyncobj"] = _goal(
+            v,
+            "<=",
+            GOAL_P50_VS_PYSYNCOBJ,
+            c1,
+            p50_ms=p50,
+            pysyncobj_best_p50_ms=best_p50,
+            pysyncobj_best_p50_config=out.get("pysyncobj_best_p50_config"),
+            pysyncobj_unbatched_p50_ms=out.get("pysyncobj_unbatched_p50_ms"),
+        )
+    if "ratio" in out:
+        goals["ratio"] = _goal(
+            out["ratio"],
+            ">=",
+            GOAL_RATIO_NOSYNC if args.no_sync else GOAL_RATIO_SYNC,
+            True,
+            ops_per_s=round(out["ops_per_s"], 1),
+            pysyncobj_ops_per_s=round(out["pysyncobj_ops_per_s"], 1),
+            pysyncobj_best=out["pysyncobj_best"],
+        )
+    if "disk_bw_ratio" in out:
+        goals["disk_bw_ratio"] = _goal(
+            out["disk_bw_ratio"],
+            ">=",
+            GOAL_DISK_BW,
+            args.payload >= 4096,
+            leader_log_mb_s=out["leader_log_mb_s"],
+            raw_sync_bw_mb_s=out["raw_sync_bw_mb_s"],
+            raw_sync_batch_bytes=out["raw_sync_batch_bytes"],
+            disk_bw_ratio_framed=out.get("disk_bw_ratio_framed"),
+        )
+    return goals
+
+
+def _goal_lines(goals: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, g in goals.items():
+        verdict = {True: "met", False: "MISSED", None: "-"}[g["met"]]
+        if not g["applies"]:
+            verdict += " (not the goal's setting: informational)"
+        lines.append(f"goal {name} {g['goal']}: {_fmt(g['value'], 3)}  {verdict}")
+    return lines
+
+
 def render_table(args: argparse.Namespace, out: dict[str, Any]) -> str:
     """The human-readable report."""
+    durability = DURABILITY_NOSYNC if args.no_sync else DURABILITY_SYNC
     rows: list[tuple[str, dict[str, Any], str]] = [
-        (
-            f"pyjraft ({'no-sync' if args.no_sync else 'durable'}, {args.placement})",
-            out,
-            DURABILITY_NOSYNC if args.no_sync else DURABILITY_SYNC,
-        )
+        (f"pyjraft ({'no-sync' if args.no_sync else 'durable'}, {args.placement})", out, durability)
     ]
-    for tag in ("default", "tuned"):
+    failed: list[str] = []
+    for tag in PSO_CONFIGS:
         d = out.get(f"pysyncobj_{tag}")
         if isinstance(d, dict):
-            name = "PySyncObj 0.3.17 defaults" if tag == "default" else "PySyncObj tuned 5 ms"
-            rows.append((name, d, DURABILITY_PSO))
+            rows.append((PSO_NAMES[tag], d, DURABILITY_PSO))
+            if "error" in d:
+                failed.append(f"{PSO_NAMES[tag]}: FAILED: {d['error']}")
     lines = [
         f"3 processes on loopback, payload {args.payload} B, concurrency {args.concurrency}, "
         f"{args.ops} measured writes (+{warmup_ops(args)} warmup), loop {args.loop}",
-        f"{'implementation':<34}{'writes/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+        f"{'implementation':<28}{'writes/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
         f"{'cpu us/w':>10}  durability",
     ]
     for name, d, dur in rows:
         lines.append(
-            f"{name:<34}{_fmt(d.get('ops_per_s'), 0):>11}{_fmt(d.get('p50_ms')):>9}"
+            f"{name:<28}{_fmt(d.get('ops_per_s'), 0):>10}{_fmt(d.get('p50_ms')):>9}"
             f"{_fmt(d.get('p99_ms')):>9}{_fmt(d.get('p999_ms')):>10}"
-            f"{_fmt(d.get('leader_cpu_us_per_write'), 0):>10}  {dur}"
+            f"{_fmt(d.get('leader_cpu_us_per_write'), 0):>10}  {DURABILITY_TAGS[dur]}"
         )
+    lines += failed
+    for dur in dict.fromkeys(r[2] for r in rows):
+        lines.append(f"  {DURABILITY_TAGS[dur]}: {dur}")
     if "ratio" in out:
         lines.append(
             f"ratio pyjraft / better PySyncObj ({out['pysyncobj_best']}): {out['ratio']:.2f}x"
+        )
+    if out.get("pysyncobj_best_p50_ms") is not None:
+        lines.append(
+            f"lowest PySyncObj p50: {out['pysyncobj_best_p50_ms']:.3f} ms "
+            f"({out['pysyncobj_best_p50_config']})"
         )
     fl = out.get("floor")
     if isinstance(fl, dict):
@@ -510,7 +746,53 @@ def render_table(args: argparse.Namespace, out: dict[str, Any]) -> str:
             f" + loopback TCP RTT {fl['tcp_rtt_p50_ms']:.3f} ms = {fl['floor_ms']:.3f} ms"
             f" (pyjraft RPC round trip {fl['rpc_rtt_p50_ms']:.3f} ms)"
         )
+    if "raw_sync_bw_mb_s" in out:
+        lines.append(
+            f"disk, raw append+fdatasync of {out['raw_sync_batch_bytes']} B"
+            f" (writes/sync x payload): {out['raw_sync_bw_mb_s']:.2f} MB/s,"
+            f" {out['raw_syncs_per_s']:,.0f} syncs/s"
+        )
+        lines.append(
+            f"pyjraft leader log: {out['leader_log_mb_s']:.2f} MB/s"
+            f" ({out['leader_log_mb_s_framed']:.2f} with framing),"
+            f" {out['leader_syncs_per_s']:,.0f} syncs/s = {_fmt(out.get('disk_bw_ratio'), 3)}"
+            f" of raw ({_fmt(out.get('disk_bw_ratio_framed'), 3)} with framing;"
+            " all 3 nodes write to this disk)"
+        )
+    lines += _goal_lines(out.get("goals", {}))
     return "\n".join(lines)
+
+
+def render_idle(out: dict[str, Any]) -> str:
+    """The human-readable report of ``--idle``."""
+    lines = [
+        f"idle 3-node clusters on loopback, {out.get('idle_s', '-')} s window, CPU from /proc"
+        f" (resolution {_fmt(out.get('cpu_resolution_pct'), 2)} % of a core per process)",
+        f"{'implementation':<28}{'cpu % of a core':>16}  per node (%)          RSS per node (MiB)",
+    ]
+    rows: list[tuple[str, dict[str, Any]]] = [
+        (f"pyjraft ({'no-sync' if out.get('sync') is False else 'durable'})", out)
+    ]
+    for tag in PSO_CONFIGS:
+        d = out.get(f"pysyncobj_{tag}_idle")
+        if isinstance(d, dict):
+            rows.append((PSO_NAMES[tag], d))
+    for name, d in rows:
+        if "idle_cpu_pct_of_core" not in d:
+            lines.append(f"{name:<28}{'-':>16}  {d.get('error', '')}")
+            continue
+        per = ", ".join(f"{x:.2f}" for x in d["idle_cpu_pct_per_node"])
+        rss = ", ".join("-" if x is None else f"{x / 1024:.1f}" for x in d["rss_kib_per_node"])
+        lines.append(f"{name:<28}{d['idle_cpu_pct_of_core']:>16.2f}  {per:<22}{rss}")
+    lines += _goal_lines(out.get("goals", {}))
+    return "\n".join(lines)
+
+
+def _budget(deadline: float, runs_left: int) -> float:
+    """The deadline of the next of ``runs_left`` runs: an equal share of the time
+    left, so a slow configuration can not starve the ones after it."""
+    now = time.time()
+    return now + max(0.0, deadline - now) / max(1, runs_left)
 
 
 async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
@@ -520,18 +802,30 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     tmp = tempfile.mkdtemp(prefix="pyjraft-bench-", dir=args.data_root)
     out: dict[str, Any] = {
         "impl": "pyjraft",
-        "placement": args.placement,
-        "concurrency": args.concurrency,
-        "payload": args.payload,
-        "ops": args.ops,
-        "warmup": warmup_ops(args),
-        "sync": not args.no_sync,
-        "durability": DURABILITY_NOSYNC if args.no_sync else DURABILITY_SYNC,
-        "loop": args.loop,
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        "mode": "idle" if args.idle is not None else "load",
     }
+    if args.idle is None:
+        out.update(
+            {
+                "placement": args.placement,
+                "concurrency": args.concurrency,
+                "payload": args.payload,
+                "ops": args.ops,
+                "warmup": warmup_ops(args),
+            }
+        )
+    out.update(
+        {
+            "sync": not args.no_sync,
+            "durability": DURABILITY_NOSYNC if args.no_sync else DURABILITY_SYNC,
+            "loop": args.loop,
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        }
+    )
+    if args.compare:
+        out["pysyncobj_configs"] = list(args.pysyncobj_configs)
     code = 0
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -540,16 +834,10 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
     try:
         async with asyncio.timeout(args.timeout):
-            await run_pyjraft(args, tmp, deadline, out)
-            if args.compare:
-                for tuned in (False, True):
-                    tag = "tuned" if tuned else "default"
-                    try:
-                        out[f"pysyncobj_{tag}"] = await run_pysyncobj(args, tuned, tmp, deadline)
-                    except (RuntimeError, OSError) as e:
-                        out[f"pysyncobj_{tag}"] = {"error": str(e)}
-                        code = 2
-                _compare(out)
+            if args.idle is not None:
+                code = await _idle(args, tmp, deadline, out)
+            else:
+                code = await _load(args, tmp, deadline, out)
     except TimeoutError:
         out["error"] = f"--timeout {args.timeout} s reached"
         code = 3
@@ -566,17 +854,75 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     return out, code
 
 
+async def _load(args: argparse.Namespace, tmp: str, deadline: float, out: dict[str, Any]) -> int:
+    code = 0
+    await run_pyjraft(args, tmp, deadline, out)
+    if not args.no_sync and args.disk_bw_seconds > 0:
+        await disk_bandwidth(args, tmp, out)
+    if args.compare:
+        configs = list(args.pysyncobj_configs)
+        for i, config in enumerate(configs):
+            run_deadline = _budget(deadline, len(configs) - i)
+            try:
+                out[f"pysyncobj_{config}"] = await run_pysyncobj(args, config, tmp, run_deadline)
+            except (RuntimeError, OSError, TimeoutError) as e:
+                out[f"pysyncobj_{config}"] = {"error": str(e) or type(e).__name__}
+                code = 2
+        _compare(out)
+    out["goals"] = compute_goals(args, out)
+    return code
+
+
+async def _idle(args: argparse.Namespace, tmp: str, deadline: float, out: dict[str, Any]) -> int:
+    code = 0
+    runs = 1 + (len(args.pysyncobj_configs) if args.compare else 0)
+    await run_idle_pyjraft(args, tmp, _budget(deadline, runs), out)
+    if args.compare:
+        for i, config in enumerate(args.pysyncobj_configs):
+            run_deadline = _budget(deadline, runs - 1 - i)
+            try:
+                out[f"pysyncobj_{config}_idle"] = await run_idle_pysyncobj(
+                    config, args.idle, tmp, run_deadline
+                )
+            except (RuntimeError, OSError, TimeoutError) as e:
+                out[f"pysyncobj_{config}_idle"] = {"error": str(e) or type(e).__name__}
+                code = 2
+    out["goals"] = {
+        "idle_cpu_pct_of_core": _goal(
+            out["idle_cpu_pct_of_core"],
+            "<=",
+            GOAL_IDLE_CPU_PCT,
+            True,
+            idle_s=out["idle_s"],
+            per_node=out["idle_cpu_pct_per_node"],
+        )
+    }
+    return code
+
+
 def _compare(out: dict[str, Any]) -> None:
-    d = out.get("pysyncobj_default", {})
-    t = out.get("pysyncobj_tuned", {})
-    dv = d.get("ops_per_s")
-    tv = t.get("ops_per_s")
-    out["pysyncobj_default_ops_per_s"] = dv
-    out["pysyncobj_tuned_ops_per_s"] = tv
-    candidates = [(v, k) for v, k in ((dv, "default"), (tv, "tuned")) if v]
-    if not candidates:
+    """Per-configuration figures, and the better PySyncObj: highest writes/s for
+    ``ratio``, and separately the lowest p50 of any configuration."""
+    tputs: list[tuple[float, str]] = []
+    p50s: list[tuple[float, str]] = []
+    for tag in PSO_CONFIGS:
+        d = out.get(f"pysyncobj_{tag}")
+        if not isinstance(d, dict):
+            continue
+        for k in ("ops_per_s", "p50_ms", "p99_ms"):
+            out[f"pysyncobj_{tag}_{k}"] = d.get(k)
+        v, p50 = d.get("ops_per_s"), d.get("p50_ms")
+        if v:
+            tputs.append((v, tag))
+        if isinstance(p50, float) and not math.isnan(p50) and d.get("ok"):
+            p50s.append((p50, tag))
+    if p50s:
+        best_p50, best_p50_tag = min(p50s)
+        out["pysyncobj_best_p50_ms"] = best_p50
+        out["pysyncobj_best_p50_config"] = best_p50_tag
+    if not tputs:
         return
-    best_v, best = max(candidates)
+    best_v, best = max(tputs)
     b = out[f"pysyncobj_{best}"]
     out["pysyncobj_best"] = best
     out["pysyncobj_ops_per_s"] = best_v
@@ -586,6 +932,16 @@ def _compare(out: dict[str, Any]) -> None:
     out["pysyncobj_durability"] = DURABILITY_PSO
     if out.get("ops_per_s"):
         out["ratio"] = round(out["ops_per_s"] / best_v, 3)
+
+
+def _configs(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    bad = [n for n in names if n not in PSO_CONFIGS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(PSO_CONFIGS)}, got {text!r}"
+        )
+    return names
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -609,6 +965,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--placement", choices=["leader", "client"], default="leader")
     ap.add_argument("--compare", action="store_true", help="also run PySyncObj 0.3.17")
+    ap.add_argument(
+        "--pysyncobj-configs",
+        type=_configs,
+        default=None,
+        metavar="LIST",
+        help="PySyncObj configurations --compare runs, from default,tuned,unbatched "
+        "(default: all three; with --idle: tuned)",
+    )
+    ap.add_argument(
+        "--idle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="no workload: measure the CPU and RSS of an idle 3-node cluster over SECONDS",
+    )
+    ap.add_argument(
+        "--disk-bw-seconds",
+        type=float,
+        default=1.5,
+        help="durable runs: length of the raw append+fdatasync bandwidth loop (0: skip it)",
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="bound on the whole run (s)")
     ap.add_argument(
         "--loop",
@@ -621,6 +998,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.concurrency < 1 or args.ops < 1 or args.payload < 0 or args.timeout <= 0:
         ap.error("--concurrency and --ops must be >= 1, --payload >= 0, --timeout > 0")
+    if args.idle is not None and args.idle <= 0:
+        ap.error("--idle must be > 0 seconds")
+    if args.disk_bw_seconds < 0:
+        ap.error("--disk-bw-seconds must be >= 0")
+    if args.pysyncobj_configs is not None and not args.compare:
+        ap.error("--pysyncobj-configs needs --compare")
+    if args.pysyncobj_configs is None:
+        args.pysyncobj_configs = ("tuned",) if args.idle is not None else PSO_CONFIGS
     if args.compare:
         try:
             import pysyncobj  # noqa: F401
@@ -637,7 +1022,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out, code = asyncio.run(amain(args))
     finally:
         kill_all_children()
-    print(render_table(args, out))
+    print(render_idle(out) if args.idle is not None else render_table(args, out))
     if "error" in out:
         print(f"ERROR: {out['error']}")
     print(json.dumps(out, sort_keys=True, default=str))

@@ -4,6 +4,10 @@ fdatasync on the data directory's filesystem, plus one loopback TCP round trip.
 A Raft write can not be acknowledged sooner: the leader's fdatasync runs in
 parallel with the round trip to a follower and that follower's fdatasync, so
 the floor is about one fdatasync plus one round trip.
+
+Also the disk's raw bandwidth at a given group-commit size (`raw_sync_bandwidth`),
+the yardstick for large payloads: what a plain append + fdatasync loop makes
+durable per second when each sync carries as many bytes as the leader's did.
 """
 
 from __future__ import annotations
@@ -50,3 +54,41 @@ def tcp_rtt_us(port: int, n: int = 1000, size: int = 100, host: str = "127.0.0.1
                 got += len(chunk)
             out.append((time.perf_counter_ns() - t0) // 1000)
     return out
+
+
+def raw_sync_bandwidth(directory: str, batch_bytes: int, seconds: float = 1.5) -> dict[str, float]:
+    """The disk's raw group-commit limit for one batch size: for about ``seconds``,
+    ``os.pwrite`` a ``batch_bytes`` buffer at increasing offsets of a fresh file
+    in ``directory`` (appending, as the segment log does), ``os.fdatasync`` after
+    each. Returns the batch size, the rounds, the elapsed time, syncs per second
+    and MB/s (10**6 bytes) of data made durable."""
+    if batch_bytes < 1:
+        raise ValueError("batch_bytes must be >= 1")
+    path = os.path.join(directory, "floor-bandwidth.bin")
+    buf = os.urandom(batch_bytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    rounds = 0
+    offset = 0
+    try:
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            written = os.pwrite(fd, buf, offset)
+            while written < batch_bytes:  # short writes are rare, but possible
+                written += os.pwrite(fd, buf[written:], offset + written)
+            os.fdatasync(fd)
+            offset += batch_bytes
+            rounds += 1
+            if time.perf_counter() >= deadline:
+                break
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return {
+        "batch_bytes": batch_bytes,
+        "rounds": rounds,
+        "seconds": round(elapsed, 3),
+        "syncs_per_s": round(rounds / elapsed, 1),
+        "mb_per_s": round(offset / elapsed / 1e6, 3),
+    }

@@ -1,12 +1,19 @@
 """One PySyncObj 0.3.17 cluster member for ``--compare``, run as its own process.
 
-``python -m pyjraft.bench.pso_server --self ADDR --partners A,B [--tuned] ...``
+``python -m pyjraft.bench.pso_server --self ADDR --partners A,B [--config NAME] ...``
 
-In-memory journal (PySyncObj's default: nothing touches disk). ``--tuned``
-sets ``appendEntriesPeriod`` and ``autoTickPeriod`` to 0.005 s; otherwise
-every `SyncObjConf` field keeps its library default. Speaks the same JSON
-lines as `pyjraft.bench.server`: ``status``, ``run`` (writes submitted with
-``callback=`` on this node, at most ``concurrency`` in flight), ``exit``.
+In-memory journal (PySyncObj's default: nothing touches disk). ``--config``
+(see `CONFIGS`):
+
+* ``default``: every `SyncObjConf` field keeps its library default;
+* ``tuned``: ``appendEntriesPeriod`` and ``autoTickPeriod`` 0.005 s;
+* ``unbatched``: as ``tuned``, plus ``appendEntriesUseBatch=False`` (the
+  leader sends each command to the followers at once instead of on the next
+  append-entries period: PySyncObj's lowest-latency setting).
+
+Speaks the same JSON lines as `pyjraft.bench.server`: ``status``, ``run``
+(writes submitted with ``callback=`` on this node, at most ``concurrency`` in
+flight), ``exit``.
 """
 
 from __future__ import annotations
@@ -26,13 +33,22 @@ TUNED_PERIOD_S = 0.005
 """``appendEntriesPeriod`` and ``autoTickPeriod`` of the tuned configuration."""
 
 
-def _make_obj(self_addr: str, partners: list[str], tuned: bool) -> Any:
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tuned": {"appendEntriesPeriod": TUNED_PERIOD_S, "autoTickPeriod": TUNED_PERIOD_S},
+    "unbatched": {
+        "appendEntriesPeriod": TUNED_PERIOD_S,
+        "autoTickPeriod": TUNED_PERIOD_S,
+        "appendEntriesUseBatch": False,
+    },
+}
+"""`SyncObjConf` keyword arguments of each configuration the harness runs."""
+
+
+def _make_obj(self_addr: str, partners: list[str], config: str) -> Any:
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
-    kwargs: dict[str, Any] = {}
-    if tuned:
-        kwargs = {"appendEntriesPeriod": TUNED_PERIOD_S, "autoTickPeriod": TUNED_PERIOD_S}
-    conf = SyncObjConf(**kwargs)
+    conf = SyncObjConf(**CONFIGS[config])
 
     class BenchObj(SyncObj):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -118,14 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="one PySyncObj benchmark node (internal)")
     ap.add_argument("--self", dest="self_addr", required=True)
     ap.add_argument("--partners", required=True)
-    ap.add_argument("--tuned", action="store_true")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="default")
     ap.add_argument("--deadline", type=float, required=True)
     args = ap.parse_args(argv)
     set_pdeathsig()
     start_watchdog(args.deadline, os.getppid())
     import pysyncobj.version
 
-    obj = _make_obj(args.self_addr, [p for p in args.partners.split(",") if p], args.tuned)
+    obj = _make_obj(args.self_addr, [p for p in args.partners.split(",") if p], args.config)
     emit({"type": "ready", "addr": args.self_addr, "pid": os.getpid()})
     for line in sys.stdin:
         try:
@@ -148,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cpu_s": time.process_time(),
                     "pid": os.getpid(),
                     "version": pysyncobj.version.VERSION,
+                    "config": args.config,
                 }
             )
         elif name == "run":

@@ -228,6 +228,7 @@ async def amain(args: argparse.Namespace) -> None:
                         "cpu_s": time.process_time(),
                         "pid": os.getpid(),
                         "transport": transport.stats.as_dict(),
+                        "node_stats": st.get("stats", {}),
                     }
                 )
             elif name == "run":
