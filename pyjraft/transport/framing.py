@@ -66,7 +66,15 @@ def parse_header(header: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) ->
     """
     if len(header) != HEADER_SIZE:
         raise ProtocolError(f"frame header is {len(header)} bytes, expected {HEADER_SIZE}")
-    length, version, kind = HEADER.unpack(header)
+    return parse_header_at(header, 0, max_frame_size)
+
+
+def parse_header_at(
+    buf: bytes | bytearray, pos: int, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> tuple[Kind, int]:
+    """`parse_header` of the 6 bytes of ``buf`` at ``pos`` (the caller checked
+    that they are there), without copying them out first."""
+    length, version, kind = HEADER.unpack_from(buf, pos)
     if length < _LENGTH_OVERHEAD:
         raise ProtocolError(f"frame length {length} is below the minimum {_LENGTH_OVERHEAD}")
     if length > max_frame_size:
@@ -108,7 +116,7 @@ class FrameDecoder:
         buf = self._buf
         try:
             while len(buf) - pos >= HEADER_SIZE:
-                kind, body_len = parse_header(bytes(buf[pos : pos + HEADER_SIZE]), self._max)
+                kind, body_len = parse_header_at(buf, pos, self._max)
                 end = pos + HEADER_SIZE + body_len
                 if end > len(buf):
                     break

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import pytest
@@ -12,13 +13,33 @@ import pytest
 T = TypeVar("T")
 
 
+_LOOP_KINDS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
+_loop_factory: list[Callable[[], asyncio.AbstractEventLoop] | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=_LOOP_KINDS)
+def loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every transport test runs on asyncio's own loop and on uvloop (which the
+    servers use), since their transports differ in the details."""
+    kind: str = request.param
+    if kind == "uvloop":
+        import uvloop
+
+        _loop_factory[0] = uvloop.new_event_loop
+    else:
+        _loop_factory[0] = None
+    yield kind
+    _loop_factory[0] = None
+
+
 def run(fn: Callable[[], Awaitable[T]], timeout: float = 15.0) -> T:
-    """Run ``fn()`` on a fresh event loop, bounded in time."""
+    """Run ``fn()`` on a fresh event loop (of this test's `loop_kind`), bounded in time."""
 
     async def bounded() -> T:
         return await asyncio.wait_for(fn(), timeout)
 
-    return asyncio.run(bounded())
+    with asyncio.Runner(loop_factory=_loop_factory[0]) as runner:
+        return runner.run(bounded())
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def test_rpc_cancelled_call_and_bounded_requests_per_connection() -> None:
             gate.set()
             assert await asyncio.gather(*calls) == list(range(20))
             assert server.stats.bad_frames == 0
-            assert len(server._conn_tasks) == 1
+            assert len(server._conns) == 1
         finally:
             await client.close()
             await server.close()

@@ -332,7 +332,7 @@ def test_rpc_concurrent_calls_errors_and_timeouts(seed: int) -> None:
                 *(client.call(addr, "echo", [i, b"b", "s"]) for i in range(100))
             )
             assert results == [{"echo": [i, b"b", "s"]} for i in range(100)]
-            assert len(server._conn_tasks) == 1
+            assert len(server._conns) == 1
             # A slow call does not hold up a fast one behind it.
             slow = asyncio.ensure_future(client.call(addr, "gated", "late"))
             assert await client.call(addr, "echo", 1) == {"echo": 1}
@@ -350,7 +350,7 @@ def test_rpc_concurrent_calls_errors_and_timeouts(seed: int) -> None:
                 await client.call(addr, "forever", None, timeout=0.05)
             assert isinstance(info.value, asyncio.TimeoutError)
             assert await client.call(addr, "echo", 2) == {"echo": 2}
-            assert len(server._conn_tasks) == 1
+            assert len(server._conns) == 1
             assert server.stats.bad_frames == 0
             assert server.stats.request_errors == 3
             with pytest.raises(TypeError):
