@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from pyjraft.core.types import ConfState, Entry
@@ -38,14 +38,39 @@ class FSMCaller:
         Raises `StateMachineError` (wrapping the cause) if the machine raised or
         returned the wrong number of results.
         """
+        out = self.apply_now(entries)
+        if inspect.isawaitable(out):
+            return await out
+        return out
+
+    def apply_now(self, entries: Sequence[Entry]) -> list[Any] | Awaitable[list[Any]]:
+        """`apply` without a coroutine when ``on_apply`` is synchronous (the
+        common case): the results, or an awaitable of them when ``on_apply``
+        returned one."""
         if not entries:
             return []
         try:
-            results = await _resolve(self.machine.on_apply(entries))
+            value: Any = self.machine.on_apply(entries)  # an awaitable too, at runtime
         except Exception as exc:
-            raise StateMachineError(
-                f"on_apply raised on entries {entries[0].index}..{entries[-1].index}: {exc!r}"
-            ) from exc
+            raise self._raised(entries, exc) from exc
+        if inspect.isawaitable(value):
+            return self._finish_async(entries, value)
+        return self._results(entries, value)
+
+    async def _finish_async(self, entries: Sequence[Entry], value: Awaitable[Any]) -> list[Any]:
+        try:
+            results = await value
+        except Exception as exc:
+            raise self._raised(entries, exc) from exc
+        return self._results(entries, results)
+
+    @staticmethod
+    def _raised(entries: Sequence[Entry], exc: Exception) -> StateMachineError:
+        return StateMachineError(
+            f"on_apply raised on entries {entries[0].index}..{entries[-1].index}: {exc!r}"
+        )
+
+    def _results(self, entries: Sequence[Entry], results: Any) -> list[Any]:
         if results is None:
             out: list[Any] = [None] * len(entries)
         else:

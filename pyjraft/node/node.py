@@ -8,14 +8,25 @@ the event loop: a timer (one `tick` per heartbeat interval), the transport
 and are proposed together at the next turn of the loop, so a burst becomes
 one `propose_batch`: one log write, one fsync, one AppendEntries per follower.
 
-One task, `_run`, takes each `Ready` and does what its contract says:
-the leader's eager messages go out at once, then hard state and entries are
-written on a dedicated writer thread (one write, one fdatasync; the write is
-shielded from cancellation), then the remaining messages are sent, then
-committed entries are applied through the `FSMCaller`, then `advance`. While
-a write is in flight the core keeps stepping messages and taking proposals;
-the leader sends the new appends right away (`take_eager_messages`), and the
-next `Ready` carries everything that accumulated: group commit.
+Each `Ready` is handled by `_handle`, a generator driven from loop callbacks
+(`_drive`), not by a task: the common path (a follower's append, a leader's
+commit) runs start to end in the loop turn that produced it, with no task
+wake-up in between. It does what the `Ready` contract says: the leader's
+eager messages go out at once; hard state and entries are written, one
+write and one fdatasync, on the loop's thread (a follower has nothing to do
+before its write is durable but buffer what arrives next, which the next
+`Ready` then writes as one batch; a leader's eager appends are already on
+their way, so the followers' writes overlap its own); the
+remaining messages are sent; committed entries are applied through the
+`FSMCaller`; then `advance`. With ``NodeOptions.leader_write_thread`` a
+leader writes on a dedicated `StorageWriter` thread instead, and keeps
+stepping messages during its fdatasync. Where a step must wait (that
+thread, a state machine callback that returns an awaitable), the generator yields the
+awaitable and is resumed when it is done. One `Ready` is handled at a time;
+while a write is in flight the core keeps stepping messages and taking
+proposals, the leader sends the new appends right away
+(`take_eager_messages`), and the next `Ready` carries everything that
+accumulated: group commit.
 
 A caller's future (or `submit` callback) resolves when its entry is applied
 on this node (hence durable on a majority, hence committed). If leadership
@@ -30,12 +41,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import inspect
 import logging
 import operator
 import os
 import random
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from functools import partial
 from itertools import repeat
 from typing import Any
@@ -56,6 +67,7 @@ from pyjraft.node.errors import (
 from pyjraft.node.fsm_caller import FSMCaller
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
+from pyjraft.node.writer import StorageWriter
 from pyjraft.storage.api import LogStorage, MetaStorage
 from pyjraft.transport.base import Transport
 
@@ -120,13 +132,19 @@ class Node:
         self._queue: list[tuple[bytes, Done]] = []
         self._waiting: dict[int, _Waiter] = {}
         self._flush_scheduled = False
-        self._wake = asyncio.Event()
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-{o.group}")
+        self._drive_scheduled = False
+        self._handling: Generator[Awaitable[Any] | None, Any, None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop = asyncio.get_running_loop()
+        self._writer = (
+            StorageWriter(self._loop, f"raft-writer-{o.group}")
+            if o.leader_write_thread and o.sync
+            else None
+        )
         self._soft = SoftState(NONE, self._core.role, self._core.term)
         self._leader_started = False
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loop = asyncio.get_running_loop()
         self.stats: dict[str, int] = {
             "proposals": 0,
             "batches": 0,
@@ -159,7 +177,6 @@ class Node:
         assert log_storage is not None and meta is not None
         node = cls(options, machine, transport, log_storage, meta, rng=rng)
         transport.register_group(options.group, node._on_message)
-        node._task = asyncio.create_task(node._run(), name=f"raft-{options.group}-{options.id}")
         node._schedule_tick()
         await node._fsm.configuration_committed(ConfState(voters=options.peers))
         return node
@@ -178,15 +195,14 @@ class Node:
             LeadershipLostError("node shut down before the entry was applied; outcome unknown")
         )
         self._fail_all(ShutdownError("node is shutting down"))
-        self._wake.set()
-        if self._task is not None and not self._task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-        await asyncio.to_thread(self._writer.shutdown, True)
+        # The Ready being handled must finish its write: a half-known durable
+        # state would break the promise its messages make.
+        try:
+            await asyncio.wait_for(self._idle.wait(), 10.0)
+        except TimeoutError:
+            log.error("raft node %s/%s: a Ready did not finish in 10 s", self.group, self.id)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
         if not was_error:
             await self._fsm.shutdown()
         with contextlib.suppress(Exception):
@@ -309,7 +325,7 @@ class Node:
             self._fatal(exc)
             return
         self._send_eager()
-        self._wake.set()
+        self._schedule_drive()
 
     def _schedule_tick(self) -> None:
         self._tick_handle = self._loop.call_later(self.options.heartbeat_ms / 1000, self._on_tick)
@@ -324,7 +340,7 @@ class Node:
             self._fatal(exc)
             return
         self._send_eager()
-        self._wake.set()
+        self._schedule_drive()
 
     def _flush_proposals(self) -> None:
         self._flush_scheduled = False
@@ -351,52 +367,108 @@ class Node:
         self.stats["proposals"] += len(queue)
         self.stats["batches"] += 1
         self._send_eager()
-        self._wake.set()
+        self._schedule_drive()
 
     def _send_eager(self) -> None:
         msgs = self._core.take_eager_messages()
         if msgs:
             self.transport.send(msgs)
 
-    # -- the Ready loop ------------------------------------------------------
+    # -- the Ready pipeline --------------------------------------------------
 
-    async def _run(self) -> None:
+    def _schedule_drive(self) -> None:
+        # Once per loop turn: everything stepped in this turn goes into one Ready.
+        if not self._drive_scheduled and self._handling is None:
+            self._drive_scheduled = True
+            self._loop.call_soon(self._drive)
+
+    def _drive(self) -> None:
+        self._drive_scheduled = False
         core = self._core
-        try:
-            while self.state is NodeState.RUNNING:
-                await self._wake.wait()
-                self._wake.clear()
-                while self.state is NodeState.RUNNING and core.has_ready():
-                    await self._handle_ready(core.ready())
-        except Exception as exc:
-            self._fatal(exc)
+        while self._handling is None and self.state is NodeState.RUNNING and core.has_ready():
+            self._idle.clear()
+            self._handling = self._handle(core.ready())
+            self._resume(None, None)
+        if self._handling is None:
+            self._idle.set()
 
-    async def _handle_ready(self, rd: Ready) -> None:
+    def _resume(self, value: Any, exc: BaseException | None) -> None:
+        """Run the Ready handler on until it waits (or ends)."""
+        gen = self._handling
+        assert gen is not None
+        try:
+            while True:
+                awaiting = gen.send(value) if exc is None else gen.throw(exc)
+                value = exc = None
+                if awaiting is None:
+                    continue
+                fut = asyncio.ensure_future(awaiting)
+                if not fut.done():
+                    fut.add_done_callback(self._resumed)
+                    return
+                if fut.cancelled():
+                    exc = asyncio.CancelledError()
+                else:
+                    exc = fut.exception()
+                    value = None if exc is not None else fut.result()
+        except StopIteration:
+            pass
+        except BaseException as e:
+            self._fatal(e)
+        self._handling = None
+        if self.state is NodeState.RUNNING:
+            self._drive()
+        else:
+            self._idle.set()
+
+    def _resumed(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self._resume(None, asyncio.CancelledError())
+        elif fut.exception() is not None:
+            self._resume(None, fut.exception())
+        else:
+            self._resume(fut.result(), None)
+
+    def _handle(self, rd: Ready) -> Generator[Awaitable[Any] | None, Any, None]:
+        """Handle one Ready; yields what it must wait for (see the module doc)."""
         self.stats["readies"] += 1
         if rd.soft_state is not None:
-            await self._on_soft_state(rd.soft_state)
+            yield self._on_soft_state(rd.soft_state)
         if rd.eager_messages:
             self.transport.send(rd.eager_messages)
         if rd.must_sync:
+            hard_state = rd.hard_state
+            entries = rd.entries
             try:
-                if self.options.sync or rd.hard_state is not None:
-                    write = self._loop.run_in_executor(
-                        self._writer, self._persist, rd.hard_state, rd.entries
-                    )
-                    # The write must finish even if this task is cancelled: a half-known
-                    # durable state would break the promise the next messages make.
-                    await asyncio.shield(write)
+                if self._writer is not None and self._core.role is Role.LEADER:
+                    yield self._writer.submit(partial(self._persist, hard_state, entries))
                 else:
-                    # Without fdatasync the write only reaches the page cache: doing it
-                    # here costs less than the hand-off to the writer thread.
-                    self._persist(None, rd.entries)
+                    # Whatever is queued for the network must not wait for the disk.
+                    self.transport.flush()
+                    self._persist(hard_state, entries)
             except Exception as exc:
                 raise NodeStorageError(f"storage write failed: {exc!r}") from exc
             self.stats["syncs"] += 1
         if rd.messages:
             self.transport.send(rd.messages)
-        if rd.committed_entries:
-            await self._apply(rd.committed_entries)
+        committed = rd.committed_entries
+        if committed:
+            all_normal = set(map(_TYPE, committed)) == _NORMAL_ONLY
+            user = committed if all_normal else [e for e in committed if e.type == _NORMAL]
+            results: list[Any] = []
+            if user:
+                applied = self._fsm.apply_now(user)
+                if inspect.isawaitable(applied):
+                    results = yield applied
+                else:
+                    results = applied
+            self._complete(committed, user, all_normal, results)
+            if not self._leader_started and self._core.role is Role.LEADER:
+                term = self._core.term
+                if any(e.type == _NOOP and e.term == term for e in committed):
+                    # Everything before our no-op is applied: the machine is current.
+                    self._leader_started = True
+                    yield self._fsm.leader_start(term)
         self._core.advance(rd)
         # advance may have committed our own entries (leader counted itself).
         self._send_eager()
@@ -410,32 +482,27 @@ class Node:
                 self._log.truncate_suffix(first - 1)
             self._log.append(entries)
 
-    async def _apply(self, entries: list[Entry]) -> None:
-        all_normal = set(map(_TYPE, entries)) == _NORMAL_ONLY
-        user = entries if all_normal else [e for e in entries if e.type == _NORMAL]
-        results = await self._fsm.apply(user) if user else []
+    def _complete(
+        self, entries: list[Entry], user: list[Entry], all_normal: bool, results: list[Any]
+    ) -> None:
+        """Record ``entries`` as applied and settle the callers waiting on them."""
         self._fsm.applied_index = entries[-1].index
         self.stats["applied"] += len(user)
         waiting = self._waiting
-        if waiting:
-            pop = waiting.pop
-            it = iter(results)
-            for e in entries:
-                result = next(it) if all_normal or e.type == _NORMAL else None
-                w = pop(e.index, None)
-                if w is None:
-                    continue
-                if e.term == w[0]:
-                    w[1](result, None)
-                else:
-                    lost = LeadershipLostError(f"entry {e.index} was overwritten by a new leader")
-                    w[1](None, lost)
-        if not self._leader_started and self._core.role is Role.LEADER:
-            term = self._core.term
-            if any(e.type == _NOOP and e.term == term for e in entries):
-                # Everything before our no-op is applied: the machine is current.
-                self._leader_started = True
-                await self._fsm.leader_start(term)
+        if not waiting:
+            return
+        pop = waiting.pop
+        it = iter(results)
+        for e in entries:
+            result = next(it) if all_normal or e.type == _NORMAL else None
+            w = pop(e.index, None)
+            if w is None:
+                continue
+            if e.term == w[0]:
+                w[1](result, None)
+            else:
+                lost = LeadershipLostError(f"entry {e.index} was overwritten by a new leader")
+                w[1](None, lost)
 
     async def _on_soft_state(self, soft: SoftState) -> None:
         old = self._soft
@@ -481,7 +548,6 @@ class Node:
             else NodeStorageError(f"node failed: {exc!r}")
         )
         self._fail_all(err)
-        self._wake.set()
         self._loop.create_task(self._fsm.error(exc))
 
     def _stop_participating(self) -> None:

@@ -42,6 +42,15 @@ class NodeOptions:
     sync: bool = True
     """fdatasync before acknowledging. ``False`` is UNSAFE: an acknowledged write can
     be lost if a majority of machines lose power or crash together."""
+    leader_write_thread: bool = False
+    """Write the leader's log on a dedicated thread, so that it keeps stepping
+    messages and proposals during its fdatasync. Pays where fdatasync is slow
+    compared with the CPU time of a batch (spinning disks, network block
+    storage) and cores are plentiful. Off by default: with a fast disk and few
+    cores the thread hand-off and the GIL cost more than the overlap gains
+    (on the 2-core reference machine, 3 nodes, 100 B writes: c=1 p50 1.17 ->
+    1.02 ms and c=1000 72k -> 81k writes/s without it). Followers always
+    write inline: they must not acknowledge before the write is durable."""
     segment_bytes: int = 64 << 20
     """Log segment file size."""
     log_cache_bytes: int = 32 << 20

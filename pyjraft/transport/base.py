@@ -132,6 +132,11 @@ class Transport(Protocol):
         """Send raft messages to their ``dst``; never blocks; loss is possible."""
         ...
 
+    def flush(self) -> None:
+        """Hand what `send` queued to the network now rather than at the end of
+        this loop turn (before blocking the loop, say); never blocks."""
+        ...
+
     async def call(self, addr: str, service: str, request: Any, timeout: float = 5.0) -> Any:
         """Call a service on ``addr``."""
         ...

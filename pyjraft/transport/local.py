@@ -181,6 +181,9 @@ class LocalTransport(HandlerRegistry):
         """This endpoint's address."""
         return self._address
 
+    def flush(self) -> None:
+        """Nothing to do: `send` delivers (or schedules) at once."""
+
     def send(self, msgs: Sequence[Message]) -> None:
         """Send raft messages to their ``dst``; never blocks, never raises for
         network reasons (`ProtocolError` means the message itself is invalid)."""

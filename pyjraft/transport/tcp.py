@@ -224,6 +224,11 @@ class TcpTransport(HandlerRegistry):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what `send` queued now instead of at the end of this loop turn
+        (say, before a blocking fdatasync); never blocks."""
         dirty, self._dirty = self._dirty, []
         for peer in dirty:
             peer.flush()
@@ -348,7 +353,7 @@ class _ServerConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         if self.t._closed:
-            transport.abort()
+            self.transport.abort()
             return
         self.t._conns.add(self)
         peer = transport.get_extra_info("peername")

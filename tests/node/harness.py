@@ -50,14 +50,35 @@ class CounterMachine(StateMachine):
         self.events.append(("shutdown", None))
 
 
+class AsyncCounterMachine(CounterMachine):
+    """`CounterMachine` whose apply and leader-start callbacks are coroutines
+    that yield to the loop before doing their work."""
+
+    async def on_apply(self, entries: Sequence[Entry]) -> list[int]:  # type: ignore[override]
+        await asyncio.sleep(0)
+        self.events.append(("apply", entries[0].index))
+        return CounterMachine.on_apply(self, entries)
+
+    async def on_leader_start(self, term: int) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        self.events.append(("leader_start", term))
+
+
 IDS = ("n1:1", "n2:1", "n3:1")
 
 
 class LocalCluster:
     """Three nodes on one `LocalNetwork`, optionally with data directories."""
 
-    def __init__(self, seed: int, data_dir: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        seed: int,
+        data_dir: str | None = None,
+        machine: type[CounterMachine] = CounterMachine,
+        **options: Any,
+    ) -> None:
         self.seed = seed
+        self.machine_class = machine
         self.net = LocalNetwork(random.Random(seed))
         self.data_dir = data_dir
         self.options = {"election_timeout_ms": 150, "heartbeat_ms": 15, **options}
@@ -71,7 +92,7 @@ class LocalCluster:
             data_dir=f"{self.data_dir}/{nid}" if self.data_dir else None,
             **self.options,
         )
-        machine = CounterMachine()
+        machine = self.machine_class()
         transport = LocalTransport(self.net, nid)
         node = await Node.start(opts, machine, transport, rng=random.Random(f"{self.seed}{nid}"))
         self.nodes[nid] = node

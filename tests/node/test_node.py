@@ -16,7 +16,7 @@ from pyjraft.node import (
     ShutdownError,
     StateMachineError,
 )
-from tests.node.harness import IDS, LocalCluster, run, wait_for
+from tests.node.harness import IDS, AsyncCounterMachine, LocalCluster, run, wait_for
 
 
 def test_apply_returns_results_in_log_order_and_replicates() -> None:
@@ -170,9 +170,12 @@ def test_callbacks_leader_start_and_following() -> None:
     run(main())
 
 
-def test_restart_from_data_dir_recovers_log_and_state(tmp_path: Path) -> None:
+@pytest.mark.parametrize("leader_write_thread", [False, True])
+def test_restart_from_data_dir_recovers_log_and_state(
+    tmp_path: Path, leader_write_thread: bool
+) -> None:
     async def main() -> None:
-        c = LocalCluster(seed=8, data_dir=str(tmp_path))
+        c = LocalCluster(seed=8, data_dir=str(tmp_path), leader_write_thread=leader_write_thread)
         await c.start_all()
         leader = await c.leader()
         for _ in range(5):
@@ -296,6 +299,54 @@ def test_sync_off_writes_inline_and_still_replicates(tmp_path: Path) -> None:
         try:
             leader = await c.leader()
             assert await leader.apply(b"0") == 300
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_async_state_machine_callbacks_are_awaited_in_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=13, data_dir=str(tmp_path), machine=AsyncCounterMachine)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            await wait_for(
+                lambda: any(ev[0] == "leader_start" for ev in c.machines[leader.id].events),
+                5,
+                "async on_leader_start ran",
+            )
+            results = []
+            for _ in range(5):
+                results += await asyncio.gather(*(leader.apply(b"1") for _ in range(40)))
+            assert results == list(range(1, 201)), "results in log order, none lost"
+            for nid in IDS:
+                m = c.machines[nid]
+                await wait_for(lambda m=m: m.value == 200, 5, f"{nid} applies")
+                assert m.applied == sorted(m.applied), "applied in index order"
+                assert len(set(m.applied)) == len(m.applied), "each entry applied once"
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_async_on_apply_raising_is_fatal(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=14, machine=AsyncCounterMachine)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            assert await leader.apply(b"1") == 1
+            c.machines[leader.id].fail_on = b"7"
+            with pytest.raises(StateMachineError):
+                await leader.apply(b"7")
+            assert leader.state is NodeState.ERROR
+            await wait_for(
+                lambda: ("error", "StateMachineError") in c.machines[leader.id].events,
+                5,
+                "on_error called",
+            )
         finally:
             await c.stop_all()
 
