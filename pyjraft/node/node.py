@@ -145,6 +145,8 @@ class Node:
         self._soft = SoftState(NONE, self._core.role, self._core.term)
         self._leader_started = False
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._tick_s = o.heartbeat_ms / 1000
+        self._tick_base = self._loop.time()
         self.stats: dict[str, int] = {
             "proposals": 0,
             "batches": 0,
@@ -152,6 +154,7 @@ class Node:
             "syncs": 0,
             "applied": 0,
             "overloaded": 0,
+            "timer_wakeups": 0,
         }
 
     # -- lifecycle -----------------------------------------------------------
@@ -177,7 +180,7 @@ class Node:
         assert log_storage is not None and meta is not None
         node = cls(options, machine, transport, log_storage, meta, rng=rng)
         transport.register_group(options.group, node._on_message)
-        node._schedule_tick()
+        node._arm_timer(node._tick_base)
         await node._fsm.configuration_committed(ConfState(voters=options.peers))
         return node
 
@@ -319,26 +322,70 @@ class Node:
     def _on_message(self, msg: Message) -> None:
         if self.state is not NodeState.RUNNING:
             return
+        core = self._core
         try:
-            self._core.step(msg)
+            was_follower = core.role is Role.FOLLOWER
+            if was_follower:
+                # Ticks a sleeping follower has not been given yet: the lease
+                # check and the election clock must be current before stepping.
+                self._catch_up(self._loop.time())
+            core.step(msg)
+            if was_follower and core.role is not Role.FOLLOWER:
+                self._rearm_timer()
         except Exception as exc:
             self._fatal(exc)
             return
         self._send_eager()
         self._schedule_drive()
 
-    def _schedule_tick(self) -> None:
-        self._tick_handle = self._loop.call_later(self.options.heartbeat_ms / 1000, self._on_tick)
+    # Time. The core counts ticks of heartbeat_ms. A leader or candidate gets
+    # one tick per timer firing (a stalled loop loses ticks rather than
+    # bursting heartbeats). A follower has nothing to do on a tick but count,
+    # so it sleeps until its election would fire and is given the ticks that
+    # passed in one go, when it wakes or a message arrives: an idle follower
+    # wakes for the leader's heartbeats only, not also for a timer of its own.
+
+    def _arm_timer(self, now: float) -> None:
+        core = self._core
+        if core.role is Role.FOLLOWER:
+            remaining = max(1, core.randomized_election_ticks - core.election_elapsed)
+            when = self._tick_base + remaining * self._tick_s
+        else:
+            self._tick_base = now
+            when = now + self._tick_s
+        self._tick_handle = self._loop.call_at(when, self._on_tick)
+
+    def _rearm_timer(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._arm_timer(self._loop.time())
+
+    def _catch_up(self, now: float) -> None:
+        n = int((now - self._tick_base) / self._tick_s)
+        if n <= 0:
+            return
+        self._tick_base += n * self._tick_s
+        core = self._core
+        for _ in range(n):
+            core.tick()
+            if core.role is not Role.FOLLOWER:
+                self._tick_base = now
+                break
 
     def _on_tick(self) -> None:
         if self.state is not NodeState.RUNNING:
             return
-        self._schedule_tick()
+        self.stats["timer_wakeups"] += 1
+        now = self._loop.time()
         try:
-            self._core.tick()
+            if self._core.role is Role.FOLLOWER:
+                self._catch_up(now)
+            else:
+                self._core.tick()
         except Exception as exc:
             self._fatal(exc)
             return
+        self._arm_timer(now)
         self._send_eager()
         self._schedule_drive()
 

@@ -351,3 +351,33 @@ def test_async_on_apply_raising_is_fatal(tmp_path: Path) -> None:
             await c.stop_all()
 
     run(main())
+
+
+def test_idle_followers_sleep_until_their_election_would_fire() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=15)  # heartbeat 15 ms, election timeout 150 ms
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            before = {nid: n.stats["timer_wakeups"] for nid, n in c.nodes.items()}
+            await asyncio.sleep(0.6)
+            woke = {nid: n.stats["timer_wakeups"] - before[nid] for nid, n in c.nodes.items()}
+            assert leader.is_leader, "no election while the leader is healthy"
+            followers = [nid for nid in IDS if nid != leader.id]
+            # The leader ticks every heartbeat (about 40 times); a follower fed
+            # by heartbeats wakes on its own at most once per election timeout.
+            assert woke[leader.id] >= 10
+            for nid in followers:
+                assert woke[nid] * 4 <= woke[leader.id], woke
+            # Stop the leader: the followers' sleeping clocks still elect one.
+            await c.stop(leader.id)
+            survivor = await wait_for(
+                lambda: next((n for n in c.nodes.values() if n.is_leader), None),
+                5,
+                "a new leader",
+            )
+            assert survivor.id in followers
+        finally:
+            await c.stop_all()
+
+    run(main())
