@@ -206,7 +206,7 @@ def encode_messages(msgs: Iterable[Message]) -> bytes:
     return new_packer().pack([_row(m) for m in msgs])  # type: ignore[no-any-return]
 
 
-def _unpack(body: bytes, **limits: int) -> Any:
+def _unpack(body: bytes | memoryview, **limits: int) -> Any:
     try:
         return msgpack.unpackb(body, raw=False, **limits)
     except Exception as e:  # msgpack raises a zoo of types; callers see one
@@ -309,7 +309,7 @@ def _decode_one(raw: object) -> Message:
     return spec.cls(*values)
 
 
-def decode_messages(body: bytes) -> list[Message]:
+def decode_messages(body: bytes | memoryview) -> list[Message]:
     """Decode a RAFT body; raise `ProtocolError` (only) if anything is invalid."""
     n = len(body)
     raw = _unpack(
@@ -344,7 +344,7 @@ def encode_response(rpc_id: int, ok: bool, payload: Any) -> bytes:
     return new_packer().pack((rpc_id, STATUS_OK if ok else STATUS_ERROR, payload))  # type: ignore[no-any-return]
 
 
-def _unpack_envelope(body: bytes, what: str) -> list[Any]:
+def _unpack_envelope(body: bytes | memoryview, what: str) -> list[Any]:
     n = len(body)
     # User payloads may use non-string map keys; an unhashable key still
     # fails inside msgpack and becomes a ProtocolError.
@@ -364,7 +364,7 @@ def _unpack_envelope(body: bytes, what: str) -> list[Any]:
     return raw
 
 
-def decode_request(body: bytes) -> tuple[int, str, Any]:
+def decode_request(body: bytes | memoryview) -> tuple[int, str, Any]:
     """Decode a REQUEST body into ``(rpc_id, service, request)``."""
     rpc_id, service, request = _unpack_envelope(body, "request")
     if type(service) is not str or len(service) > MAX_ID_LEN:

@@ -365,9 +365,13 @@ class _ServerConnection(asyncio.Protocol):
             return
         if self.buf:
             self.buf += data
-        else:
-            self.buf = bytearray(data)
-        self._process()
+            self._process_buffered()
+            return
+        # Nothing pending (the common case): split the frames straight out of
+        # ``data``; only an incomplete tail is copied into the buffer.
+        pos = self._process(data)
+        if pos < len(data) and not self.failed:
+            self.buf = bytearray(data[pos:])
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -402,13 +406,21 @@ class _ServerConnection(asyncio.Protocol):
 
     # -- frames ------------------------------------------------------------------
 
-    def _process(self) -> None:
-        """Handle every complete frame buffered, until the request limit."""
+    def _process_buffered(self) -> None:
+        pos = self._process(self.buf)
+        if pos and not self.failed:
+            del self.buf[:pos]
+
+    def _process(self, src: bytes | bytearray) -> int:
+        """Handle the complete frames at the start of ``src``, until the
+        request limit; return how many bytes were consumed."""
         t = self.t
         stats = t.stats
-        buf = self.buf
-        n = len(buf)
+        n = len(src)
         pos = 0
+        # Frame bodies are decoded from views of ``src``: msgpack copies out
+        # what it keeps, so nothing is copied for the frame itself.
+        view = memoryview(src)
         try:
             while n - pos >= HEADER_SIZE:
                 if len(self.requests) >= t._max_requests:
@@ -416,37 +428,36 @@ class _ServerConnection(asyncio.Protocol):
                     # instead of growing our task set.
                     self._pause_reading()
                     break
-                kind, body_len = parse_header_at(buf, pos, t._max_frame_size)
+                kind, body_len = parse_header_at(src, pos, t._max_frame_size)
                 end = pos + HEADER_SIZE + body_len
                 if end > n:
                     break
-                body = bytes(buf[pos + HEADER_SIZE : end])
-                pos = end
-                if kind is Kind.RAFT:
-                    msgs = decode_messages(body)
-                    stats.frames_in += 1
-                    stats.bytes_in += HEADER_SIZE + body_len
-                    t._dispatch(msgs)
-                elif kind is Kind.REQUEST:
-                    rpc_id, service, request = decode_request(body)
-                    stats.frames_in += 1
-                    stats.bytes_in += HEADER_SIZE + body_len
-                    stats.requests_in += 1
-                    rt = asyncio.get_running_loop().create_task(
-                        self._answer(rpc_id, service, request)
-                    )
-                    self.requests.add(rt)
-                    rt.add_done_callback(self._request_done)
-                else:
-                    raise ProtocolError(f"unexpected {kind.name} frame on a server connection")
+                with view[pos + HEADER_SIZE : end] as body:
+                    pos = end
+                    if kind is Kind.RAFT:
+                        msgs = decode_messages(body)
+                        stats.frames_in += 1
+                        stats.bytes_in += HEADER_SIZE + body_len
+                        t._dispatch(msgs)
+                    elif kind is Kind.REQUEST:
+                        rpc_id, service, request = decode_request(body)
+                        stats.frames_in += 1
+                        stats.bytes_in += HEADER_SIZE + body_len
+                        stats.requests_in += 1
+                        rt = asyncio.get_running_loop().create_task(
+                            self._answer(rpc_id, service, request)
+                        )
+                        self.requests.add(rt)
+                        rt.add_done_callback(self._request_done)
+                    else:
+                        raise ProtocolError(f"unexpected {kind.name} frame on a server connection")
                 if self.failed:
-                    return
+                    break
         except ProtocolError as e:
             self._fail(e)
-            return
         finally:
-            if pos:
-                del buf[:pos]
+            view.release()
+        return pos
 
     def _request_done(self, task: asyncio.Task[None]) -> None:
         self.requests.discard(task)
@@ -454,7 +465,7 @@ class _ServerConnection(asyncio.Protocol):
             self.reading_paused = False
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
-                self._process()
+                self._process_buffered()
         if self.eof and not self.requests and not self.failed:
             self._close_gracefully()
 
