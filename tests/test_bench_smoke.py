@@ -72,9 +72,13 @@ def _check_goal(g: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("placement", ["leader", "client"])
-def test_bench_smoke(placement: str) -> None:
+@pytest.mark.parametrize(
+    ("placement", "api"), [("leader", "apply"), ("leader", "submit"), ("client", "apply")]
+)
+def test_bench_smoke(placement: str, api: str) -> None:
     argv = [*SMALL, "--timeout", "25", "--disk-bw-seconds", "0.2", "--placement", placement]
+    if placement == "leader":
+        argv += ["--api", api]
     out = _run_bench(argv)
     for k in KEYS:
         assert k in out, k

@@ -398,7 +398,9 @@ async def run_pyjraft(
             "concurrency": args.concurrency,
             "payload": args.payload,
             "profile": os.path.abspath(args.profile) if args.profile else None,
+            "api": args.api,
         }
+        out["api"] = args.api
         progress = Progress(label, args.ops)
         leader.on_progress = progress
         st0 = await leader.request({"cmd": "status"}, "status", 10.0)
@@ -964,6 +966,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="leave the nodes' GC at Python's defaults (default: pyjraft.node.tune_gc)",
     )
     ap.add_argument("--placement", choices=["leader", "client"], default="leader")
+    ap.add_argument(
+        "--api",
+        choices=["apply", "submit"],
+        default="apply",
+        help="leader placement: one coroutine per caller awaiting node.apply (default), or "
+        "node.submit with a completion callback (JRaft's Task and Closure; the way "
+        "PySyncObj is driven, with callback=)",
+    )
     ap.add_argument("--compare", action="store_true", help="also run PySyncObj 0.3.17")
     ap.add_argument(
         "--pysyncobj-configs",

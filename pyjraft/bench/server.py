@@ -111,8 +111,51 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
                 lat.append((clock() - t0) // 1000)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(min(conc, n))))
+        if spec.get("api") == "submit":
+            await by_callbacks(n, lat, errors)
+        else:
+            await asyncio.gather(*(worker() for _ in range(min(conc, n))))
         return time.perf_counter() - t0
+
+    async def by_callbacks(n: int, lat: list[int], errors: dict[str, int]) -> None:
+        # A window of `conc` writes in flight through node.submit: each
+        # completion callback records its latency and submits the next write.
+        clock = time.perf_counter_ns
+        submit = node.submit
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        left = [n, n]  # to submit, to finish
+
+        def start() -> None:
+            left[0] -= 1
+            t0 = clock()
+
+            def done(_result: Any, exc: BaseException | None) -> None:
+                if exc is None:
+                    lat.append((clock() - t0) // 1000)
+                else:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                left[1] -= 1
+                if left[0] > 0:
+                    start()
+                elif left[1] == 0 and not finished.done():
+                    finished.set_result(None)
+
+            try:
+                submit(payload, done)
+            except Exception as e:
+                # Refused at once (not leader, overloaded): count it and go on
+                # in the next loop turn, not by recursion.
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                left[1] -= 1
+                if left[0] > 0:
+                    loop.call_soon(start)
+                elif left[1] == 0 and not finished.done():
+                    finished.set_result(None)
+
+        for _ in range(min(conc, n)):
+            start()
+        await finished
 
     warm_lat: list[int] = []
     warm_err: dict[str, int] = {}
