@@ -463,18 +463,17 @@ class Node:
         except BaseException as e:
             self._fatal(e)
         self._handling = None
-        if self.state is NodeState.RUNNING:
-            self._drive()
-        else:
-            self._idle.set()
 
     def _resumed(self, fut: asyncio.Future[Any]) -> None:
+        # What the handler waited for is done: go on, then on to the next Ready.
         if fut.cancelled():
             self._resume(None, asyncio.CancelledError())
         elif fut.exception() is not None:
             self._resume(None, fut.exception())
         else:
             self._resume(fut.result(), None)
+        if self._handling is None:
+            self._drive()
 
     def _handle(self, rd: Ready) -> Generator[Awaitable[Any] | None, Any, None]:
         """Handle one Ready; yields what it must wait for (see the module doc)."""
