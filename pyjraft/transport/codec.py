@@ -187,6 +187,43 @@ def _row(msg: Message) -> tuple[Any, ...]:
     return row
 
 
+EntriesCache = dict[tuple[str, int, int, int, int, int], bytes]
+"""Packed entry columns by (group, first index, first term, last index, last
+term, count): see `encode_message_parts`."""
+
+
+def encode_message_parts(
+    msg: Message, packer: msgpack.Packer, cache: EntriesCache | None = None
+) -> list[bytes]:
+    """`encode_message` as pieces to be written one after the other.
+
+    An AppendEntries with entries comes as three pieces, the middle one its
+    packed entries, taken from ``cache`` when the same entries were packed
+    for another follower: by the Log Matching property the same first and
+    last (index, term) and count mean the same entries. A leader replicating
+    a batch to every follower thus packs (and copies) its data once, not
+    once per follower, and the data is never copied into a message buffer.
+    """
+    if type(msg) is not AppendEntries or not msg.entries:
+        return [packer.pack(_row(msg))]
+    entries = msg.entries
+    first = entries[0]
+    last = entries[-1]
+    key = (msg.group, first.index, first.term, last.index, last.term, len(entries))
+    packed = cache.get(key) if cache is not None else None
+    if packed is None:
+        packed = packer.pack(_entry_columns(entries))
+        if cache is not None:
+            cache[key] = packed
+    tag, getter = _ENCODE[AppendEntries]
+    row = (tag, *getter(msg))
+    p = _AE_ENTRIES_POS
+    # msgpack is a stream: an array header, then its elements one by one.
+    head = packer.pack_array_header(len(row)) + b"".join(map(packer.pack, row[:p]))
+    tail = b"".join(map(packer.pack, row[p + 1 :]))
+    return [head, packed, tail]
+
+
 def encode_message(msg: Message, packer: msgpack.Packer | None = None) -> bytes:
     """Pack one message as an element of a RAFT body (see `raft_body`).
 

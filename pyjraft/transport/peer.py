@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from typing import cast
 
 from pyjraft.transport.base import TransportStats
-from pyjraft.transport.framing import Kind, frame_header
+from pyjraft.transport.framing import HEADER_SIZE, Kind, frame_header
 
 log = logging.getLogger("pyjraft.transport")
 
 ARRAY_HEADER_MAX = 5  # msgpack array32 header
+_MAX_IOVECS = 64  # beyond this many pieces, one joined buffer is cheaper than writev
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +109,8 @@ class Peer:
         self._config = config
         self._stats = stats
         self._on_ready = on_ready
-        self.queue: collections.deque[bytes] = collections.deque()
+        # Each queued message: its encoded pieces and their total size.
+        self.queue: collections.deque[tuple[list[bytes], int]] = collections.deque()
         self.queued_bytes = 0
         self._conn: _PeerProtocol | None = None
         self._wakeup = asyncio.Event()
@@ -120,13 +122,14 @@ class Peer:
         conn = self._conn
         return conn is not None and conn.transport is not None
 
-    def enqueue(self, data: bytes) -> bool:
-        """Queue an encoded message; False (nothing queued) when over the bounds."""
+    def enqueue(self, parts: list[bytes], size: int) -> bool:
+        """Queue an encoded message (``parts``, ``size`` bytes in all); False
+        (nothing queued) when over the bounds."""
         c = self._config
-        if len(self.queue) >= c.queue_messages or self.queued_bytes + len(data) > c.queue_bytes:
+        if len(self.queue) >= c.queue_messages or self.queued_bytes + size > c.queue_bytes:
             return False
-        self.queue.append(data)
-        self.queued_bytes += len(data)
+        self.queue.append((parts, size))
+        self.queued_bytes += size
         if self._conn is not None:
             self._on_ready(self)
         else:
@@ -141,12 +144,16 @@ class Peer:
         transport = conn.transport
         if transport is None or transport.is_closing():
             return
-        data, frames, msgs = self._take()
-        transport.write(data)
+        parts, nbytes, frames, msgs = self._take()
+        if len(parts) > _MAX_IOVECS:
+            parts = [b"".join(parts)]
+        # One writev of the frames' pieces: no copy of a large batch into one
+        # buffer first (uvloop; asyncio's own loop joins them itself).
+        transport.writelines(parts)
         stats = self._stats
         stats.frames_out += frames
         stats.messages_out += msgs
-        stats.bytes_out += len(data)
+        stats.bytes_out += nbytes
 
     def drop_queue(self) -> None:
         """Drop (and count) everything queued."""
@@ -222,30 +229,33 @@ class Peer:
             if conn_ is not None and conn_.transport is not None:
                 conn_.transport.abort()
 
-    def _take(self) -> tuple[bytes, int, int]:
-        """Everything queued, as the fewest RAFT frames the size limit allows."""
+    def _take(self) -> tuple[list[bytes], int, int, int]:
+        """Everything queued, as the pieces of the fewest RAFT frames the size
+        limit allows; with their byte, frame and message counts."""
         c = self._config
         budget = c.max_frame_size - 2 - ARRAY_HEADER_MAX
         queue = self.queue
+        total = self.queued_bytes
+        self.queued_bytes = 0
         if len(queue) == 1:
-            d = queue.popleft()
-            self.queued_bytes = 0
+            msg, size = queue.popleft()
             head = c.pack_array_header(1)
-            return b"".join((frame_header(Kind.RAFT, len(head) + len(d)), head, d)), 1, 1
+            first = frame_header(Kind.RAFT, len(head) + size) + head
+            return [first, *msg], total + len(first), 1, 1
         parts: list[bytes] = []
         frames = msgs = 0
         while queue:
-            batch: list[bytes] = []
+            batch: list[list[bytes]] = []
             size = 0
-            while queue and (not batch or size + len(queue[0]) <= budget):
-                d = queue.popleft()
-                batch.append(d)
-                size += len(d)
+            while queue and (not batch or size + queue[0][1] <= budget):
+                msg, n = queue.popleft()
+                batch.append(msg)
+                size += n
             head = c.pack_array_header(len(batch))
-            parts.append(frame_header(Kind.RAFT, len(head) + size))
-            parts.append(head)
-            parts.extend(batch)
+            parts.append(frame_header(Kind.RAFT, len(head) + size) + head)
+            for msg in batch:
+                parts.extend(msg)
             frames += 1
             msgs += len(batch)
-        self.queued_bytes = 0
-        return b"".join(parts), frames, msgs
+            total += HEADER_SIZE + len(head)
+        return parts, total, frames, msgs

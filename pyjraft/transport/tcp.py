@@ -57,9 +57,10 @@ from pyjraft.transport.base import (
     parse_address,
 )
 from pyjraft.transport.codec import (
+    EntriesCache,
     decode_messages,
     decode_request,
-    encode_message,
+    encode_message_parts,
     encode_response,
     new_packer,
 )
@@ -191,6 +192,7 @@ class TcpTransport(HandlerRegistry):
             return
         limit = self._max_frame_size - 2 - ARRAY_HEADER_MAX
         peers = self._peers
+        cache: EntriesCache = {}  # one batch of entries packed once for every follower
         for m in msgs:
             peer = peers.get(m.dst)
             if peer is None:
@@ -201,17 +203,18 @@ class TcpTransport(HandlerRegistry):
             if len(peer.queue) >= self._queue_messages:
                 stats.dropped_sends += 1
                 continue
-            data = encode_message(m, self._packer)
-            if len(data) > limit:
+            parts = encode_message_parts(m, self._packer, cache)
+            size = sum(map(len, parts))
+            if size > limit:
                 stats.dropped_sends += 1
                 log.warning(
                     "dropping %s to %s: %d bytes exceed the frame limit",
                     type(m).__name__,
                     m.dst,
-                    len(data),
+                    size,
                 )
                 continue
-            if not peer.enqueue(data):
+            if not peer.enqueue(parts, size):
                 stats.dropped_sends += 1
 
     def _peer_ready(self, peer: Peer) -> None:

@@ -23,13 +23,16 @@ from pyjraft.transport.codec import (
     MAX_CONTEXT_LEN,
     MAX_ID_LEN,
     MAX_INT,
+    EntriesCache,
     decode_messages,
     decode_request,
     decode_response,
     encode_message,
+    encode_message_parts,
     encode_messages,
     encode_request,
     encode_response,
+    new_packer,
     raft_body,
 )
 from pyjraft.transport.errors import ProtocolError
@@ -75,6 +78,33 @@ def test_round_trip_batch(msgs: list[Message]) -> None:
     assert [type(m) for m in out] == [type(m) for m in msgs]
     # the incremental form produces identical bytes
     assert raft_body([encode_message(m) for m in msgs]) == body
+    # and so do the pieces (with a cache of their own: these random messages
+    # do not come from one log, so they may not share one)
+    packer = new_packer()
+    for m in msgs:
+        assert b"".join(encode_message_parts(m, packer)) == encode_message(m)
+        assert b"".join(encode_message_parts(m, packer, {})) == encode_message(m)
+
+
+def test_entries_packed_once_for_every_follower() -> None:
+    packer = new_packer()
+    cache: EntriesCache = {}
+    batch = ents(50)
+    to_b = AppendEntries("g", 3, "a:1", "b:1", 10, 3, batch, 9)
+    to_c = AppendEntries("g", 3, "a:1", "c:1", 10, 3, tuple(batch), 7)
+    pb = encode_message_parts(to_b, packer, cache)
+    pc = encode_message_parts(to_c, packer, cache)
+    assert pb[1] is pc[1], "the second follower's entries come from the cache"
+    assert len(cache) == 1
+    assert decode_messages(raft_body([b"".join(pb), b"".join(pc)])) == [to_b, to_c]
+    # Different entries (another term at the same indexes) are packed afresh.
+    other = AppendEntries("g", 4, "a:1", "c:1", 10, 3, tuple(e._replace(term=4) for e in batch), 7)
+    po = encode_message_parts(other, packer, cache)
+    assert po[1] is not pb[1]
+    assert decode_messages(raft_body([b"".join(po)])) == [other]
+    # So are the same indexes and terms of another group's log.
+    elsewhere = AppendEntries("h", 3, "a:1", "c:1", 10, 3, batch, 7)
+    assert encode_message_parts(elsewhere, packer, cache)[1] is not pb[1]
 
 
 @given(messages)
