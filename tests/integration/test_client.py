@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +20,6 @@ from pyjraft.client import (
     ok_reply,
 )
 from pyjraft.transport import TcpTransport
-from tests.integration.cluster import free_ports
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -73,7 +73,21 @@ def test_follows_not_leader_hint_and_caches_the_leader() -> None:
     _run(main)
 
 
-def test_retries_overloaded_and_refused_connections_then_succeeds() -> None:
+@pytest.fixture
+def refused() -> Iterator[list[str]]:
+    """Two addresses that refuse connections: bound, never listening, so no other
+    process can take the port meanwhile (a freed "free port" can be taken)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(2)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        yield [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_retries_overloaded_and_refused_connections_then_succeeds(refused: list[str]) -> None:
     async def main() -> None:
         n = 0
 
@@ -83,7 +97,7 @@ def test_retries_overloaded_and_refused_connections_then_succeeds() -> None:
             return error_reply("overloaded", "busy") if n < 3 else ok_reply("done")
 
         (srv,) = await _servers(flaky)
-        dead = f"127.0.0.1:{free_ports(1)[0]}"  # nobody listens: connection refused
+        dead = refused[0]
         client = _client([dead, srv.address])
         try:
             assert await client.call("svc", None, deadline=5) == "done"
@@ -145,9 +159,9 @@ def test_reply_timeout_is_unknown_outcome_unless_idempotent() -> None:
     _run(main)
 
 
-def test_deadline_exceeded_when_nothing_answers() -> None:
+def test_deadline_exceeded_when_nothing_answers(refused: list[str]) -> None:
     async def main() -> None:
-        dead = [f"127.0.0.1:{p}" for p in free_ports(2)]
+        dead = refused
         client = _client(dead)
         try:
             with pytest.raises(DeadlineExceededError) as info:
