@@ -62,10 +62,12 @@ __all__ = [
     "BATCH_HEADER_SIZE",
     "ENTRY_HEADER_SIZE",
     "FORMAT_VERSION",
+    "MAX_BATCH_START",
+    "DecodedBlock",
     "EncodedBatch",
     "ScanResult",
     "batch_size",
-    "decode_batch",
+    "decode_batches",
     "encode_batch",
     "find_valid_batch",
     "looks_like_v1",
@@ -187,15 +189,21 @@ def encode_batch(entries: Sequence[Entry], first_index: int, last_term: int) -> 
     )
 
 
+MAX_BATCH_START = 0xFFFFFFFF
+"""Largest file offset at which a batch may start inside a segment: the in-memory
+index keeps offsets as 32-bit integers (``array('I')``)."""
+
+
 class ScanResult(NamedTuple):
     """What `scan_batches` found in a segment."""
 
-    batch_starts: array[int]
-    """File offset of each valid batch, in order."""
-    batch_firsts: array[int]
-    """First index of each valid batch."""
-    lengths: array[int]
-    """Data length of every entry of the valid batches (``array('I')``)."""
+    block_starts: array[int]
+    """File offset of each block (``array('I')``): a block is a run of consecutive
+    valid batches, see `scan_batches`."""
+    block_firsts: array[int]
+    """First index of each block minus the segment's first index (``array('I')``)."""
+    entry_count: int
+    """Entries in the valid batches."""
     run_starts: array[int]
     """Index of the first entry of each run of entries with one term."""
     run_terms: array[int]
@@ -238,17 +246,27 @@ def _why_bad_header(ver: int, flags: int, res: int, count: int, first: int, expe
     return f"batch first index {first}, expected {expect}"
 
 
-def scan_batches(buf: bytes | mmap.mmap, size: int, first_index: int) -> ScanResult:
+def scan_batches(
+    buf: bytes | mmap.mmap,
+    size: int,
+    first_index: int,
+    block_bytes: int = 1,
+    max_start: int = MAX_BATCH_START,
+) -> ScanResult:
     """Validate the batches of a whole segment (``buf[:size]``) whose first entry
     must have index ``first_index``; stop at the first bad batch.
+
+    The batches are grouped into *blocks*: a batch starts a new block when it
+    starts at least ``block_bytes`` after the start of the current block (so
+    ``block_bytes=1`` makes every batch a block). A batch starting past
+    ``max_start`` is refused as corrupt (the index could not address it).
 
     This loop bounds the time to open a log: per batch one ``unpack_from``, one
     CRC over the batch and a few ``array`` calls; nothing per entry in Python
     unless the term changes inside a batch.
     """
-    batch_starts: array[int] = array("Q")
-    batch_firsts: array[int] = array("Q")
-    lengths: array[int] = array("I")
+    block_starts: array[int] = array("I")
+    block_firsts: array[int] = array("I")
     run_starts: array[int] = array("Q")
     run_terms: array[int] = array("Q")
     unpack = _HEADER.unpack_from
@@ -256,10 +274,18 @@ def scan_batches(buf: bytes | mmap.mmap, size: int, first_index: int) -> ScanRes
     expect = first_index
     cur = -1
     pos = 0
+    block = -block_bytes  # start of the current block
 
     def result(error: str | None, corrupt: bool) -> ScanResult:
         return ScanResult(
-            batch_starts, batch_firsts, lengths, run_starts, run_terms, pos, error, corrupt
+            block_starts,
+            block_firsts,
+            expect - first_index,
+            run_starts,
+            run_terms,
+            pos,
+            error,
+            corrupt,
         )
 
     with memoryview(buf) as mv:
@@ -274,7 +300,13 @@ def scan_batches(buf: bytes | mmap.mmap, size: int, first_index: int) -> ScanRes
                 return result("CRC mismatch", False)
             if ver != FORMAT_VERSION or flags or res or count == 0 or first != expect:
                 return result(_why_bad_header(ver, flags, res, count, first, expect), True)
-            terms, lens, _types, why = _check_columns(mv, pos, count, data_len)
+            if pos > max_start:
+                return result(
+                    f"batch starts at offset {pos}, past the largest segment offset "
+                    f"this log can index ({max_start})",
+                    True,
+                )
+            terms, _lens, _types, why = _check_columns(mv, pos, count, data_len)
             if why is not None:
                 return result(why, True)
             t0 = terms[0]
@@ -289,9 +321,10 @@ def scan_batches(buf: bytes | mmap.mmap, size: int, first_index: int) -> ScanRes
                         run_starts.append(first + k)
                         run_terms.append(t)
                         cur = t
-            batch_starts.append(pos)
-            batch_firsts.append(first)
-            lengths.extend(lens)
+            if pos - block >= block_bytes:
+                block = pos
+                block_starts.append(pos)
+                block_firsts.append(first - first_index)
             pos = end
             expect += count
     return result(None, False)
@@ -339,38 +372,77 @@ def looks_like_v1(buf: bytes | mmap.mmap, size: int) -> bool:
     return bool(ver == 1 and end <= size and crc32c.crc32c(bytes(buf[4:end])) == c)
 
 
-def decode_batch(buf: bytes, path: str, offset: int, first_index: int, count: int) -> list[Entry]:
-    """Decode and fully validate the batch in ``buf`` (read from ``path`` at
-    ``offset``), which must hold ``count`` entries from ``first_index``.
+class DecodedBlock(NamedTuple):
+    """The consecutive batches of one buffer, decoded and verified."""
 
-    Raises `pyjraft.storage.api.CorruptLogError` naming the batch's file offset.
+    entries: list[Entry]
+    """Every entry, in index order."""
+    offsets: list[int]
+    """Offset of each batch in the buffer."""
+    firsts: list[int]
+    """First index of each batch."""
+
+
+def decode_batches(
+    buf: bytes, path: str, offset: int, first_index: int, count: int
+) -> DecodedBlock:
+    """Decode and fully validate the consecutive batches that exactly fill ``buf``
+    (read from ``path`` at ``offset``), which must hold ``count`` entries from
+    ``first_index``. Every batch is verified before anything is returned.
+
+    Raises `pyjraft.storage.api.CorruptLogError` naming the file offset of the
+    first bad batch.
     """
     from pyjraft.storage.api import CorruptLogError
 
     size = len(buf)
-    if size < BATCH_HEADER_SIZE:
-        raise CorruptLogError(path, offset, "short read of batch header")
-    c, ver, flags, res, n, data_len, first = _HEADER.unpack_from(buf, 0)
-    end = BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * n + data_len
-    if end != size:
-        raise CorruptLogError(path, offset, f"batch is {end} bytes, expected {size}")
+    entries: list[Entry] = []
+    offsets: list[int] = []
+    firsts: list[int] = []
+    expect = first_index
+    stop = first_index + count
+    pos = 0
     with memoryview(buf) as mv:
-        if crc32c.crc32c(mv[4:]) != c:
-            raise CorruptLogError(path, offset, "CRC mismatch")
-        if ver != FORMAT_VERSION or flags or res or n != count or first != first_index:
-            why = _why_bad_header(ver, flags, res, n, first, first_index)
-            if n != count and ver == FORMAT_VERSION and not (flags or res):
-                why = f"batch holds {n} entries, expected {count}"
-            raise CorruptLogError(path, offset, why)
-        terms, lengths, types, why2 = _check_columns(mv, 0, n, data_len)
-        if why2 is not None:
-            raise CorruptLogError(path, offset, why2)
-    ends = list(accumulate(lengths, initial=BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * n))
-    # C-level passes only: Entry tuples built by tuple.__new__, data by slicing.
-    datas = map(buf.__getitem__, map(slice, ends, islice(ends, 1, None)))
-    # Iterating bytes yields the type codes as plain ints, as `Entry` wants.
-    fields = zip(terms, range(first_index, first_index + n), types, datas, strict=True)
-    return list(map(_new_entry, fields))
+        while pos < size:
+            where = offset + pos
+            if size - pos < BATCH_HEADER_SIZE:
+                raise CorruptLogError(path, where, "short read of batch header")
+            c, ver, flags, res, n, data_len, first = _HEADER.unpack_from(buf, pos)
+            end = pos + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * n + data_len
+            if end > size:
+                raise CorruptLogError(
+                    path, where, f"batch is {end - pos} bytes, only {size - pos} expected"
+                )
+            if crc32c.crc32c(mv[pos + 4 : end]) != c:
+                raise CorruptLogError(path, where, "CRC mismatch")
+            if ver != FORMAT_VERSION or flags or res or n == 0 or first != expect:
+                raise CorruptLogError(
+                    path, where, _why_bad_header(ver, flags, res, n, first, expect)
+                )
+            if first + n > stop:
+                raise CorruptLogError(
+                    path, where, f"batch holds entries up to {first + n - 1}, expected {stop - 1}"
+                )
+            terms, lengths, types, why = _check_columns(mv, pos, n, data_len)
+            if why is not None:
+                raise CorruptLogError(path, where, why)
+            ends = list(
+                accumulate(lengths, initial=pos + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * n)
+            )
+            # C-level passes only: Entry tuples built by tuple.__new__, data by slicing.
+            datas = map(buf.__getitem__, map(slice, ends, islice(ends, 1, None)))
+            # Iterating bytes yields the type codes as plain ints, as `Entry` wants.
+            fields = zip(terms, range(first, first + n), types, datas, strict=True)
+            entries.extend(map(_new_entry, fields))
+            offsets.append(pos)
+            firsts.append(first)
+            expect += n
+            pos = end
+    if expect != stop:
+        raise CorruptLogError(
+            path, offset, f"batches hold {expect - first_index} entries, expected {count}"
+        )
+    return DecodedBlock(entries, offsets, firsts)
 
 
 _new_entry = partial(tuple.__new__, Entry)

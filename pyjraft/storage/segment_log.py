@@ -25,10 +25,10 @@ Files in the log directory:
     in progress (see below and `pyjraft.storage.log_meta`).
 ``<first index, 20 digits>.idx``
     Sidecar index of a *sealed* segment (every one but the last), written when
-    the log rolls past it: batch offsets and first indices, entry lengths, term
-    runs, and the CRC32C of the whole segment file
-    (`pyjraft.storage.segment_index`). An accelerator only: trusted when that
-    whole-file CRC matches, otherwise ignored.
+    the log rolls past it: block offsets and first indices, term runs, and the
+    CRC32C of the whole segment file (`pyjraft.storage.segment_index`). An
+    accelerator only: trusted when that whole-file CRC matches, otherwise
+    ignored (as is an index of another format version).
 ``log.lock``
     Held with ``flock`` while open, so two processes never write one log.
 
@@ -38,7 +38,10 @@ C-level passes over the entries and one CRC32C call), writes it with one
 ``fdatasync`` (group commit). Before a batch, if the last segment has reached
 ``segment_bytes``, a new segment named ``last_index + 1`` is created and the
 directory fsynced; a batch never spans two segments, so a segment may exceed
-``segment_bytes`` by at most one batch. `truncate_prefix` first records the
+``segment_bytes`` by at most one batch. The in-memory index holds file
+offsets as 32-bit integers, so no batch may start past 4 GiB - 1
+(`MAX_SEGMENT_BYTES`, also the largest ``segment_bytes``): the log also rolls
+before a batch that would end past it. `truncate_prefix` first records the
 new start in ``log_meta``, then unlinks segments lying wholly before it; the
 segment holding the new start keeps its older batches, whose entries are
 simply invisible. `reset` sets the "reset pending" flag in ``log_meta``,
@@ -69,30 +72,42 @@ always either in B on disk, or in the journal, or in B' made durable: at no
 point is it only in memory. (With ``sync=False`` steps 2, 4 and 5 still
 fsync, so this holds there too.)
 
-Reading and concurrency. Each segment keeps, in ``array``\\s, the file
-offset and first index of every batch, the data length of every entry (4
-bytes per entry, for ``max_bytes`` budgets) and its terms as runs (first
-index, term): no Python object per entry. Recently appended entries are also
-kept in a cache bounded in bytes (``Entry.size``), a contiguous suffix of the
-log. Older entries are read with ``pread`` a whole batch at a time and the
-batch is CRC-verified in full before any entry of it is returned; a small LRU
-of recently verified, decoded batches (bounded in bytes) serves repeated
-reads of one batch (a follower catching up in ``max_bytes`` pieces). One
-writer thread calls the mutating methods while another thread reads indices
-the write does not touch: a `threading.Lock` guards the in-memory index, and
-is never held across a write, an fsync or an unlink, so reads are never
-blocked by an fsync. (Reads from disk ``pread`` under the lock, so a
-segment's fd cannot be closed and reused underneath them.)
+Reading and concurrency. The in-memory index of a segment does not grow with
+its number of entries or batches. The batches are grouped into *blocks*: a
+batch starts a new block when it starts at least ``block_bytes`` (32 KiB)
+after the current block's start, so a block is one batch of 32 KiB or more,
+or a run of smaller batches of at most 32 KiB plus one batch. Each segment
+keeps, in ``array('I')``\\s, the file offset and first index (relative to
+the segment's) of every block, its entry count, and its terms as runs (first
+index, term): a 1 GiB log costs well under a megabyte whatever its batch
+sizes (the per-batch offsets and per-entry lengths this replaced took 150
+MiB for 1 GiB of one 100-byte entry per batch, 36 MiB with 1,000 per batch).
+Recently appended entries are also kept in a cache bounded in bytes
+(``Entry.size``), a contiguous suffix of the log. Older entries are read
+with ``pread`` a whole block at a time, and every batch of the block is
+CRC-verified in full before any entry of it is returned; ``max_bytes``
+budgets are applied to the decoded entries. A small LRU of recently
+verified, decoded blocks (8 MiB, counting an estimate of the decoded
+objects' size) serves repeated reads of one block (a follower catching up in
+``max_bytes`` pieces). Memory of the cache itself: its budget counts
+`Entry.size` (data + 16 bytes), while a cached entry costs about 140 bytes
+more in Python objects (measured with ``tracemalloc``), so 32 MiB of
+100-byte entries take about 70 MiB. One writer thread calls the mutating
+methods while another thread reads indices the write does not touch: a
+`threading.Lock` guards the in-memory index, and is never held across a
+write, an fsync or an unlink, so reads are never blocked by an fsync. (Reads
+from disk ``pread`` under the lock, so a segment's fd cannot be closed and
+reused underneath them.)
 
 Recovery on open. A pending ``truncate_redo`` is applied first (see above).
 Every byte of every segment is CRC-checked. A sealed segment with a valid
-sidecar index is verified with one CRC32C over the whole file (GB/s, no
-per-batch Python work); any other segment (the last one always, and a sealed
-one whose index is missing, stale or damaged: it is then rewritten) is
-scanned batch by batch: header parsed with ``struct``, the batch's CRC
-verified, the file mmapped. A sealed segment whose whole-file CRC does not
-match its index is scanned too, so damage is reported at the offset of the
-exact batch. Rules:
+sidecar index is verified with one CRC32C over the whole file (read in
+chunks; GB/s, no per-batch Python work); any other segment (the last one
+always, and a sealed one whose index is missing, stale or damaged: it is
+then rewritten) is scanned batch by batch: header parsed with ``struct``,
+the batch's CRC verified, the file mmapped. A sealed segment whose
+whole-file CRC does not match its index is scanned too, so damage is
+reported at the offset of the exact batch. Rules:
 
 * Torn tail: in the *last* segment, an invalid batch (partial header, batch
   running past the end of the file, CRC mismatch: zero-filled tails and
@@ -136,7 +151,7 @@ from collections.abc import Sequence
 import crc32c
 
 from pyjraft.core.log_reader import LogUnavailableError
-from pyjraft.core.types import Entry, count_within
+from pyjraft.core.types import Entry, count_within, entries_size
 from pyjraft.storage._fileutil import (
     file_crc,
     fsync_dir,
@@ -158,8 +173,10 @@ from pyjraft.storage.log_meta import (
 )
 from pyjraft.storage.record import (
     FORMAT_VERSION,
+    MAX_BATCH_START,
+    DecodedBlock,
     EncodedBatch,
-    decode_batch,
+    decode_batches,
     encode_batch,
     find_valid_batch,
     looks_like_v1,
@@ -167,7 +184,7 @@ from pyjraft.storage.record import (
 )
 from pyjraft.storage.segment_index import decode_index, encode_index
 
-__all__ = ["SegmentLogStorage"]
+__all__ = ["MAX_SEGMENT_BYTES", "SegmentLogStorage"]
 
 logger = logging.getLogger("pyjraft.storage")
 
@@ -175,9 +192,22 @@ _SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
 _INDEX_RE = re.compile(r"^\d{20}\.idx(\.tmp)?$")
 _MiB = 1 << 20
 _CACHE_COMPACT = 4096
-_VERIFIED_BYTES = 8 * _MiB  # budget of the LRU of verified batches read from disk
+# Evicted entries still at the head of the cache list, as a fraction of the list,
+# beyond which the list is compacted (each compaction moves every pointer once).
+_CACHE_SLACK = 8
+# Budget of the LRU of verified blocks read from disk, counted as the block's bytes
+# plus an estimate of the Python objects each decoded entry adds (its Entry tuple,
+# index int, bytes header and list slot: about 140 bytes on 64-bit CPython).
+_VERIFIED_BYTES = 8 * _MiB
+_DECODED_ENTRY_OVERHEAD = 128
+_BLOCK_BYTES = 32 << 10  # default granularity of the in-memory index
 _ENTRY_OVERHEAD = 16  # Entry.size = len(data) + 16
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+assert array("I").itemsize == 4, "the index needs a 32-bit array('I')"
+
+MAX_SEGMENT_BYTES = MAX_BATCH_START
+"""Largest accepted ``segment_bytes`` (4 GiB - 1): segment offsets are indexed as
+32-bit integers. A segment may still exceed it by one batch (its last)."""
 
 
 def segment_name(first_index: int) -> str:
@@ -186,15 +216,15 @@ def segment_name(first_index: int) -> str:
 
 
 class _Segment:
-    """One segment file and its in-memory index."""
+    """One segment file and its in-memory index (see "Reading" in the module doc)."""
 
     __slots__ = (
-        "batch_firsts",
-        "batch_starts",
+        "block_firsts",
+        "block_starts",
+        "count",
         "crc",
         "fd",
         "first",
-        "lengths",
         "path",
         "run_starts",
         "run_terms",
@@ -205,9 +235,9 @@ class _Segment:
         self.path = path
         self.fd = fd
         self.first = first
-        self.batch_starts: array[int] = array("Q")  # file offset of each batch
-        self.batch_firsts: array[int] = array("Q")  # first index of each batch
-        self.lengths: array[int] = array("I")  # data length of each entry
+        self.block_starts: array[int] = array("I")  # file offset of each block
+        self.block_firsts: array[int] = array("I")  # first index of each block, minus `first`
+        self.count = 0  # entries
         # Terms change rarely: runs (first index, term) cost far less than one per entry.
         self.run_starts: array[int] = array("Q")
         self.run_terms: array[int] = array("Q")
@@ -221,7 +251,7 @@ class _Segment:
 
     @property
     def last(self) -> int:
-        return self.first + len(self.lengths) - 1
+        return self.first + self.count - 1
 
     def term(self, index: int) -> int:
         """Term of the entry at ``index`` (which this segment must hold)."""
@@ -232,19 +262,28 @@ class _Segment:
         """Term of the last entry, -1 if empty."""
         return self.run_terms[-1] if self.run_terms else -1
 
-    def batch_of(self, index: int) -> int:
-        """Number of the batch holding ``index`` (which this segment must hold)."""
-        return bisect.bisect_right(self.batch_firsts, index) - 1
+    def block_of(self, index: int) -> int:
+        """Number of the block holding ``index`` (which this segment must hold)."""
+        return bisect.bisect_right(self.block_firsts, index - self.first) - 1
 
-    def batch_span(self, b: int) -> tuple[int, int, int, int]:
-        """``(offset, end offset, first index, entry count)`` of batch number ``b``."""
-        nb = b + 1
-        if nb < len(self.batch_starts):
-            end, nxt = self.batch_starts[nb], self.batch_firsts[nb]
+    def block_span(self, k: int) -> tuple[int, int, int, int]:
+        """``(offset, end offset, first index, entry count)`` of block number ``k``."""
+        nk = k + 1
+        if nk < len(self.block_starts):
+            end, nxt = self.block_starts[nk], self.block_firsts[nk]
         else:
-            end, nxt = self.size, self.last + 1
-        first = self.batch_firsts[b]
-        return self.batch_starts[b], end, first, nxt - first
+            end, nxt = self.size, self.count
+        first = self.block_firsts[k]
+        return self.block_starts[k], end, self.first + first, nxt - first
+
+    def add_batch(self, start: int, first: int, block_bytes: int) -> None:
+        """Index a batch appended at ``start`` whose first index is ``first``: it
+        starts a new block if it starts ``block_bytes`` or more after the last block
+        (the rule `pyjraft.storage.record.scan_batches` follows too)."""
+        starts = self.block_starts
+        if not starts or start - starts[-1] >= block_bytes:
+            starts.append(start)
+            self.block_firsts.append(first - self.first)
 
 
 class SegmentLogStorage:
@@ -261,6 +300,9 @@ class SegmentLogStorage:
         roll to a new segment file once the current one reaches this size.
     ``cache_bytes``
         budget (in `Entry.size`) of recently appended entries served from memory.
+    ``block_bytes``
+        granularity of the in-memory index: older entries are read and verified
+        a block (a run of whole batches of about this many bytes) at a time.
 
     Raises `CorruptLogError` if the directory holds damage that is not a torn tail,
     `StorageError` if it cannot be opened (IO error, already open elsewhere).
@@ -275,15 +317,21 @@ class SegmentLogStorage:
         sync: bool = True,
         segment_bytes: int = 64 * _MiB,
         cache_bytes: int = 32 * _MiB,
+        block_bytes: int = _BLOCK_BYTES,
     ) -> None:
-        if segment_bytes < 1:
-            raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
+        if not 1 <= segment_bytes <= MAX_SEGMENT_BYTES:
+            raise ValueError(
+                f"segment_bytes must be in [1, {MAX_SEGMENT_BYTES}], got {segment_bytes}"
+            )
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must not be negative, got {cache_bytes}")
+        if block_bytes < 1:
+            raise ValueError(f"block_bytes must be positive, got {block_bytes}")
         self._dir = os.path.abspath(os.fspath(directory))
         self._sync = sync
         self._segment_bytes = segment_bytes
         self._cache_bytes = cache_bytes
+        self._block_bytes = block_bytes
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         self._seg_firsts: list[int] = []  # parallel to _segments, for bisect
@@ -298,7 +346,7 @@ class SegmentLogStorage:
         # The cache as appended batches, oldest first: [entry count, bytes] each, so
         # that eviction costs O(1) per batch instead of a Python step per entry.
         self._cache_runs: deque[list[int]] = deque()
-        # LRU of batches read from disk and verified: (segment first, offset) -> entries.
+        # LRU of blocks read from disk and verified: (segment first, offset) -> entries.
         self._verified: OrderedDict[tuple[int, int], tuple[list[Entry], int]] = OrderedDict()
         self._verified_bytes = 0
         self._closed = False
@@ -323,9 +371,16 @@ class SegmentLogStorage:
         sync: bool = True,
         segment_bytes: int = 64 * _MiB,
         cache_bytes: int = 32 * _MiB,
+        block_bytes: int = _BLOCK_BYTES,
     ) -> SegmentLogStorage:
         """Open (creating if needed) and recover the log in ``directory``; see the class doc."""
-        return cls(directory, sync=sync, segment_bytes=segment_bytes, cache_bytes=cache_bytes)
+        return cls(
+            directory,
+            sync=sync,
+            segment_bytes=segment_bytes,
+            cache_bytes=cache_bytes,
+            block_bytes=block_bytes,
+        )
 
     @property
     def directory(self) -> str:
@@ -375,79 +430,80 @@ class SegmentLogStorage:
                 raise LogUnavailableError(
                     f"entries[{lo}, {hi}): log holds {self._first}..{self._last}"
                 )
-            budget = max_bytes if max_bytes is not None else -1
             out: list[Entry] = []
+            used = 0
             if lo < self._cache_first:
-                budget = self._read_disk(lo, min(hi, self._cache_first), budget, out)
-                if budget == 0 or len(out) < min(hi, self._cache_first) - lo:
-                    return out
-                lo = self._cache_first
+                end = min(hi, self._cache_first)
+                used = self._read_disk(lo, end, max_bytes, out)
+                if used < 0:
+                    return out  # max_bytes reached
+                lo = end
             if lo < hi:
                 base = self._cache_head - self._cache_first
-                if budget < 0:
-                    out.extend(self._cache[base + lo : base + hi])
+                chunk = self._cache[base + lo : base + hi]
+                if max_bytes is None:
+                    out.extend(chunk)
                 else:
-                    assert max_bytes is not None
-                    chunk = self._cache[base + lo : base + hi]
-                    out.extend(chunk[: count_within(chunk, max_bytes, max_bytes - budget)])
+                    out.extend(chunk[: count_within(chunk, max_bytes, used)])
             return out
 
-    def _read_disk(self, lo: int, hi: int, budget: int, out: list[Entry]) -> int:
-        """Append entries ``[lo, hi)`` read from segment files to ``out``, within
-        ``budget`` bytes (negative: unlimited). Returns the budget left; 0 once full."""
+    def _read_disk(self, lo: int, hi: int, max_bytes: int | None, out: list[Entry]) -> int:
+        """Append entries ``[lo, hi)`` read from segment files to ``out`` (empty on
+        entry), within ``max_bytes`` if given (at least one entry). Returns the bytes
+        taken (`Entry.size`), or -1 once ``max_bytes`` is reached."""
+        used = 0
         i = bisect.bisect_right(self._seg_firsts, lo) - 1
         while lo < hi:
             seg = self._segments[i]
-            k0 = lo - seg.first
-            k1 = min(hi, seg.last + 1) - seg.first
-            full = False
-            if budget >= 0:
-                # Sizes are known from the lengths, so only the batches needed are read.
-                lengths = seg.lengths
-                k = k0
-                while k < k1:
-                    size = lengths[k] + _ENTRY_OVERHEAD
-                    if size > budget and (out or k > k0):
-                        break
-                    budget = max(budget - size, 0)
-                    k += 1
-                full = k < k1
-                k1 = k
-                if k1 == k0:
-                    return 0
-            index = seg.first + k0
-            stop = seg.first + k1
-            b = seg.batch_of(index)
-            while index < stop:
-                batch = self._load_batch(seg, b)
-                bfirst = seg.batch_firsts[b]
-                take = batch[index - bfirst : stop - bfirst]
+            stop = min(hi, seg.last + 1)
+            k = seg.block_of(lo)
+            while lo < stop:
+                if max_bytes is not None and max_bytes - used < _ENTRY_OVERHEAD and out:
+                    return -1  # not even an empty entry fits: read no further block
+                entries, first = self._load_block(seg, k)
+                take = entries[lo - first : stop - first]
+                if max_bytes is not None:
+                    n = count_within(take, max_bytes, used)
+                    if n < len(take):
+                        out.extend(take[:n])
+                        return -1
+                    used += entries_size(take)
                 out.extend(take)
-                index += len(take)
-                b += 1
-            if full:
-                return 0
-            lo = stop
+                lo += len(take)
+                k += 1
             i += 1
-        return budget
+        return used
 
-    def _load_batch(self, seg: _Segment, b: int) -> list[Entry]:
-        """The entries of batch ``b`` of ``seg``, read and verified in full (or from the
-        LRU of verified batches). Called with the lock held."""
-        start, end, first, count = seg.batch_span(b)
+    def _load_block(self, seg: _Segment, k: int) -> tuple[list[Entry], int]:
+        """The entries of block ``k`` of ``seg`` and the first one's index, read and
+        verified in full (or from the LRU of verified blocks). Called with the lock
+        held."""
+        start, end, first, count = seg.block_span(k)
         key = (seg.first, start)
         hit = self._verified.get(key)
         if hit is not None:
-            self._verified.move_to_end(key)
-            return hit[0]
-        buf = _pread_exact(seg, end - start, start)
-        got = decode_batch(buf, seg.path, start, first, count)
-        self._verified[key] = (got, end - start)
-        self._verified_bytes += end - start
+            if len(hit[0]) == count:
+                self._verified.move_to_end(key)
+                return hit[0], first
+            # The block has grown (it is the last one and batches joined it since).
+            del self._verified[key]
+            self._verified_bytes -= hit[1]
+        got = self._read_block(seg, start, end, first, count).entries
+        cost = end - start + _DECODED_ENTRY_OVERHEAD * count
+        self._verified[key] = (got, cost)
+        self._verified_bytes += cost
         while self._verified_bytes > _VERIFIED_BYTES and len(self._verified) > 1:
             _key, (_old, nbytes) = self._verified.popitem(last=False)
             self._verified_bytes -= nbytes
-        return got
+        return got, first
+
+    def _read_block(
+        self, seg: _Segment, start: int, end: int, first: int, count: int
+    ) -> DecodedBlock:
+        """Read the batches in ``[start, end)`` of ``seg`` (``count`` entries from
+        ``first``) and verify every one of them."""
+        buf = _pread_exact(seg, end - start, start)
+        return decode_batches(buf, seg.path, start, first, count)
 
     def _clear_verified(self) -> None:
         self._verified.clear()
@@ -465,10 +521,19 @@ class SegmentLogStorage:
         if not entries:
             return
         seg = self._segments[-1] if self._segments else None
-        roll = seg is None or (seg.size >= self._segment_bytes and len(seg.lengths) > 0)
         first = self._last + 1
+        roll = seg is None or (seg.count > 0 and seg.size >= self._segment_bytes)
         # Encode (and so validate) before touching any file.
         enc = encode_batch(entries, first, -1 if roll or seg is None else seg.last_term)
+        if (
+            not roll
+            and seg is not None
+            and seg.count > 0
+            and seg.size + len(enc.buf) > MAX_SEGMENT_BYTES
+        ):
+            # Every batch must start at an offset the 32-bit index can hold.
+            roll = True
+            enc = encode_batch(enc.entries, first, -1)
         if roll or seg is None:
             if seg is not None:
                 self._write_index(seg)
@@ -486,9 +551,8 @@ class SegmentLogStorage:
             raise StorageError(self._failed) from exc
         seg.crc = crc32c.crc32c(enc.buf, seg.crc)
         with self._lock:
-            seg.batch_starts.append(start)
-            seg.batch_firsts.append(first)
-            seg.lengths.extend(enc.lengths)
+            seg.add_batch(start, first, self._block_bytes)
+            seg.count += len(enc.entries)
             seg.run_starts.extend(enc.run_starts)
             seg.run_terms.extend(enc.run_terms)
             seg.size = start + len(enc.buf)
@@ -516,14 +580,20 @@ class SegmentLogStorage:
             i = bisect.bisect_right(self._seg_firsts, cut) - 1
             seg: _Segment | None = self._segments[i]
             assert seg is not None
-            b = 0
-            start = 0
+            k = 0
+            start = 0  # offset of the batch holding the cut
+            keep_block = False  # whether block k keeps a batch
             if cut > seg.first:
-                b = seg.batch_of(cut)
-                start, _end, bfirst, _count = seg.batch_span(b)
+                k = seg.block_of(cut)
+                kstart, kend, kfirst, kcount = seg.block_span(k)
+                # Verified read: the kept prefix is rewritten from checked bytes only.
+                block = self._read_block(seg, kstart, kend, kfirst, kcount)
+                j = bisect.bisect_right(block.firsts, cut) - 1
+                start = kstart + block.offsets[j]
+                bfirst = block.firsts[j]
+                keep_block = j > 0 or bfirst < cut
                 if bfirst < cut:
-                    # Verified read: the kept prefix is rewritten from checked bytes only.
-                    kept = self._load_batch(seg, b)[: cut - bfirst]
+                    kept = block.entries[bfirst - kfirst : cut - kfirst]
                     rewrite = encode_batch(kept, bfirst, -1)
         if rewrite is not None:
             assert seg is not None
@@ -543,10 +613,10 @@ class SegmentLogStorage:
             else:
                 del self._segments[i + 1 :]
                 del self._seg_firsts[i + 1 :]
-                nb = b + 1 if rewrite is not None else b
-                del seg.batch_starts[nb:]
-                del seg.batch_firsts[nb:]
-                del seg.lengths[cut - seg.first :]
+                nk = k + 1 if keep_block else k
+                del seg.block_starts[nk:]
+                del seg.block_firsts[nk:]
+                seg.count = cut - seg.first
                 j = bisect.bisect_left(seg.run_starts, cut)
                 del seg.run_starts[j:]
                 del seg.run_terms[j:]
@@ -738,9 +808,9 @@ class SegmentLogStorage:
             seg.first,
             seg.size,
             seg.crc,
-            seg.batch_starts,
-            seg.batch_firsts,
-            seg.lengths,
+            seg.count,
+            seg.block_starts,
+            seg.block_firsts,
             seg.run_starts,
             seg.run_terms,
         )
@@ -767,8 +837,10 @@ class SegmentLogStorage:
         self._compact_cache()
 
     def _compact_cache(self) -> None:
-        # Amortised O(1) eviction: drop the evicted head only once it is large.
-        if self._cache_head > _CACHE_COMPACT and 2 * self._cache_head > len(self._cache):
+        # Amortised O(1) eviction: drop the evicted head once it exceeds an eighth of
+        # the list (moving about 7 pointers per evicted entry), so evicted entries
+        # never keep more than a seventh of the cache's size alive on top of it.
+        if self._cache_head > _CACHE_COMPACT and _CACHE_SLACK * self._cache_head > len(self._cache):
             del self._cache[: self._cache_head]
             self._cache_head = 0
 
@@ -914,9 +986,9 @@ class SegmentLogStorage:
             size = os.fstat(fd).st_size
             if size == 0:
                 return seg
+            if not is_last and self._use_index(seg, size):
+                return seg
             with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
-                if not is_last and self._use_index(seg, mm, size):
-                    return seg
                 if looks_like_v1(mm, size):
                     raise CorruptLogError(
                         path,
@@ -929,16 +1001,16 @@ class SegmentLogStorage:
                     # Not a torn write (those leave zeros or old bytes, never a new
                     # version byte): a format this code does not know. Never truncate it.
                     raise CorruptLogError(path, 0, f"unknown batch format version {mm[4]}")
-                res = scan_batches(mm, size, first)
+                res = scan_batches(mm, size, first, self._block_bytes, MAX_SEGMENT_BYTES)
                 follower = -1
                 if res.error is not None and not res.corrupt and is_last:
-                    next_index = first + len(res.lengths)
+                    next_index = first + res.entry_count
                     follower = find_valid_batch(mm, res.end + 1, size, next_index)
                 with memoryview(mm) as mv:
                     seg.crc = crc32c.crc32c(mv[: res.end])
-            seg.batch_starts = res.batch_starts
-            seg.batch_firsts = res.batch_firsts
-            seg.lengths = res.lengths
+            seg.block_starts = res.block_starts
+            seg.block_firsts = res.block_firsts
+            seg.count = res.entry_count
             seg.run_starts = res.run_starts
             seg.run_terms = res.run_terms
             seg.size = res.end
@@ -968,9 +1040,9 @@ class SegmentLogStorage:
             os.close(fd)
             raise
 
-    def _use_index(self, seg: _Segment, mm: mmap.mmap, size: int) -> bool:
+    def _use_index(self, seg: _Segment, size: int) -> bool:
         """Load ``seg``'s index from its sidecar file if that proves valid for the
-        segment's exact current bytes."""
+        segment's exact current bytes (read in chunks: no mapping of the whole file)."""
         try:
             with open(seg.index_path, "rb") as f:
                 raw = f.read()
@@ -979,12 +1051,11 @@ class SegmentLogStorage:
         idx = decode_index(raw, seg.first, size)
         if idx is None:
             return False
-        with memoryview(mm) as mv:
-            if crc32c.crc32c(mv) != idx.seg_crc:
-                return False  # the scan will find and name the damage
-        seg.batch_starts = idx.batch_starts
-        seg.batch_firsts = idx.batch_firsts
-        seg.lengths = idx.lengths
+        if file_crc(seg.fd, size) != idx.seg_crc:
+            return False  # the scan will find and name the damage
+        seg.block_starts = idx.block_starts
+        seg.block_firsts = idx.block_firsts
+        seg.count = idx.entry_count
         seg.run_starts = idx.run_starts
         seg.run_terms = idx.run_terms
         seg.size = size

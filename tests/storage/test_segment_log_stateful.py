@@ -24,6 +24,8 @@ CACHE_BYTES = 300
 class LogMachine(RuleBasedStateMachine):
     """The durable log and the in-memory model, driven in lockstep."""
 
+    BLOCK_BYTES = 32 << 10  # the default: a whole segment is one index block
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="pyjraft-stateful-")
@@ -33,7 +35,11 @@ class LogMachine(RuleBasedStateMachine):
 
     def _open(self) -> SegmentLogStorage:
         return SegmentLogStorage(
-            self.dir, sync=False, segment_bytes=SEGMENT_BYTES, cache_bytes=CACHE_BYTES
+            self.dir,
+            sync=False,
+            segment_bytes=SEGMENT_BYTES,
+            cache_bytes=CACHE_BYTES,
+            block_bytes=self.BLOCK_BYTES,
         )
 
     @rule(
@@ -117,7 +123,24 @@ class LogMachine(RuleBasedStateMachine):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-LogMachine.TestCase.settings = settings(
+class PerBatchBlockMachine(LogMachine):
+    """Every batch its own index block."""
+
+    BLOCK_BYTES = 1
+
+
+class SmallBlockMachine(LogMachine):
+    """Blocks of one to a few batches, several per segment."""
+
+    BLOCK_BYTES = 100
+
+
+_SETTINGS = settings(
     max_examples=60, stateful_step_count=40, deadline=None, derandomize=True, database=None
 )
+LogMachine.TestCase.settings = _SETTINGS
+PerBatchBlockMachine.TestCase.settings = _SETTINGS
+SmallBlockMachine.TestCase.settings = _SETTINGS
 TestSegmentLogAgainstModel = LogMachine.TestCase
+TestSegmentLogPerBatchBlocksAgainstModel = PerBatchBlockMachine.TestCase
+TestSegmentLogSmallBlocksAgainstModel = SmallBlockMachine.TestCase

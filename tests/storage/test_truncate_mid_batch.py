@@ -1,11 +1,15 @@
 """truncate_suffix inside a batch: the kept prefix is rewritten as a new batch in
-place, journaled in ``truncate_redo`` first, and no crash point loses a kept entry."""
+place, journaled in ``truncate_redo`` first, and no crash point loses a kept entry.
+
+Every test runs twice: with an index block per batch, and with the default
+blocks (here a whole segment is one block of several batches)."""
 
 from __future__ import annotations
 
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,15 @@ from tests.storage.helpers import batch, flip_bit, segments
 
 SEG = 600
 POINTS = ["redo_written", "segments_unlinked", "ftruncated", "rewritten", "synced"]
+BLOCK_BYTES = 1  # set by the `block_bytes` fixture for every test
+
+
+@pytest.fixture(autouse=True, params=[1, 32 << 10], ids=["block=batch", "block=32KiB"])
+def block_bytes(request: pytest.FixtureRequest) -> Iterator[int]:
+    global BLOCK_BYTES
+    BLOCK_BYTES = request.param
+    yield request.param
+    BLOCK_BYTES = 1
 
 
 class Crash(Exception):
@@ -25,7 +38,9 @@ class Crash(Exception):
 
 
 def open_log(path: Path, cache_bytes: int = 0) -> SegmentLogStorage:
-    return SegmentLogStorage(path, segment_bytes=SEG, cache_bytes=cache_bytes)
+    return SegmentLogStorage(
+        path, segment_bytes=SEG, cache_bytes=cache_bytes, block_bytes=BLOCK_BYTES
+    )
 
 
 def build(path: Path) -> list[Entry]:
@@ -206,20 +221,33 @@ def test_interrupted_reset_wins_over_a_journal(
     log.close()
 
 
-def test_disk_reads_are_verified_whole_batches(tmp_path: Path) -> None:
-    """A bit flip in a batch read from disk is reported with the batch's offset,
-    never returned; a batch read once is then served verified from the LRU."""
+def test_disk_reads_are_verified_whole_blocks(tmp_path: Path) -> None:
+    """A bit flip in a batch read from disk is reported with the batch's offset, and
+    nothing of the block holding it is returned; a block read before the damage is
+    then served, verified, from the LRU."""
     entries = build(tmp_path)
     log = open_log(tmp_path)
-    seg = segments(str(tmp_path))[1]
+    segs = segments(str(tmp_path))
+    seg = segs[1]
     first = int(os.path.basename(seg)[:20])
-    assert log.entries(first, first + 1) == entries[first - 1 : first]
     # Damage the second batch of that segment after open: a read of it must fail.
     size0 = batch_size(6, sum(len(e.data) for e in entries[first - 1 : first + 5]))
     flip_bit(seg, size0 + 40)
+    if BLOCK_BYTES == 1:
+        # The first batch is a block of its own: intact, returned.
+        assert log.entries(first, first + 1) == entries[first - 1 : first]
+    else:
+        # It shares its block with the damaged batch: the whole block is refused.
+        with pytest.raises(CorruptLogError) as info:
+            log.entries(first, first + 1)
+        assert (info.value.path, info.value.offset) == (seg, size0)
     with pytest.raises(CorruptLogError) as info:
         log.entries(first + 6, first + 7)
     assert (info.value.path, info.value.offset) == (seg, size0)
-    # The first batch was verified before the damage and is served from the LRU.
-    assert log.entries(first, first + 6) == entries[first - 1 : first + 5]
+    # A block read (and verified) before its damage is served from the LRU.
+    seg2 = segs[2]
+    first2 = int(os.path.basename(seg2)[:20])
+    assert log.entries(first2, first2 + 1) == entries[first2 - 1 : first2]
+    flip_bit(seg2, 30)
+    assert log.entries(first2, first2 + 6) == entries[first2 - 1 : first2 + 5]
     log.close()
