@@ -432,15 +432,19 @@ class Node:
     def _drive(self) -> None:
         self._drive_scheduled = False
         core = self._core
-        while self._handling is None and self.state is NodeState.RUNNING and core.has_ready():
+        if self._handling is None and self.state is NodeState.RUNNING and core.has_ready():
             self._idle.clear()
             self._handling = self._handle(core.ready())
-            self._resume(None, None)
+            if self._resume(None, None) and core.has_ready():
+                # One Ready per loop turn: a long catch-up (say, re-applying the
+                # log after a restart) must not starve heartbeats and votes.
+                self._schedule_drive()
+                return
         if self._handling is None:
             self._idle.set()
 
-    def _resume(self, value: Any, exc: BaseException | None) -> None:
-        """Run the Ready handler on until it waits (or ends)."""
+    def _resume(self, value: Any, exc: BaseException | None) -> bool:
+        """Run the Ready handler on until it waits (False) or ends (True)."""
         gen = self._handling
         assert gen is not None
         try:
@@ -452,7 +456,7 @@ class Node:
                 fut = asyncio.ensure_future(awaiting)
                 if not fut.done():
                     fut.add_done_callback(self._resumed)
-                    return
+                    return False
                 if fut.cancelled():
                     exc = asyncio.CancelledError()
                 else:
@@ -463,6 +467,7 @@ class Node:
         except BaseException as e:
             self._fatal(e)
         self._handling = None
+        return True
 
     def _resumed(self, fut: asyncio.Future[Any]) -> None:
         # What the handler waited for is done: go on, then on to the next Ready.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,14 @@ from pyjraft.node import (
     ShutdownError,
     StateMachineError,
 )
-from tests.node.harness import IDS, AsyncCounterMachine, LocalCluster, run, wait_for
+from tests.node.harness import (
+    IDS,
+    AsyncCounterMachine,
+    CounterMachine,
+    LocalCluster,
+    run,
+    wait_for,
+)
 
 
 def test_apply_returns_results_in_log_order_and_replicates() -> None:
@@ -379,5 +387,48 @@ def test_idle_followers_sleep_until_their_election_would_fire() -> None:
             assert survivor.id in followers
         finally:
             await c.stop_all()
+
+    run(main())
+
+
+def test_a_long_catch_up_yields_to_the_loop_between_batches(tmp_path: Path) -> None:
+    # Re-applying a log after a restart comes in Readies of apply_batch_bytes:
+    # one per loop turn, so timers and messages are served in between.
+    async def main() -> None:
+        c = LocalCluster(seed=16, data_dir=str(tmp_path), apply_batch_bytes=64)
+        await c.start_all()
+        leader = await c.leader()
+        for _ in range(4):
+            await asyncio.gather(*(leader.apply(b"1") for _ in range(50)))
+        await c.stop_all()
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        counter = asyncio.get_running_loop().create_task(count_turns())
+        seen: list[int] = []
+        orig = CounterMachine.on_apply
+
+        def on_apply(self: CounterMachine, entries: Any) -> list[int]:
+            seen.append(turns)
+            return orig(self, entries)
+
+        CounterMachine.on_apply = on_apply  # type: ignore[method-assign]
+        try:
+            await c.start_all()
+            for nid in IDS:
+                await wait_for(lambda nid=nid: c.machines[nid].value == 200, 10, f"{nid} replays")
+        finally:
+            CounterMachine.on_apply = orig  # type: ignore[method-assign]
+            counter.cancel()
+            await c.stop_all()
+        assert len(seen) > 3 * 10, "the replay came in many small batches"
+        # Three nodes apply in the same loop: per node, batches are a turn apart,
+        # so no turn sees more than one batch of each node.
+        assert max(seen.count(t) for t in set(seen)) <= 3
 
     run(main())
