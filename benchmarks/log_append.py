@@ -1,7 +1,7 @@
 """Benchmark: SegmentLogStorage batched appends against the raw disk, and reopen time.
 
-For each entry size (100 B, 1 KiB, 16 KiB) and several batch sizes (one entry
-up to 256 KiB per batch), appends with ``sync=True`` for a fixed time and
+For each entry size (100 B, 1 KiB, 4 KiB, 16 KiB) and several batch sizes (one entry
+up to 512 KiB per batch), appends with ``sync=True`` for a fixed time and
 reports entries/s and MB/s of entry data. Beside it, the raw limit of the same
 disk in the same run: a plain ``os.write`` + ``os.fdatasync`` loop writing
 exactly the bytes the log wrote per batch (batch and entry headers included), run before and
@@ -33,8 +33,8 @@ from pyjraft.core.types import Entry, EntryType
 from pyjraft.storage import SegmentLogStorage
 from pyjraft.storage.record import batch_size
 
-ENTRY_SIZES = (100, 1024, 16 * 1024)
-BATCH_BYTES = (0, 16 * 1024, 64 * 1024, 256 * 1024)  # 0: one entry per batch
+ENTRY_SIZES = (100, 1024, 4096, 16 * 1024)
+BATCH_BYTES = (0, 16 * 1024, 64 * 1024, 256 * 1024, 512 * 1024)  # 0: one entry per batch
 MB = 1e6
 
 
