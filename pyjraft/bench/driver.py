@@ -376,17 +376,25 @@ async def measure_floor(tmp: str, leader: Child) -> dict[str, Any]:
     }
 
 
+async def _await_leader(
+    cluster: Cluster, deadline: float, out: dict[str, Any]
+) -> tuple[Child, dict[str, Any]]:
+    """Wait for the cluster's leader; record the pids and how long it took."""
+    out["node_pids"] = [c.pid for c in cluster.children]
+    t0 = time.time()
+    found = await cluster.wait_leader(max(1.0, deadline - time.time()))
+    out["leader_wait_s"] = round(time.time() - t0, 3)
+    out["leader_pid"] = found[0].pid
+    return found
+
+
 async def run_pyjraft(
     args: argparse.Namespace, tmp: str, deadline: float, out: dict[str, Any]
 ) -> None:
     """Start the pyjraft cluster, measure the floor, run the workload; fill ``out``."""
     cluster = await Cluster.start_pyjraft(args, tmp, deadline)
     try:
-        out["node_pids"] = [c.pid for c in cluster.children]
-        t0 = time.time()
-        leader, _ = await cluster.wait_leader(max(1.0, deadline - time.time()))
-        out["leader_wait_s"] = round(time.time() - t0, 3)
-        out["leader_pid"] = leader.pid
+        leader, _ = await _await_leader(cluster, deadline, out)
         sys.stderr.write(f"pyjraft leader {leader.addr} pid {leader.pid}\n")
         fl = await measure_floor(tmp, leader)
         out["floor"] = fl
@@ -534,11 +542,7 @@ async def run_idle_pyjraft(
     """Start the pyjraft cluster, wait for a leader, measure it idle; fill ``out``."""
     cluster = await Cluster.start_pyjraft(args, tmp, deadline)
     try:
-        out["node_pids"] = [c.pid for c in cluster.children]
-        t0 = time.time()
-        leader, ls = await cluster.wait_leader(max(1.0, deadline - time.time()))
-        out["leader_wait_s"] = round(time.time() - t0, 3)
-        out["leader_pid"] = leader.pid
+        leader, ls = await _await_leader(cluster, deadline, out)
         sys.stderr.write(f"pyjraft leader {leader.addr} pid {leader.pid}; idle {args.idle} s\n")
         out.update(await measure_idle(cluster, args.idle))
         sts = await cluster.statuses()

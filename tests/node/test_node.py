@@ -84,9 +84,10 @@ def test_overload_fails_fast_and_the_node_stays_healthy() -> None:
     run(main())
 
 
-def test_state_machine_exception_is_fatal_and_loud() -> None:
+@pytest.mark.parametrize("machine", [CounterMachine, AsyncCounterMachine])
+def test_state_machine_exception_is_fatal_and_loud(machine: type[CounterMachine]) -> None:
     async def main() -> None:
-        c = LocalCluster(seed=4)
+        c = LocalCluster(seed=4, machine=machine)
         await c.start_all()
         try:
             leader = await c.leader()
@@ -333,28 +334,6 @@ def test_async_state_machine_callbacks_are_awaited_in_order(tmp_path: Path) -> N
                 await wait_for(lambda m=m: m.value == 200, 5, f"{nid} applies")
                 assert m.applied == sorted(m.applied), "applied in index order"
                 assert len(set(m.applied)) == len(m.applied), "each entry applied once"
-        finally:
-            await c.stop_all()
-
-    run(main())
-
-
-def test_async_on_apply_raising_is_fatal(tmp_path: Path) -> None:
-    async def main() -> None:
-        c = LocalCluster(seed=14, machine=AsyncCounterMachine)
-        await c.start_all()
-        try:
-            leader = await c.leader()
-            assert await leader.apply(b"1") == 1
-            c.machines[leader.id].fail_on = b"7"
-            with pytest.raises(StateMachineError):
-                await leader.apply(b"7")
-            assert leader.state is NodeState.ERROR
-            await wait_for(
-                lambda: ("error", "StateMachineError") in c.machines[leader.id].events,
-                5,
-                "on_error called",
-            )
         finally:
             await c.stop_all()
 
