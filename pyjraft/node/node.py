@@ -67,7 +67,7 @@ from pyjraft.node.errors import (
 from pyjraft.node.fsm_caller import FSMCaller
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
-from pyjraft.node.writer import StorageWriter
+from pyjraft.node.writer import StorageWriter, settle
 from pyjraft.storage.api import LogStorage, MetaStorage
 from pyjraft.transport.base import Transport
 
@@ -223,7 +223,8 @@ class Node:
         not withdraw the entry.
         """
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self.submit(data, partial(_settle, fut))
+        # A cancelled caller's entry goes on regardless; settle skips its future.
+        self.submit(data, partial(settle, fut))
         return await fut
 
     def submit(self, data: bytes, done: Done) -> None:
@@ -626,16 +627,6 @@ _DONE = operator.itemgetter(1)
 def _fail_queue(queue: list[tuple[bytes, Done]], exc: BaseException) -> None:
     for _, done in queue:
         done(None, exc)
-
-
-def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    # The caller may have been cancelled; its entry goes on regardless.
-    if fut.done():
-        return
-    if exc is None:
-        fut.set_result(result)
-    else:
-        fut.set_exception(exc)
 
 
 def _open_storage(options: NodeOptions) -> tuple[LogStorage, MetaStorage]:

@@ -15,15 +15,17 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 _Job = tuple[Callable[[], None], "asyncio.Future[None]"] | None
 
 
-def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+def settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    """Resolve ``fut`` with ``result`` or ``exc``, unless it is done (cancelled)."""
     if fut.done():
         return
     if exc is None:
-        fut.set_result(None)
+        fut.set_result(result)
     else:
         fut.set_exception(exc)
 
@@ -67,7 +69,7 @@ class StorageWriter:
             except BaseException as e:  # handed to the loop, which decides
                 exc = e
             try:
-                call(_settle, fut, exc)
+                call(settle, fut, None, exc)
             except RuntimeError:
                 # The loop is closed: nobody is waiting any more.
                 return
