@@ -22,11 +22,12 @@ remaining messages are sent; committed entries are applied through the
 leader writes on a dedicated `StorageWriter` thread instead, and keeps
 stepping messages during its fdatasync. Where a step must wait (that
 thread, a state machine callback that returns an awaitable), the generator yields the
-awaitable and is resumed when it is done. One `Ready` is handled at a time;
-while a write is in flight the core keeps stepping messages and taking
-proposals, the leader sends the new appends right away
-(`take_eager_messages`), and the next `Ready` carries everything that
-accumulated: group commit.
+awaitable and is resumed when it is done. One `Ready` is handled at a time,
+one per loop turn (a long catch-up must not starve timers and messages).
+What arrives meanwhile -- during an inline fdatasync it waits in the socket
+buffers; during a threaded one the core steps it and the leader sends the new
+appends right away (`take_eager_messages`) -- goes into the next `Ready`:
+group commit.
 
 A caller's future (or `submit` callback) resolves when its entry is applied
 on this node (hence durable on a majority, hence committed). If leadership
