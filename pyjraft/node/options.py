@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pyjraft.core.errors import ConfigError
 from pyjraft.core.types import GroupId, NodeId
 
+_MAX_SEGMENT_BYTES = (1 << 32) - 1
+"""`pyjraft.storage.segment_log.MAX_SEGMENT_BYTES`, without importing storage here."""
+
 
 @dataclass(frozen=True, slots=True)
 class NodeOptions:
@@ -32,8 +35,10 @@ class NodeOptions:
     """Entry bytes per AppendEntries."""
     max_inflight_bytes: int = 64 << 20
     """Unacknowledged entry bytes per follower."""
-    apply_batch_bytes: int = 16 << 20
-    """Committed entry bytes handed to the state machine per call."""
+    apply_batch_bytes: int = 4 << 20
+    """Committed entry bytes handed to the state machine per call, and so per
+    loop turn: a node catching up (re-applying its log after a restart, say)
+    serves timers and messages between batches of this size."""
     max_pending_proposals: int = 100_000
     """Proposals queued or awaiting commit beyond which `apply` fails fast with
     `OverloadedError` instead of growing memory."""
@@ -88,6 +93,11 @@ class NodeOptions:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.log_cache_bytes < 0:
             raise ConfigError("log_cache_bytes must be >= 0")
+        if self.segment_bytes > _MAX_SEGMENT_BYTES:
+            raise ConfigError(
+                f"segment_bytes must be at most {_MAX_SEGMENT_BYTES} (4 GiB - 1), "
+                f"got {self.segment_bytes}"
+            )
 
     @property
     def election_ticks(self) -> int:
