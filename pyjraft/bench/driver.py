@@ -189,39 +189,40 @@ class Cluster:
         """Start three `pyjraft.bench.server` processes, data dirs under ``tmp``."""
         ports = free_ports(3)
         peers = ",".join(f"127.0.0.1:{p}" for p in ports)
-        children: list[Child] = []
-        cluster = cls(children)
-        try:
-            for i, port in enumerate(ports):
-                data = os.path.join(tmp, f"node{i}")
-                argv = ["-m", "pyjraft.bench.server", "--port", str(port), "--peers", peers]
-                argv += ["--data-dir", data, "--deadline", str(deadline), "--loop", args.loop]
-                if args.no_sync:
-                    argv.append("--no-sync")
-                if not args.tune_gc:
-                    argv.append("--no-tune-gc")
-                log_path = os.path.join(tmp, f"node{i}.log")
-                children.append(await Child.spawn(f"pyjraft node{i}", argv, log_path))
-            for c in children:
-                c.addr = (await c.expect("ready", 30.0))["addr"]
-        except BaseException:
-            await cluster.stop()
-            raise
-        return cluster
+        specs = []
+        for i, port in enumerate(ports):
+            data = os.path.join(tmp, f"node{i}")
+            argv = ["-m", "pyjraft.bench.server", "--port", str(port), "--peers", peers]
+            argv += ["--data-dir", data, "--deadline", str(deadline), "--loop", args.loop]
+            if args.no_sync:
+                argv.append("--no-sync")
+            if not args.tune_gc:
+                argv.append("--no-tune-gc")
+            specs.append((f"pyjraft node{i}", argv, os.path.join(tmp, f"node{i}.log")))
+        return await cls._spawn(specs)
 
     @classmethod
     async def start_pysyncobj(cls, config: str, tmp: str, deadline: float) -> Cluster:
         """Start three `pyjraft.bench.pso_server` processes in configuration ``config``."""
         addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+        specs = []
+        for i, a in enumerate(addrs):
+            argv = ["-m", "pyjraft.bench.pso_server", "--self", a]
+            argv += ["--partners", ",".join(x for x in addrs if x != a)]
+            argv += ["--deadline", str(deadline), "--config", config]
+            log_path = os.path.join(tmp, f"pso-{config}-{i}.log")
+            specs.append((f"pysyncobj-{config} node{i}", argv, log_path))
+        return await cls._spawn(specs)
+
+    @classmethod
+    async def _spawn(cls, specs: list[tuple[str, list[str], str]]) -> Cluster:
+        """Start one child per (name, argv, log path); wait until each says ``ready``.
+        On any failure, every child started so far is stopped."""
         children: list[Child] = []
         cluster = cls(children)
         try:
-            for i, a in enumerate(addrs):
-                argv = ["-m", "pyjraft.bench.pso_server", "--self", a]
-                argv += ["--partners", ",".join(x for x in addrs if x != a)]
-                argv += ["--deadline", str(deadline), "--config", config]
-                log_path = os.path.join(tmp, f"pso-{config}-{i}.log")
-                children.append(await Child.spawn(f"pysyncobj-{config} node{i}", argv, log_path))
+            for name, argv, log_path in specs:
+                children.append(await Child.spawn(name, argv, log_path))
             for c in children:
                 c.addr = (await c.expect("ready", 30.0))["addr"]
         except BaseException:
