@@ -32,6 +32,9 @@ DISK_KEYS = (
     "leader_log_mb_s_framed",
     "disk_bw_ratio",
     "disk_bw_ratio_framed",
+    "raw_sync_bw_shared_mb_s",
+    "disk_bw_ratio_shared",
+    "disk_bw_ratio_shared_framed",
 )
 
 
@@ -192,9 +195,16 @@ def test_pysyncobj_configs_option() -> None:
     )
 
 
-def test_raw_sync_bandwidth(tmp_path: Path) -> None:
-    r = floor.raw_sync_bandwidth(str(tmp_path), 4096, seconds=0.05)
+@pytest.mark.parametrize("writers", [1, 3])
+def test_raw_sync_bandwidth(tmp_path: Path, writers: int) -> None:
+    r = floor.raw_sync_bandwidth(str(tmp_path), 4096, seconds=0.05, writers=writers)
     assert r["batch_bytes"] == 4096
-    assert r["rounds"] >= 1
+    assert r["writers"] == writers
+    assert r["rounds"] >= writers  # each writer syncs at least once
     assert r["mb_per_s"] > 0 and r["syncs_per_s"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_raw_sync_bandwidth_reports_a_writer_failure(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        floor.raw_sync_bandwidth(str(tmp_path / "missing"), 4096, seconds=0.05, writers=2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 
 
@@ -56,39 +57,68 @@ def tcp_rtt_us(port: int, n: int = 1000, size: int = 100, host: str = "127.0.0.1
     return out
 
 
-def raw_sync_bandwidth(directory: str, batch_bytes: int, seconds: float = 1.5) -> dict[str, float]:
+def raw_sync_bandwidth(
+    directory: str, batch_bytes: int, seconds: float = 1.5, writers: int = 1
+) -> dict[str, float]:
     """The disk's raw group-commit limit for one batch size: for about ``seconds``,
-    ``os.pwrite`` a ``batch_bytes`` buffer at increasing offsets of a fresh file
-    in ``directory`` (appending, as the segment log does), ``os.fdatasync`` after
-    each. Returns the batch size, the rounds, the elapsed time, syncs per second
-    and MB/s (10**6 bytes) of data made durable."""
+    each of ``writers`` threads ``os.pwrite``s a ``batch_bytes`` buffer at
+    increasing offsets of its own fresh file in ``directory`` (appending, as the
+    segment log does), ``os.fdatasync`` after each. Several writers show what
+    the disk gives replicas that share it. Returns the batch size, the writers,
+    the rounds, the elapsed time, syncs per second and MB/s (10**6 bytes) of
+    data made durable, in all."""
     if batch_bytes < 1:
         raise ValueError("batch_bytes must be >= 1")
-    path = os.path.join(directory, "floor-bandwidth.bin")
+    if writers < 1:
+        raise ValueError("writers must be >= 1")
     buf = os.urandom(batch_bytes)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    rounds = 0
-    offset = 0
-    try:
-        start = time.perf_counter()
-        deadline = start + seconds
-        while True:
-            written = os.pwrite(fd, buf, offset)
-            while written < batch_bytes:  # short writes are rare, but possible
-                written += os.pwrite(fd, buf[written:], offset + written)
-            os.fdatasync(fd)
-            offset += batch_bytes
-            rounds += 1
-            if time.perf_counter() >= deadline:
-                break
-        elapsed = time.perf_counter() - start
-    finally:
-        os.close(fd)
-        os.unlink(path)
+    start = time.perf_counter()
+    deadline = start + seconds
+    done: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def loop(k: int) -> None:
+        try:
+            done.append(write_until(k))
+        except BaseException as exc:  # re-raised on the calling thread
+            errors.append(exc)
+
+    def write_until(k: int) -> tuple[int, int]:
+        path = os.path.join(directory, f"floor-bandwidth-{k}.bin")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        rounds = 0
+        offset = 0
+        try:
+            while True:
+                written = os.pwrite(fd, buf, offset)
+                while written < batch_bytes:  # short writes are rare, but possible
+                    written += os.pwrite(fd, buf[written:], offset + written)
+                os.fdatasync(fd)
+                offset += batch_bytes
+                rounds += 1
+                if time.perf_counter() >= deadline:
+                    break
+        finally:
+            os.close(fd)
+            os.unlink(path)
+        return rounds, offset
+
+    # pwrite and fdatasync release the GIL: threads write as concurrently as processes.
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    rounds = sum(r for r, _ in done)
+    nbytes = sum(b for _, b in done)
     return {
         "batch_bytes": batch_bytes,
+        "writers": writers,
         "rounds": rounds,
         "seconds": round(elapsed, 3),
         "syncs_per_s": round(rounds / elapsed, 1),
-        "mb_per_s": round(offset / elapsed / 1e6, 3),
+        "mb_per_s": round(nbytes / elapsed / 1e6, 3),
     }

@@ -219,6 +219,11 @@ async def amain(args: argparse.Namespace) -> None:
         peers=peers,
         data_dir=args.data_dir,
         sync=not args.no_sync,
+        **(
+            {}
+            if args.leader_write_thread == "default"
+            else {"leader_write_thread": args.leader_write_thread == "on"}
+        ),
     )
     machine = CountingMachine()
     node = await Node.start(options, machine, transport)
@@ -311,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--peers", required=True, help="comma-separated host:port of all members")
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--no-sync", action="store_true")
+    ap.add_argument("--leader-write-thread", choices=["on", "off", "default"], default="default")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument(
         "--no-tune-gc", dest="tune_gc", action="store_false", help="leave the GC at defaults"
