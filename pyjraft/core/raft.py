@@ -234,11 +234,18 @@ class RaftCore:
 
     def has_ready(self) -> bool:
         """Whether `ready` would return anything."""
+        # Field by field: building a SoftState and a HardState per call to
+        # compare them costs more than the rest of this check.
+        soft = self._last_soft
+        hard = self._persisted_hard_state
         return bool(
             self._msgs
             or self._eager
-            or self.soft_state != self._last_soft
-            or self.hard_state != self._persisted_hard_state
+            or self.leader != soft.leader
+            or self.role is not soft.role
+            or self.term != soft.term
+            or self.term != hard.term
+            or self.vote != hard.vote
             or self.log.in_progress < self.log.last_index()
             or self.log.has_next_committed()
         )
@@ -246,14 +253,12 @@ class RaftCore:
     def ready(self) -> Ready:
         """Take the pending output; see `pyjraft.core.ready` for what to do with it."""
         rd = Ready(commit_index=self.log.committed)
-        soft = self.soft_state
-        if soft != self._last_soft:
-            rd.soft_state = soft
-            self._last_soft = soft
-        hs = self.hard_state
-        if hs != self._persisted_hard_state:
-            rd.hard_state = hs
-            self._persisted_hard_state = hs
+        soft = self._last_soft
+        if self.leader != soft.leader or self.role is not soft.role or self.term != soft.term:
+            rd.soft_state = self._last_soft = self.soft_state
+        hard = self._persisted_hard_state
+        if self.term != hard.term or self.vote != hard.vote:
+            rd.hard_state = self._persisted_hard_state = self.hard_state
         rd.entries = self.log.next_unstable()
         self.log.accept_unstable(rd.entries)
         rd.committed_entries = self.log.next_committed(self.config.max_apply_bytes)

@@ -74,13 +74,17 @@ def count_within(entries: Sequence[Entry], max_bytes: int, used: int = 0) -> int
     When nothing is taken yet (``used == 0``) at least one entry fits, so a
     single oversized entry still makes progress. No Python-level loop per entry.
     """
-    if not entries:
+    count = len(entries)
+    if not count:
         return 0
+    # The common case, everything fits, is one C-level sum with no list.
+    if used + sum(map(len, map(_DATA, entries))) + ENTRY_OVERHEAD * count <= max_bytes:
+        return count
     sizes = map(operator.add, map(len, map(_DATA, entries)), repeat(ENTRY_OVERHEAD))
     n = bisect_right(list(accumulate(sizes, initial=used)), max_bytes) - 1
     if n <= 0:
         return 1 if used == 0 else 0
-    return min(n, len(entries))
+    return min(n, count)
 
 
 class Role(enum.Enum):

@@ -47,7 +47,7 @@ import logging
 import operator
 import os
 import random
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from functools import partial
 from itertools import repeat
 from typing import Any
@@ -545,9 +545,12 @@ class Node:
         if not waiting:
             return
         pop = waiting.pop
-        it = iter(results)
-        for e in entries:
-            result = next(it) if all_normal or e.type == _NORMAL else None
+        if all_normal:
+            pairs: Iterable[tuple[Entry, Any]] = zip(entries, results, strict=True)
+        else:
+            it = iter(results)
+            pairs = ((e, next(it) if e.type == _NORMAL else None) for e in entries)
+        for e, result in pairs:
             w = pop(e.index, None)
             if w is None:
                 continue
