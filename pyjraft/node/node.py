@@ -215,18 +215,27 @@ class Node:
 
     # -- the public surface --------------------------------------------------
 
-    async def apply(self, data: bytes) -> Any:
-        """Replicate ``data`` and return the state machine's result for it.
+    def apply(self, data: bytes) -> asyncio.Future[Any]:
+        """Replicate ``data``; ``await`` the result for the state machine's result for it.
 
-        Raises `NotLeaderError` (with ``.leader``), `OverloadedError`,
-        `LeadershipLostError` (outcome unknown), `ShutdownError`,
-        `StateMachineError` or `NodeStorageError`. Cancelling the caller does
-        not withdraw the entry.
+        The awaited future raises `NotLeaderError` (with ``.leader``),
+        `OverloadedError`, `LeadershipLostError` (outcome unknown),
+        `ShutdownError`, `StateMachineError`, `NodeStorageError` or
+        `ValueError` (too large). Cancelling it, or its awaiting task, does not
+        withdraw the entry.
+
+        A future rather than a coroutine: no coroutine object and frame per
+        write (about 0.8 us of CPU each under load). Schedule it with
+        `asyncio.ensure_future`, not `asyncio.create_task`.
         """
         fut: asyncio.Future[Any] = self._loop.create_future()
-        # A cancelled caller's entry goes on regardless; settle skips its future.
-        self.submit(data, partial(settle, fut))
-        return await fut
+        try:
+            # A cancelled caller's entry goes on regardless; settle skips its future.
+            self.submit(data, partial(settle, fut))
+        except Exception as exc:
+            # Raised when awaited, as from a coroutine, not at the call.
+            fut.set_exception(exc)
+        return fut
 
     def submit(self, data: bytes, done: Done) -> None:
         """Replicate ``data``; call ``done(result, None)`` once it is applied here,

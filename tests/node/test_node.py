@@ -63,6 +63,32 @@ def test_follower_refuses_with_the_leader_address() -> None:
     run(main())
 
 
+def test_apply_is_a_future_whose_refusals_raise_when_awaited() -> None:
+    async def main() -> None:
+        c = LocalCluster(seed=2, max_entry_bytes=10)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            ok = leader.apply(b"1")
+            assert isinstance(ok, asyncio.Future)
+            assert await asyncio.gather(ok, leader.apply(b"2")) == [1, 3]
+            follower = next(n for n in c.nodes.values() if not n.is_leader)
+            await wait_for(lambda: follower.leader == leader.id, 5, "follower learns leader")
+            # Refused at once, yet raised from the await, as from a coroutine:
+            # gather reports it instead of the call blowing up the caller.
+            refused = follower.apply(b"1")
+            too_big = leader.apply(b"x" * 11)
+            results = await asyncio.gather(refused, too_big, return_exceptions=True)
+            assert isinstance(results[0], NotLeaderError)
+            assert results[0].leader == leader.id
+            assert isinstance(results[1], ValueError)
+            assert await leader.apply(b"1") == 4  # nothing of the refused was proposed
+        finally:
+            await c.stop_all()
+
+    run(main())
+
+
 def test_overload_fails_fast_and_the_node_stays_healthy() -> None:
     async def main() -> None:
         c = LocalCluster(seed=3, max_pending_proposals=20)
