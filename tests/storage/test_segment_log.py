@@ -363,3 +363,36 @@ def test_invalid_batch_changes_nothing_on_disk(tmp_path: Path) -> None:
     assert {p: os.path.getsize(p) for p in segments(str(tmp_path))} == before
     assert log.last_index() == 5
     log.close()
+
+
+def test_cache_budget_is_memory_not_payload(tmp_path: Path) -> None:
+    # 100-byte entries cost about 2.5 times their data in Python objects: a
+    # budget counting data alone held twice the budget in objects.
+    import gc
+    import tracemalloc
+
+    budget = 8 << 20
+    log = SegmentLogStorage.open(tmp_path, segment_bytes=64 << 20, sync=False, cache_bytes=budget)
+
+    def data(i: int) -> bytes:
+        return i.to_bytes(4, "little") * 25  # 100 bytes, a new object each
+
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        nxt = 1
+        for _ in range(600):  # 60,000 entries, 6 MB of data: past the budget, all through the cache
+            log.append([Entry(1, i, EntryType.NORMAL, data(i)) for i in range(nxt, nxt + 100)])
+            nxt += 100
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # The cache, the evicted entries it drops in bulk (at most 4096 of them, a
+    # million bytes here) and the log's small index.
+    assert used <= budget * 1.15, f"{used} bytes held for a {budget}-byte cache"
+    assert log.entries(nxt - 100, nxt) == [
+        Entry(1, i, EntryType.NORMAL, data(i)) for i in range(nxt - 100, nxt)
+    ]
+    log.close()

@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pyjraft.core.types import Entry, EntryType
 from pyjraft.storage import MemoryLogStorage, SegmentLogStorage
+from pyjraft.storage.segment_log import cached_cost
 
 SEGMENT_BYTES = 512
 CACHE_BYTES = 300
@@ -109,7 +110,7 @@ class LogMachine(RuleBasedStateMachine):
     def cache_accounting(self) -> None:
         log = self.log
         cached = log._cache[log._cache_head :]
-        assert log._cache_size == sum(e.size for e in cached) <= CACHE_BYTES
+        assert log._cache_size == cached_cost(cached) <= CACHE_BYTES
         assert sum(n for n, _ in log._cache_runs) == len(cached)
         assert sum(b for _, b in log._cache_runs) == log._cache_size
         assert [e.index for e in cached] == list(
