@@ -216,7 +216,7 @@ class Node:
     # -- the public surface --------------------------------------------------
 
     def apply(self, data: bytes) -> asyncio.Future[Any]:
-        """Replicate ``data``; ``await`` the result for the state machine's result for it.
+        """Replicate ``data``; the future resolves to the state machine's result for it.
 
         The awaited future raises `NotLeaderError` (with ``.leader``),
         `OverloadedError`, `LeadershipLostError` (outcome unknown),

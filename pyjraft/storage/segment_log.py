@@ -139,7 +139,6 @@ import bisect
 import contextlib
 import logging
 import mmap
-import operator
 import os
 import re
 import threading
@@ -206,12 +205,11 @@ _ENTRY_OVERHEAD = 16  # Entry.size = len(data) + 16
 # cache budget counts this, so that ``cache_bytes`` is memory, not payload
 # (measured with tracemalloc on 64-bit CPython 3.11: 153 bytes).
 CACHED_ENTRY_OVERHEAD = 152
-_DATA = operator.itemgetter(3)
 
 
 def cached_cost(entries: Sequence[Entry]) -> int:
     """Bytes ``entries`` count for against the entry cache's budget."""
-    return sum(map(len, map(_DATA, entries))) + CACHED_ENTRY_OVERHEAD * len(entries)
+    return entries_size(entries) + (CACHED_ENTRY_OVERHEAD - _ENTRY_OVERHEAD) * len(entries)
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
