@@ -14,7 +14,12 @@ CHUNKS = 10
 SEEDS_PER_CHUNK = 50  # 500 seeds in all, spread over xdist workers
 
 # Seeds that once failed; each must keep passing (see the README on adding one).
-REGRESSION_SEEDS: list[tuple[int, int]] = []
+REGRESSION_SEEDS: list[tuple[int, int]] = [
+    # Liveness false alarm: a follower 4,100 entries behind at healing, with one
+    # entry per message and one message in flight (the churn regime), needed
+    # more than the fixed 600-tick bound; it was catching up all along.
+    (108455, 5),
+]
 
 
 def _options(seed: int) -> SimOptions:

@@ -53,7 +53,14 @@ class SimOptions:
     election_bound_ticks: int = 150
     """After healing, a leader must exist within this many ticks."""
     converge_bound_ticks: int = 600
-    """After healing, every acknowledged proposal must be applied everywhere within this."""
+    """After healing, every acknowledged proposal must be applied everywhere within
+    this, or else be getting there: see ``progress_bound_ticks``."""
+    progress_bound_ticks: int = 150
+    """Past ``converge_bound_ticks``, a run that has not converged must still apply
+    something somewhere at least this often (a follower catching up thousands of
+    entries one per message, one message in flight, is slow, not stuck), and
+    converge within ``converge_cap_ticks`` of healing in any case."""
+    converge_cap_ticks: int = 6000
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     faults: bool = True
@@ -187,7 +194,10 @@ class Simulation:
         heal_at = opt.chaos_ticks * TICK
         leader_deadline = heal_at + opt.election_bound_ticks * TICK
         converge_deadline = heal_at + opt.converge_bound_ticks * TICK
+        converge_cap = heal_at + opt.converge_cap_ticks * TICK
         leader_seen = False
+        applied_sum = -1
+        progress_at = 0
         while self._events:
             t, _, kind, payload = heapq.heappop(self._events)
             self.now = t
@@ -206,7 +216,12 @@ class Simulation:
                 if leader_seen and self._converged():
                     return
                 if t > converge_deadline:
-                    self._liveness(self._convergence_report())
+                    now_sum = sum(node.applied for node in self.nodes.values())
+                    if now_sum != applied_sum:
+                        applied_sum, progress_at = now_sum, t
+                    stalled = t - progress_at > opt.progress_bound_ticks * TICK
+                    if stalled or t > converge_cap:
+                        self._liveness(self._convergence_report())
 
     def _liveness(self, detail: str) -> None:
         raise SafetyViolation(Violation("liveness", "-", detail))
@@ -426,8 +441,9 @@ class Simulation:
         parts = [repr(self.nodes[n].core) + f" applied={self.nodes[n].applied}" for n in self.ids]
         need = max(self.acked.values(), default=0)
         return (
-            f"not converged {self.opt.converge_bound_ticks} ticks after healing "
-            f"(highest acked index {need}): " + "; ".join(parts)
+            f"not converged {(self.now - self.opt.chaos_ticks * TICK) // TICK} ticks after "
+            f"healing, nothing applied for {self.opt.progress_bound_ticks} (highest acked "
+            f"index {need}): " + "; ".join(parts)
         )
 
     def verify_acked(self) -> None:
