@@ -424,7 +424,13 @@ class Node:
         )
         self.stats["proposals"] += len(queue)
         self.stats["batches"] += 1
-        self._send_eager()
+        msgs = core.take_eager_messages()
+        if msgs:
+            self.transport.send(msgs)
+            # Out now, not in a later loop turn: in between, the loop would
+            # read sockets and step what they hold (a late acknowledgement,
+            # say) before the new entries leave -- on the latency path.
+            self.transport.flush()
         self._schedule_drive()
 
     def _send_eager(self) -> None:
