@@ -53,7 +53,7 @@ class FSMCaller:
             value: Any = self.machine.on_apply(entries)  # an awaitable too, at runtime
         except Exception as exc:
             raise self._raised(entries, exc) from exc
-        if inspect.isawaitable(value):
+        if type(value) is not list and inspect.isawaitable(value):
             return self._finish_async(entries, value)
         return self._results(entries, value)
 

@@ -526,7 +526,9 @@ class Node:
             results: list[Any] = []
             if user:
                 applied = self._fsm.apply_now(user)
-                if inspect.isawaitable(applied):
+                if type(applied) is list:
+                    results = applied
+                elif inspect.isawaitable(applied):
                     results = yield applied
                 else:
                     results = applied

@@ -129,6 +129,14 @@ def encode_batch(entries: Sequence[Entry], first_index: int, last_term: int) -> 
     entry type, or a field that does not fit the format. The per-entry work is
     a few C-level passes (``zip``, ``array``, ``map``) and one ``join``.
     """
+    if len(entries) == 1:
+        one = _encode_one(entries[0], first_index, last_term)
+        if one is not None:
+            return one
+    return _encode_many(entries, first_index, last_term)
+
+
+def _encode_many(entries: Sequence[Entry], first_index: int, last_term: int) -> EncodedBatch:
     count = len(entries)
     if count == 0:
         raise ValueError("append: empty batch")
@@ -187,6 +195,41 @@ def encode_batch(entries: Sequence[Entry], first_index: int, last_term: int) -> 
     return EncodedBatch(
         buf, lengths, run_starts, run_terms, entries, data_len + _ENTRY_OVERHEAD * count
     )
+
+
+_ONE_HEAD = struct.Struct("<IBBHIIQQIB")  # the batch header, then one entry's term, length, type
+
+
+def _encode_one(entry: Entry, first_index: int, last_term: int) -> EncodedBatch | None:
+    """`encode_batch` of one plain entry (int fields, bytes data) in a few calls
+    (the latency path: one write in flight costs a batch of one per node); None
+    for anything else, which the general path encodes or refuses."""
+    term, index, etype, data = entry
+    if (
+        index != first_index
+        or type(data) is not bytes
+        or type(etype) is not int
+        or type(term) is not int
+        or not 0 <= etype <= _MAX_TYPE
+        or not 0 <= term <= 0xFFFFFFFFFFFFFFFF
+        or not 0 <= index <= 0xFFFFFFFFFFFFFFFF
+        or len(data) > 0xFFFFFFFF
+        or _BIG_ENDIAN
+    ):
+        return None
+    n = len(data)
+    buf = bytearray(_ONE_HEAD.pack(0, FORMAT_VERSION, 0, 0, 1, n, index, term, n, etype))
+    buf += data
+    with memoryview(buf) as mv:
+        _CRC.pack_into(buf, 0, crc32c.crc32c(mv[4:]))
+    starts: array[int] = array("Q")
+    terms: array[int] = array("Q")
+    if term != last_term:
+        starts.append(index)
+        terms.append(term)
+    if type(entry) is not Entry:
+        entry = Entry(term, index, etype, data)
+    return EncodedBatch(buf, array("I", (n,)), starts, terms, (entry,), n + _ENTRY_OVERHEAD)
 
 
 MAX_BATCH_START = 0xFFFFFFFF

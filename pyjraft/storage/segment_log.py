@@ -408,9 +408,11 @@ class SegmentLogStorage:
 
     def last_index(self) -> int:
         """Index of the last entry held (``first_index() - 1`` when empty)."""
-        with self._lock:
-            self._check_open()
-            return self._last
+        # One attribute read is atomic: no lock (the core asks this a dozen
+        # times per write).
+        if self._closed:
+            raise ValueError("log storage is closed")
+        return self._last
 
     def term(self, index: int) -> int:
         """Term of the entry at ``index``, from ``first_index() - 1`` to ``last_index()``.
