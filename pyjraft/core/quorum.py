@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
+from itertools import repeat
 
 from pyjraft.core.types import NodeId
 
@@ -33,7 +34,7 @@ def majority_index(voters: Collection[NodeId], match: Mapping[NodeId, int]) -> i
     """
     if not voters:
         return 1 << 63
-    acked = sorted((match.get(v, 0) for v in voters), reverse=True)
+    acked = sorted(map(match.get, voters, repeat(0)), reverse=True)
     return acked[majority(len(voters)) - 1]
 
 

@@ -137,6 +137,7 @@ class TcpTransport(HandlerRegistry):
         self._peers: dict[str, Peer] = {}
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._bad_addrs: set[str] = set()
         self._server: asyncio.Server | None = None
         self._address = ""
@@ -223,7 +224,11 @@ class TcpTransport(HandlerRegistry):
         self._dirty.append(peer)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = self._loop
+            if loop is None:
+                # Looked up once: get_running_loop costs a getpid() each time.
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
