@@ -3,11 +3,12 @@
 Raft traffic is one-way: we only ever write on this connection (replies come
 back on the other node's own outbound connection to our listener). Messages
 are encoded by the caller and queued here; the owner (`TcpTransport`) calls
-`flush` once per turn of the event loop, which packs everything queued into
-as few RAFT frames as the size limit allows and hands them to the socket in
-one write. Writing straight from the loop turn, rather than from a task per
-peer, saves a task wake-up per message burst, which is most of the cost of
-a small write on the latency path.
+`flush` once per turn of the event loop (or when its own `flush` is
+called), which packs everything queued into as few RAFT frames as the size
+limit allows and hands them to the socket in one write. Writing straight
+from the loop turn, rather than from a task per peer, saves a task wake-up
+per message burst, which is most of the cost of a small write on the
+latency path.
 
 A task per peer owns the connection's life: it connects when there is
 something to send, waits while the connection is up, and reconnects with
