@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import inspect
 import logging
 import operator
 import os
@@ -424,13 +423,11 @@ class Node:
         )
         self.stats["proposals"] += len(queue)
         self.stats["batches"] += 1
-        msgs = core.take_eager_messages()
-        if msgs:
-            self.transport.send(msgs)
-            # Out now, not in a later loop turn: in between, the loop would
-            # read sockets and step what they hold (a late acknowledgement,
-            # say) before the new entries leave -- on the latency path.
-            self.transport.flush()
+        self._send_eager()
+        # Out now, not in a later loop turn: in between, the loop would read
+        # sockets and step what they hold (a late acknowledgement, say) before
+        # the new entries leave -- on the latency path.
+        self.transport.flush()
         self._schedule_drive()
 
     def _send_eager(self) -> None:
@@ -526,12 +523,10 @@ class Node:
             results: list[Any] = []
             if user:
                 applied = self._fsm.apply_now(user)
-                if type(applied) is list:
+                if isinstance(applied, list):
                     results = applied
-                elif inspect.isawaitable(applied):
-                    results = yield applied
                 else:
-                    results = applied
+                    results = yield applied
             self._complete(committed, user, all_normal, results)
             if not self._leader_started and self._core.role is Role.LEADER:
                 term = self._core.term

@@ -15,12 +15,12 @@ retransmits anyway and a stuck peer must not grow our memory. Once per turn
 of the event loop, every peer with something queued packs it into as few
 RAFT frames as the frame limit allows and issues one write: pipelining
 without a round trip per message, order preserved per peer, and one system
-call per peer per turn however many messages the turn produced (a caller
-on the latency path -- a node that has just proposed -- may `flush` sooner,
-in the same callback). A reply
-travels on the *other* node's outbound connection to our listener, so each
-pair of nodes uses two connections. Connections are made lazily, and remade
-with exponential backoff and jitter after they break.
+call per peer per turn however many messages the turn produced (a caller on
+the latency path -- a node that has just proposed -- may `flush` sooner, in
+the same callback). A reply travels on the *other* node's outbound
+connection to our listener, so each pair of nodes uses two connections.
+Connections are made lazily, and remade with exponential backoff and jitter
+after they break.
 
 *Inbound*, every accepted connection is a `_ServerConnection` protocol:
 bytes are split into frames as they arrive and RAFT frames are decoded and

@@ -437,3 +437,40 @@ def test_a_long_catch_up_yields_to_the_loop_between_batches(tmp_path: Path) -> N
         assert max(seen.count(t) for t in set(seen)) <= 3
 
     run(main())
+
+
+def test_a_proposals_appends_are_flushed_before_the_loop_turns() -> None:
+    # Latency: the AppendEntries of a new batch must leave in the callback that
+    # proposes it, before the loop reads sockets or takes the next Ready.
+    async def main() -> None:
+        c = LocalCluster(seed=11)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            await leader.apply(b"1")
+            events: list[str] = []
+            transport: Any = leader.transport
+            send, flush, drive = transport.send, transport.flush, leader._drive
+
+            def rec_send(msgs: Any) -> None:
+                if any(getattr(m, "entries", ()) for m in msgs):
+                    events.append("send-entries")
+                send(msgs)
+
+            def rec_flush() -> None:
+                events.append("flush")
+                flush()
+
+            def rec_drive() -> None:
+                events.append("drive")
+                drive()
+
+            transport.send, transport.flush = rec_send, rec_flush
+            leader._drive = rec_drive  # type: ignore[method-assign]
+            await leader.apply(b"1")
+            first = events.index("send-entries")
+            assert events[first + 1] == "flush", events
+        finally:
+            await c.stop_all()
+
+    run(main())
