@@ -45,6 +45,7 @@ from typing import Any
 from pyjraft.bench import floor
 from pyjraft.bench._proc import set_pdeathsig
 from pyjraft.bench.stats import percentile, summarize
+from pyjraft.node.loop import run
 from pyjraft.testing.ports import free_ports
 
 DURABILITY_SYNC = "durable: leader and a majority fdatasync each entry before the ack"
@@ -1066,7 +1067,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 on success, 2 on a failed run, 3 on timeout or signal."""
     args = parse_args(argv)
     try:
-        out, code = asyncio.run(amain(args))
+        # The library's loop (uvloop when installed), as a user's client would run:
+        # --placement client measures this process's RpcClient.
+        out, code = run(lambda: amain(args))
     finally:
         kill_all_children()
     print(render_idle(out) if args.idle is not None else render_table(args, out))

@@ -460,7 +460,7 @@ def decode_request(body: bytes | memoryview) -> tuple[int, str, Any]:
     return rpc_id, service, request
 
 
-def decode_response(body: bytes) -> tuple[int, bool, Any]:
+def decode_response(body: bytes | memoryview) -> tuple[int, bool, Any]:
     """Decode a RESPONSE body into ``(rpc_id, ok, result_or_error_text)``."""
     rpc_id, status, payload = _unpack_envelope(body, "response")
     if type(status) is not int or status not in (STATUS_OK, STATUS_ERROR):

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 import ssl as _ssl
-from typing import Any
+from typing import Any, cast
 
 from pyjraft.transport.base import TransportStats, parse_address
 from pyjraft.transport.codec import decode_response, encode_request
@@ -20,56 +20,10 @@ from pyjraft.transport.framing import (
     HEADER_SIZE,
     Kind,
     frame_header,
-    parse_header,
+    parse_header_at,
 )
 
 log = logging.getLogger("pyjraft.transport")
-
-_STREAM_LIMIT = 1 << 20
-_CLOSE_GRACE = 1.0  # seconds to wait for a socket to close before aborting it
-
-
-async def _read_frame(
-    reader: asyncio.StreamReader, max_frame_size: int
-) -> tuple[Kind, bytes] | None:
-    """Read one frame; None on a clean EOF between frames.
-
-    A stream ending inside a frame raises `ProtocolError` (truncated frame).
-    """
-    try:
-        header = await reader.readexactly(HEADER_SIZE)
-    except asyncio.IncompleteReadError as e:
-        if e.partial:
-            raise ProtocolError(
-                f"stream ended inside a frame header ({len(e.partial)} bytes)"
-            ) from None
-        return None
-    kind, body_len = parse_header(header, max_frame_size)
-    try:
-        body = await reader.readexactly(body_len)
-    except asyncio.IncompleteReadError as e:
-        raise ProtocolError(
-            f"stream ended inside a frame body ({len(e.partial)} of {body_len} bytes)"
-        ) from None
-    return kind, body
-
-
-async def _close_writer(writer: asyncio.StreamWriter, abort: bool = False) -> None:
-    """Close a stream and wait until it is closed.
-
-    ``abort`` discards unsent data at once; use it whenever nothing queued
-    matters, since a graceful close waits for a peer that may never read.
-    A graceful close that does not finish promptly is aborted too (a TLS
-    shutdown with an unresponsive peer could otherwise take 30 s).
-    """
-    if abort:
-        writer.transport.abort()
-    else:
-        writer.close()
-    try:
-        await asyncio.wait_for(writer.wait_closed(), _CLOSE_GRACE)
-    except OSError:  # includes TimeoutError
-        writer.transport.abort()
 
 
 class RpcClient:
@@ -142,17 +96,16 @@ class RpcClient:
             except ValueError as e:
                 raise TransportError(str(e)) from None
             try:
-                reader, writer = await asyncio.open_connection(
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: _RpcConn(self, addr),
                     host,
                     port,
                     ssl=self._ssl,
                     server_hostname=(self._server_hostname or host) if self._ssl else None,
-                    limit=_STREAM_LIMIT,
                 )
             except OSError as e:  # includes ssl.SSLError
                 self.stats.connect_failures += 1
                 raise TransportError(f"cannot connect to {addr}: {e}") from e
-            conn = _RpcConn(self, addr, reader, writer)
             self._conns[addr] = conn
             return conn
 
@@ -166,64 +119,99 @@ class RpcClient:
         conns = list(self._conns.values())
         self._conns.clear()
         for c in conns:
-            c.task.cancel()
-        # gather, not a suppress(CancelledError) loop: a cancel aimed at the
-        # caller of close() must still reach it.
-        await asyncio.gather(*(c.task for c in conns), return_exceptions=True)
+            c.abort(TransportError("rpc client closed"))
+        await asyncio.gather(*(c.lost for c in conns), return_exceptions=True)
 
 
-class _RpcConn:
-    """One client connection: a reader task resolving futures by request id."""
+class _RpcConn(asyncio.Protocol):
+    """One client connection: requests written once per loop turn, responses
+    split out of the bytes as they arrive and matched to their futures by id."""
 
-    def __init__(
-        self,
-        client: RpcClient,
-        addr: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    def __init__(self, client: RpcClient, addr: str) -> None:
         self.client = client
         self.addr = addr
-        self.reader = reader
-        self.writer = writer
+        self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.closed = False
-        self.task = asyncio.get_running_loop().create_task(self._read_loop())
+        self.buf = bytearray()
+        # Requests made in one loop turn leave in one write.
+        self.out: list[bytes] = []
+        self.out_scheduled = False
+        self.paused = False
+        self.drained: asyncio.Future[None] | None = None
+        self.error: TransportError | None = None
+        self.loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
 
     async def call(self, rpc_id: int, frame: bytes) -> Any:
         if self.closed:
             raise TransportError(f"connection to {self.addr} is closed")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self.loop.create_future()
         self.pending[rpc_id] = fut
+        self.out.append(frame)
+        if not self.out_scheduled:
+            self.out_scheduled = True
+            self.loop.call_soon(self._write_out)
         stats = self.client.stats
+        stats.frames_out += 1
+        stats.bytes_out += len(frame)
         try:
-            self.writer.write(frame)
-            stats.frames_out += 1
-            stats.bytes_out += len(frame)
-            try:
-                await self.writer.drain()
-            except OSError as e:  # includes ssl.SSLError
-                raise TransportError(f"connection to {self.addr} lost: {e}") from e
+            if self.paused:
+                # The server reads slower than we ask: wait, as a stream's drain() would.
+                if self.drained is None:
+                    self.drained = self.loop.create_future()
+                await asyncio.shield(self.drained)
             return await fut
         finally:
             self.pending.pop(rpc_id, None)
             if fut.done() and not fut.cancelled():
                 fut.exception()  # retrieved: no "never retrieved" log if we left early
 
-    async def _read_loop(self) -> None:
+    def abort(self, error: TransportError) -> None:
+        """Drop the connection at once; calls in flight fail with ``error``."""
+        if self.error is None:
+            self.error = error
+        if self.transport is not None:
+            self.transport.abort()
+        else:
+            self._fail(error)
+
+    def _write_out(self) -> None:
+        self.out_scheduled = False
+        out, self.out = self.out, []
+        transport = self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.writelines(out)
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        buf = self.buf
+        buf += data
         stats = self.client.stats
-        error = TransportError(f"connection to {self.addr} closed")
+        limit = self.client._max_frame_size
+        n = len(buf)
+        pos = 0
+        view = memoryview(buf)
         try:
-            while True:
-                frame = await _read_frame(self.reader, self.client._max_frame_size)
-                if frame is None:
+            while n - pos >= HEADER_SIZE:
+                kind, body_len = parse_header_at(buf, pos, limit)
+                end = pos + HEADER_SIZE + body_len
+                if end > n:
                     break
-                kind, body = frame
                 if kind is not Kind.RESPONSE:
                     raise ProtocolError(f"unexpected {kind.name} frame on a client connection")
-                rpc_id, ok, payload = decode_response(body)
+                with view[pos + HEADER_SIZE : end] as body:
+                    rpc_id, ok, payload = decode_response(body)
+                pos = end
                 stats.frames_in += 1
-                stats.bytes_in += HEADER_SIZE + len(body)
+                stats.bytes_in += HEADER_SIZE + body_len
                 fut = self.pending.pop(rpc_id, None)
                 if fut is None or fut.done():
                     continue  # the caller timed out or was cancelled
@@ -232,20 +220,46 @@ class _RpcConn:
                 else:
                     fut.set_exception(RemoteError(payload))
         except ProtocolError as e:
+            view.release()
             stats.bad_frames += 1
             log.warning("closing rpc connection to %s: %s", self.addr, e.reason)
-            error = TransportError(f"protocol error from {self.addr}: {e.reason}")
-        except OSError as e:  # includes ssl.SSLError
-            error = TransportError(f"connection to {self.addr} lost: {e}")
-        except asyncio.CancelledError:
-            error = TransportError("rpc client closed")
-            raise
-        finally:
-            self.closed = True
-            self.client._forget(self)
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(error)
-            self.pending.clear()
-            # Every call was just failed: nothing left to deliver.
-            await _close_writer(self.writer, abort=True)
+            self.abort(TransportError(f"protocol error from {self.addr}: {e.reason}"))
+            return
+        view.release()
+        if pos:
+            del buf[:pos]
+
+    def eof_received(self) -> bool:
+        return False  # the server hung up: close our side too
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake_writers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            error = TransportError(f"connection to {self.addr} lost: {exc}")
+        else:
+            error = TransportError(f"connection to {self.addr} closed")
+        self._fail(self.error or error)
+
+    def _fail(self, error: TransportError) -> None:
+        self.closed = True
+        self.transport = None
+        self.client._forget(self)
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self.out.clear()
+        self._wake_writers()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def _wake_writers(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None

@@ -353,6 +353,9 @@ class _ServerConnection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.drained: asyncio.Future[None] | None = None
+        # Responses finished in one loop turn leave in one write.
+        self.out: list[bytes] = []
+        self.out_scheduled = False
         self.failed = False
         self.eof = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -484,7 +487,10 @@ class _ServerConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(frame)
+        self.out.append(frame)
+        if not self.out_scheduled:
+            self.out_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_out)
         stats = self.t.stats
         stats.frames_out += 1
         stats.bytes_out += len(frame)
@@ -494,6 +500,13 @@ class _ServerConnection(asyncio.Protocol):
             if self.drained is None:
                 self.drained = asyncio.get_running_loop().create_future()
             await asyncio.shield(self.drained)
+
+    def _write_out(self) -> None:
+        self.out_scheduled = False
+        out, self.out = self.out, []
+        transport = self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.writelines(out)
 
     # -- closing -----------------------------------------------------------------
 
@@ -519,6 +532,7 @@ class _ServerConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        self._write_out()  # answers still queued go before the close
         transport.close()
         # A peer that never reads what is still buffered must not keep the
         # socket open for ever.

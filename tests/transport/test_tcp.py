@@ -25,7 +25,12 @@ from pyjraft.transport import (
     TransportError,
     tcp,
 )
-from pyjraft.transport.codec import encode_messages, encode_request, encode_response
+from pyjraft.transport.codec import (
+    decode_response,
+    encode_messages,
+    encode_request,
+    encode_response,
+)
 from pyjraft.transport.framing import HEADER, VERSION, Kind, encode_frame
 
 from .conftest import eventually, run
@@ -543,6 +548,47 @@ def test_tls(seed: int, tmp_path: Path) -> None:
             await untrusting.close()
             await plain.close()
             await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_requests_then_half_close_get_every_answer_in_order(seed: int) -> None:
+    """Answers are written once per loop turn; a client that sends its requests
+    and half-closes still gets all of them before the server closes."""
+
+    async def main() -> None:
+        b = await start(seed)
+        try:
+
+            async def echo(req: Any) -> Any:
+                await asyncio.sleep(0.001 * (req % 3))  # finish out of order
+                return req
+
+            b.register_service("echo", echo)
+            host, port = b.address.rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"".join(
+                    encode_frame(Kind.REQUEST, encode_request(i, "echo", i)) for i in range(50)
+                )
+            )
+            writer.write_eof()
+            data = await reader.read()  # until the server closes
+            writer.close()
+            ids = []
+            pos = 0
+            while pos < len(data):
+                length, _, kind = HEADER.unpack_from(data, pos)
+                assert kind == Kind.RESPONSE
+                end = pos + HEADER.size + length - 2  # length counts version and kind
+                rpc_id, ok, payload = decode_response(data[pos + HEADER.size : end])
+                assert ok and payload == rpc_id
+                ids.append(rpc_id)
+                pos = end
+            assert sorted(ids) == list(range(50))
+            assert b.stats.frames_out >= 50
+        finally:
             await b.close()
 
     run(main)
