@@ -1,7 +1,11 @@
 """`RpcClient`: calls services registered on `TcpTransport` servers.
 
 One connection per address, shared by every call in flight to it; requests
-and responses are REQUEST and RESPONSE frames matched by request id.
+and responses are REQUEST and RESPONSE frames matched by request id. The
+connection is an `asyncio.Protocol`: the requests made in one loop turn leave
+in one write, and responses are split out of the bytes as they arrive and
+settle their callers' futures in the same callback (no reader task, no
+stream buffer in between).
 """
 
 from __future__ import annotations

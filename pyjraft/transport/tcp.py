@@ -30,8 +30,9 @@ between the socket and the raft core. REQUEST frames run the named service
 handler in a task of its own, so requests on one connection are served
 concurrently; at most ``max_requests_per_connection`` at a time, beyond
 which the connection stops reading. The RESPONSE goes back on the same
-connection tagged with the request's id. `RpcClient`
-(`pyjraft.transport.rpc`) is the calling side.
+connection tagged with the request's id; the answers finished in one loop
+turn leave in one write. `RpcClient` (`pyjraft.transport.rpc`) is the
+calling side, built the same way.
 
 *Bad input* -- garbage, a truncated frame, a length over the limit, an
 unknown version or kind, an invalid message -- closes *that* connection,
