@@ -230,8 +230,9 @@ async def amain(args: argparse.Namespace) -> None:
     if args.tune_gc:
         tune_gc()
 
-    async def apply_service(request: Any) -> Any:
-        return await node.apply(request)
+    def apply_service(request: Any) -> asyncio.Future[Any]:
+        # A future, not a coroutine: the transport answers it without a task.
+        return node.apply(request)
 
     async def ping_service(request: Any) -> Any:
         return request

@@ -13,7 +13,11 @@ MessageHandler = Callable[[Message], None]
 """Receives each inbound raft message of one group, on the event loop."""
 
 ServiceHandler = Callable[[Any], Awaitable[Any]]
-"""Serves one RPC: gets the decoded msgpack request, returns a msgpack-able response."""
+"""Serves one RPC: gets the decoded msgpack request, returns an awaitable of a
+msgpack-able response. An ``async def`` handler runs in a task of its own per
+request; a plain function returning an `asyncio.Future` (say, the one
+`Node.apply` returns) is answered from the future's done callback, with no
+task: the cheaper form for a handler that only forwards."""
 
 
 @dataclass(slots=True)

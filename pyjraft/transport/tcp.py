@@ -49,7 +49,8 @@ import asyncio
 import logging
 import random
 import ssl as _ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from functools import partial
 from typing import Any, cast
 
 from pyjraft.core.messages import Message
@@ -294,21 +295,21 @@ class TcpTransport(HandlerRegistry):
                 stats.handler_errors += 1
                 log.exception("raft handler of group %r failed on %s", m.group, type(m).__name__)
 
-    async def _respond(self, rpc_id: int, service: str, request: Any) -> bytes:
-        """The RESPONSE frame for one request."""
-        handler = self._services.get(service)
-        if handler is None:
-            self.stats.request_errors += 1
-            body = encode_response(rpc_id, False, f"unknown service {service!r}")
-        else:
+    def _response_frame(
+        self, rpc_id: int, service: str, value: Any, exc: BaseException | None
+    ) -> bytes:
+        """The RESPONSE frame of a handler's ``value``, or of its error ``exc``."""
+        if exc is None:
             try:
-                body = encode_response(rpc_id, True, await handler(request))
+                body = encode_response(rpc_id, True, value)
                 if len(body) + 2 > self._max_frame_size:
                     raise ValueError(f"response of {len(body)} bytes exceeds the frame limit")
             except Exception as e:
-                self.stats.request_errors += 1
-                log.debug("service %r failed: %r", service, e)
-                body = encode_response(rpc_id, False, f"{type(e).__name__}: {e}")
+                exc = e
+        if exc is not None:
+            self.stats.request_errors += 1
+            log.debug("service %r failed: %r", service, exc)
+            body = encode_response(rpc_id, False, f"{type(exc).__name__}: {exc}")
         return frame_header(Kind.RESPONSE, len(body)) + body
 
     # -- shutdown -------------------------------------------------------------------
@@ -350,7 +351,9 @@ class _ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.buf = bytearray()
-        self.requests: set[asyncio.Task[None]] = set()
+        # Requests being served: tasks running a coroutine handler, or the
+        # futures a handler returned.
+        self.requests: set[asyncio.Future[Any]] = set()
         self.reading_paused = False
         self.writing_paused = False
         self.drained: asyncio.Future[None] | None = None
@@ -411,8 +414,7 @@ class _ServerConnection(asyncio.Protocol):
         self.t._conns.discard(self)
         if exc is not None:
             log.debug("connection from %s lost: %s", self.peer, exc)
-        for rt in list(self.requests):
-            rt.cancel()
+        self._cancel_requests()
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
         if not self.closed.done():
@@ -458,11 +460,7 @@ class _ServerConnection(asyncio.Protocol):
                         stats.frames_in += 1
                         stats.bytes_in += HEADER_SIZE + body_len
                         stats.requests_in += 1
-                        rt = asyncio.get_running_loop().create_task(
-                            self._answer(rpc_id, service, request)
-                        )
-                        self.requests.add(rt)
-                        rt.add_done_callback(self._request_done)
+                        self._serve(rpc_id, service, request)
                     else:
                         raise ProtocolError(f"unexpected {kind.name} frame on a server connection")
                 if self.failed:
@@ -473,8 +471,45 @@ class _ServerConnection(asyncio.Protocol):
             view.release()
         return pos
 
-    def _request_done(self, task: asyncio.Task[None]) -> None:
-        self.requests.discard(task)
+    def _serve(self, rpc_id: int, service: str, request: Any) -> None:
+        handler = self.t._services.get(service)
+        if handler is None:
+            self.t.stats.request_errors += 1
+            body = encode_response(rpc_id, False, f"unknown service {service!r}")
+            self._queue_answer(frame_header(Kind.RESPONSE, len(body)) + body)
+            return
+        try:
+            pending = handler(request)
+        except Exception as e:
+            self._queue_answer(self.t._response_frame(rpc_id, service, None, e))
+            return
+        if asyncio.isfuture(pending):
+            # A future (say, Node.apply's) is answered from its done callback:
+            # no task, no coroutine per request.
+            self.requests.add(pending)
+            pending.add_done_callback(partial(self._future_answered, rpc_id, service))
+            return
+        rt = asyncio.get_running_loop().create_task(self._answer(rpc_id, service, pending))
+        self.requests.add(rt)
+        rt.add_done_callback(self._request_done)
+
+    def _future_answered(self, rpc_id: int, service: str, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or self.transport is None:
+            self._request_done(fut)
+            return
+        exc = fut.exception()
+        value = None if exc is not None else fut.result()
+        self._queue_answer(self.t._response_frame(rpc_id, service, value, exc))
+        if self.writing_paused:
+            # Hold the request's slot until the client reads (see _answer).
+            if self.drained is None:
+                self.drained = asyncio.get_running_loop().create_future()
+            self.drained.add_done_callback(lambda _: self._request_done(fut))
+        else:
+            self._request_done(fut)
+
+    def _request_done(self, request: asyncio.Future[Any]) -> None:
+        self.requests.discard(request)
         if self.reading_paused and len(self.requests) < self.t._max_requests:
             self.reading_paused = False
             if self.transport is not None and not self.transport.is_closing():
@@ -483,8 +518,20 @@ class _ServerConnection(asyncio.Protocol):
         if self.eof and not self.requests and not self.failed:
             self._close_gracefully()
 
-    async def _answer(self, rpc_id: int, service: str, request: Any) -> None:
-        frame = await self.t._respond(rpc_id, service, request)
+    async def _answer(self, rpc_id: int, service: str, pending: Awaitable[Any]) -> None:
+        try:
+            value, exc = await pending, None
+        except Exception as e:
+            value, exc = None, e
+        self._queue_answer(self.t._response_frame(rpc_id, service, value, exc))
+        if self.writing_paused:
+            # Hold this request's slot until the client reads: a client that
+            # asks without reading runs out of slots and we stop reading it.
+            if self.drained is None:
+                self.drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self.drained)
+
+    def _queue_answer(self, frame: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -495,12 +542,13 @@ class _ServerConnection(asyncio.Protocol):
         stats = self.t.stats
         stats.frames_out += 1
         stats.bytes_out += len(frame)
-        if self.writing_paused:
-            # Hold this request's slot until the client reads: a client that
-            # asks without reading runs out of slots and we stop reading it.
-            if self.drained is None:
-                self.drained = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self.drained)
+
+    def _cancel_requests(self) -> None:
+        # Our tasks only: a future a handler returned may be shared; its done
+        # callback finds the connection gone and just frees the slot.
+        for rt in list(self.requests):
+            if isinstance(rt, asyncio.Task):
+                rt.cancel()
 
     def _write_out(self) -> None:
         self.out_scheduled = False
@@ -524,8 +572,7 @@ class _ServerConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once; requests in flight are cancelled."""
-        for rt in list(self.requests):
-            rt.cancel()
+        self._cancel_requests()
         if self.transport is not None:
             self.transport.abort()
 

@@ -592,3 +592,100 @@ def test_requests_then_half_close_get_every_answer_in_order(seed: int) -> None:
             await b.close()
 
     run(main)
+
+
+def test_rpc_handlers_returning_futures_are_answered_without_a_task(seed: int) -> None:
+    async def main() -> None:
+        server = await start(seed)
+        loop = asyncio.get_running_loop()
+        held: list[asyncio.Future[Any]] = []
+
+        def later(req: Any) -> asyncio.Future[Any]:
+            fut: asyncio.Future[Any] = loop.create_future()
+            held.append(fut)
+            return fut
+
+        def fails_at_once(req: Any) -> asyncio.Future[Any]:
+            raise ValueError(f"refused {req}")
+
+        server.register_service("later", later)
+        server.register_service("fails_at_once", fails_at_once)
+        client = RpcClient()
+        addr = server.address
+        try:
+            calls = [asyncio.ensure_future(client.call(addr, "later", i)) for i in range(20)]
+            await eventually(lambda: len(held) == 20)
+            (conn,) = server._conns
+            assert not any(isinstance(r, asyncio.Task) for r in conn.requests)
+            for i, fut in enumerate(held):
+                if i % 2:
+                    fut.set_exception(KeyError(i))
+                else:
+                    fut.set_result({"n": i})
+            for i, call in enumerate(calls):
+                if i % 2:
+                    with pytest.raises(RemoteError, match="KeyError"):
+                        await call
+                else:
+                    assert await call == {"n": i}
+            with pytest.raises(RemoteError, match="ValueError: refused 5"):
+                await client.call(addr, "fails_at_once", 5)
+            await eventually(lambda: not conn.requests)
+            # A client gone mid-call: its future is not cancelled (it may be
+            # shared); the half-closed connection is closed once it completes.
+            held.clear()
+            lost = asyncio.ensure_future(client.call(addr, "later", "x"))
+            await eventually(lambda: len(held) == 1)
+            await client.close()
+            with pytest.raises(TransportError):
+                await lost
+            await eventually(lambda: conn.eof)  # the server saw the client go
+            assert not held[0].cancelled()
+            held[0].set_result("too late")
+            await eventually(lambda: not server._conns)
+            assert server.stats.request_errors == 11
+        finally:
+            await client.close()
+            await server.close()
+
+    run(main)
+
+
+def test_rpc_timeouts_share_one_timer_per_connection(seed: int) -> None:
+    async def main() -> None:
+        server = await start(seed)
+
+        async def echo(req: Any) -> Any:
+            return req
+
+        async def forever(req: Any) -> Any:
+            await asyncio.Event().wait()
+
+        server.register_service("echo", echo)
+        server.register_service("forever", forever)
+        client = RpcClient()
+        addr = server.address
+        try:
+            assert await client.call(addr, "echo", 0) == 0
+            (conn,) = client._conns.values()
+            # Each call times out after its own timeout, whatever the order.
+            timeouts = [0.3, 0.05, 0.15]
+            outcomes = await asyncio.gather(
+                *(client.call(addr, "forever", t, timeout=t) for t in timeouts),
+                return_exceptions=True,
+            )
+            for t, out in zip(timeouts, outcomes, strict=True):
+                assert isinstance(out, RpcTimeoutError), out
+                assert f"after {t} s" in str(out)
+            # Answered calls leave no timers behind: the heap stays bounded.
+            for _ in range(10):
+                await asyncio.gather(
+                    *(client.call(addr, "echo", i, timeout=60) for i in range(100))
+                )
+                assert len(conn.deadlines) <= 64 + 2 * 100 + 1
+            assert await client.call(addr, "echo", "still up") == "still up"
+        finally:
+            await client.close()
+            await server.close()
+
+    run(main)
