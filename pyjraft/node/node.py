@@ -448,10 +448,20 @@ class Node:
         core = self._core
         if self._handling is None and self.state is NodeState.RUNNING and core.has_ready():
             self._idle.clear()
-            self._handling = self._handle(core.ready())
-            if self._resume(None, None) and core.has_ready():
+            wrote = True
+            while wrote:
+                rd = core.ready()
+                self._handling = self._handle(rd)
+                if not self._resume(None, None):
+                    return  # waiting; _resumed goes on
+                if not core.has_ready():
+                    break
                 # One Ready per loop turn: a long catch-up (say, re-applying the
-                # log after a restart) must not starve heartbeats and votes.
+                # log after a restart) must not starve heartbeats and votes. But a
+                # write may have committed entries a follower acknowledged first:
+                # those are applied now, not a loop turn later (the latency path).
+                wrote = bool(rd.entries) and core.log.has_next_committed()
+            else:
                 self._schedule_drive()
                 return
         if self._handling is None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pyjraft.core.messages import AppendEntriesResponse
 from pyjraft.core.types import Role
 from pyjraft.node import (
     LeadershipLostError,
@@ -471,6 +472,34 @@ def test_a_proposals_appends_are_flushed_before_the_loop_turns() -> None:
             first = events.index("send-entries")
             assert events[first + 1] == "flush", events
         finally:
+            await c.stop_all()
+
+    run(main())
+
+
+def test_a_leader_applies_in_the_turn_its_own_write_commits() -> None:
+    # Latency: when a follower acknowledged the entries before the leader's own
+    # write finished, the write commits them and the same drive applies them,
+    # not a loop turn later.
+    async def main() -> None:
+        c = LocalCluster(seed=12)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            assert await leader.apply(b"1") == 1
+            follower = next(nid for nid in IDS if nid != leader.id)
+            c.net.isolate(leader.id)  # no real acknowledgement will come
+            done: list[tuple[Any, BaseException | None]] = []
+            leader.submit(b"1", lambda r, e: done.append((r, e)))
+            leader._flush_proposals()  # propose now; the Ready is still to come
+            index = leader._core.log.last_index()
+            ack = AppendEntriesResponse(leader.group, leader.term, follower, leader.id, True, index)
+            leader._on_message(ack)
+            assert not done
+            leader._drive()  # write, commit (the leader and the follower), apply
+            assert done == [(2, None)]
+        finally:
+            c.net.heal()
             await c.stop_all()
 
     run(main())
