@@ -14,6 +14,7 @@ huge frame costs us six bytes of reading, not an allocation.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import struct
 
@@ -135,3 +136,35 @@ class FrameDecoder:
             raise self._failed
         if self._buf:
             raise ProtocolError(f"stream ended inside a frame ({len(self._buf)} bytes pending)")
+
+
+class TurnWriter:
+    """Frames written during one loop turn leave in one ``writelines`` at its
+    end: one system call for a burst of answers or requests, not one each."""
+
+    __slots__ = ("_out", "_scheduled", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        """Where the frames go; set it once the connection is made."""
+        self._out: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, frame: bytes) -> None:
+        """Queue ``frame`` for the end of this loop turn."""
+        self._out.append(frame)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is queued now (nothing once the transport is closing)."""
+        self._scheduled = False
+        out, self._out = self._out, []
+        transport = self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.writelines(out)
+
+    def drop(self) -> None:
+        """Forget what is queued."""
+        self._out.clear()

@@ -24,6 +24,7 @@ from pyjraft.transport.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
     Kind,
+    TurnWriter,
     frame_header,
     parse_header_at,
 )
@@ -143,9 +144,7 @@ class _RpcConn(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.closed = False
         self.buf = bytearray()
-        # Requests made in one loop turn leave in one write.
-        self.out: list[bytes] = []
-        self.out_scheduled = False
+        self.out = TurnWriter()  # requests made in one loop turn: one write
         self.paused = False
         self.drained: asyncio.Future[None] | None = None
         self.error: TransportError | None = None
@@ -162,10 +161,7 @@ class _RpcConn(asyncio.Protocol):
         fut: asyncio.Future[Any] = self.loop.create_future()
         self.pending[rpc_id] = fut
         self._add_deadline(deadline, rpc_id, service, timeout)
-        self.out.append(frame)
-        if not self.out_scheduled:
-            self.out_scheduled = True
-            self.loop.call_soon(self._write_out)
+        self.out.write(frame)
         stats = self.client.stats
         stats.frames_out += 1
         stats.bytes_out += len(frame)
@@ -227,18 +223,11 @@ class _RpcConn(asyncio.Protocol):
         else:
             self._fail(error)
 
-    def _write_out(self) -> None:
-        self.out_scheduled = False
-        out, self.out = self.out, []
-        transport = self.transport
-        if out and transport is not None and not transport.is_closing():
-            transport.writelines(out)
-
     # -- asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = self.out.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -309,7 +298,7 @@ class _RpcConn(asyncio.Protocol):
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(error)
-        self.out.clear()
+        self.out.drop()
         self._wake_writers()
         if not self.lost.done():
             self.lost.set_result(None)

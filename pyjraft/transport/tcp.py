@@ -73,6 +73,7 @@ from pyjraft.transport.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
     Kind,
+    TurnWriter,
     frame_header,
     parse_header_at,
 )
@@ -357,9 +358,7 @@ class _ServerConnection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.drained: asyncio.Future[None] | None = None
-        # Responses finished in one loop turn leave in one write.
-        self.out: list[bytes] = []
-        self.out_scheduled = False
+        self.out = TurnWriter()  # answers finished in one loop turn: one write
         self.failed = False
         self.eof = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -368,7 +367,7 @@ class _ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = self.out.transport = cast(asyncio.Transport, transport)
         if self.t._closed:
             self.transport.abort()
             return
@@ -535,10 +534,7 @@ class _ServerConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self.out.append(frame)
-        if not self.out_scheduled:
-            self.out_scheduled = True
-            asyncio.get_running_loop().call_soon(self._write_out)
+        self.out.write(frame)
         stats = self.t.stats
         stats.frames_out += 1
         stats.bytes_out += len(frame)
@@ -549,13 +545,6 @@ class _ServerConnection(asyncio.Protocol):
         for rt in list(self.requests):
             if isinstance(rt, asyncio.Task):
                 rt.cancel()
-
-    def _write_out(self) -> None:
-        self.out_scheduled = False
-        out, self.out = self.out, []
-        transport = self.transport
-        if out and transport is not None and not transport.is_closing():
-            transport.writelines(out)
 
     # -- closing -----------------------------------------------------------------
 
@@ -580,7 +569,7 @@ class _ServerConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self._write_out()  # answers still queued go before the close
+        self.out.flush()  # answers still queued go before the close
         transport.close()
         # A peer that never reads what is still buffered must not keep the
         # socket open for ever.
