@@ -282,6 +282,13 @@ class _RpcConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
             error = TransportError(f"connection to {self.addr} lost: {exc}")
+        elif self.buf and self.error is None:
+            # The server hung up inside a frame: a truncated frame, as bad as garbage.
+            self.client.stats.bad_frames += 1
+            error = TransportError(
+                f"protocol error from {self.addr}: stream ended inside a frame "
+                f"({len(self.buf)} bytes pending)"
+            )
         else:
             error = TransportError(f"connection to {self.addr} closed")
         self._fail(self.error or error)

@@ -689,3 +689,27 @@ def test_rpc_timeouts_share_one_timer_per_connection(seed: int) -> None:
             await server.close()
 
     run(main)
+
+
+def test_rpc_server_hanging_up_inside_a_frame_is_a_bad_frame(seed: int) -> None:
+    async def main() -> None:
+        async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(6)  # a request header at least
+            frame = encode_frame(Kind.RESPONSE, encode_response(1, True, "x" * 100))
+            writer.write(frame[:20])
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(half_answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RpcClient()
+        try:
+            with pytest.raises(TransportError, match="inside a frame"):
+                await client.call(f"127.0.0.1:{port}", "echo", None)
+            assert client.stats.bad_frames == 1
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main)
