@@ -209,7 +209,12 @@ CACHED_ENTRY_OVERHEAD = 152
 
 def cached_cost(entries: Sequence[Entry]) -> int:
     """Bytes ``entries`` count for against the entry cache's budget."""
-    return entries_size(entries) + (CACHED_ENTRY_OVERHEAD - _ENTRY_OVERHEAD) * len(entries)
+    return _cost(entries_size(entries), len(entries))
+
+
+def _cost(entry_bytes: int, count: int) -> int:
+    # `cached_cost` of ``count`` entries whose `Entry.size` sums to ``entry_bytes``.
+    return entry_bytes + (CACHED_ENTRY_OVERHEAD - _ENTRY_OVERHEAD) * count
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -571,7 +576,7 @@ class SegmentLogStorage:
             seg.size = start + len(enc.buf)
             self._last += len(enc.entries)
             self._cache.extend(enc.entries)
-            cost = enc.entry_bytes + (CACHED_ENTRY_OVERHEAD - _ENTRY_OVERHEAD) * len(enc.entries)
+            cost = _cost(enc.entry_bytes, len(enc.entries))
             self._cache_size += cost
             self._cache_runs.append([len(enc.entries), cost])
             self._evict_cache()

@@ -23,10 +23,10 @@ from pyjraft.transport.errors import ProtocolError, RemoteError, RpcTimeoutError
 from pyjraft.transport.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
+    FrameDecoder,
     Kind,
     TurnWriter,
     frame_header,
-    parse_header_at,
 )
 
 log = logging.getLogger("pyjraft.transport")
@@ -143,7 +143,7 @@ class _RpcConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.closed = False
-        self.buf = bytearray()
+        self.frames = FrameDecoder(client._max_frame_size)
         self.out = TurnWriter()  # requests made in one loop turn: one write
         self.paused = False
         self.drained: asyncio.Future[None] | None = None
@@ -232,26 +232,14 @@ class _RpcConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        buf = self.buf
-        buf += data
         stats = self.client.stats
-        limit = self.client._max_frame_size
-        n = len(buf)
-        pos = 0
-        view = memoryview(buf)
         try:
-            while n - pos >= HEADER_SIZE:
-                kind, body_len = parse_header_at(buf, pos, limit)
-                end = pos + HEADER_SIZE + body_len
-                if end > n:
-                    break
+            for kind, body in self.frames.feed(data):
                 if kind is not Kind.RESPONSE:
                     raise ProtocolError(f"unexpected {kind.name} frame on a client connection")
-                with view[pos + HEADER_SIZE : end] as body:
-                    rpc_id, ok, payload = decode_response(body)
-                pos = end
+                rpc_id, ok, payload = decode_response(body)
                 stats.frames_in += 1
-                stats.bytes_in += HEADER_SIZE + body_len
+                stats.bytes_in += HEADER_SIZE + len(body)
                 fut = self.pending.pop(rpc_id, None)
                 if fut is None or fut.done():
                     continue  # the caller timed out or was cancelled
@@ -260,14 +248,12 @@ class _RpcConn(asyncio.Protocol):
                 else:
                     fut.set_exception(RemoteError(payload))
         except ProtocolError as e:
-            view.release()
-            stats.bad_frames += 1
-            log.warning("closing rpc connection to %s: %s", self.addr, e.reason)
-            self.abort(TransportError(f"protocol error from {self.addr}: {e.reason}"))
-            return
-        view.release()
-        if pos:
-            del buf[:pos]
+            self._protocol_error(e)
+
+    def _protocol_error(self, e: ProtocolError) -> None:
+        self.client.stats.bad_frames += 1
+        log.warning("closing rpc connection to %s: %s", self.addr, e.reason)
+        self.abort(TransportError(f"protocol error from {self.addr}: {e.reason}"))
 
     def eof_received(self) -> bool:
         return False  # the server hung up: close our side too
@@ -280,15 +266,14 @@ class _RpcConn(asyncio.Protocol):
         self._wake_writers()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and self.error is None:
+            try:
+                self.frames.eof()
+            except ProtocolError as e:
+                # The server hung up inside a frame: as bad as garbage.
+                self._protocol_error(e)
         if exc is not None:
             error = TransportError(f"connection to {self.addr} lost: {exc}")
-        elif self.buf and self.error is None:
-            # The server hung up inside a frame: a truncated frame, as bad as garbage.
-            self.client.stats.bad_frames += 1
-            error = TransportError(
-                f"protocol error from {self.addr}: stream ended inside a frame "
-                f"({len(self.buf)} bytes pending)"
-            )
         else:
             error = TransportError(f"connection to {self.addr} closed")
         self._fail(self.error or error)

@@ -493,7 +493,7 @@ class _ServerConnection(asyncio.Protocol):
         rt.add_done_callback(self._request_done)
 
     def _future_answered(self, rpc_id: int, service: str, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled() or self.transport is None:
+        if fut.cancelled():
             self._request_done(fut)
             return
         exc = fut.exception()

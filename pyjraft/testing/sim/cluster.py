@@ -221,7 +221,7 @@ class Simulation:
                         applied_sum, progress_at = now_sum, t
                     stalled = t - progress_at > opt.progress_bound_ticks * TICK
                     if stalled or t > converge_cap:
-                        self._liveness(self._convergence_report())
+                        self._liveness(self._convergence_report(stalled))
 
     def _liveness(self, detail: str) -> None:
         raise SafetyViolation(Violation("liveness", "-", detail))
@@ -437,13 +437,17 @@ class Simulation:
             return False
         return all(self.nodes[n].applied >= commit for n in self.ids)
 
-    def _convergence_report(self) -> str:
+    def _convergence_report(self, stalled: bool) -> str:
         parts = [repr(self.nodes[n].core) + f" applied={self.nodes[n].applied}" for n in self.ids]
         need = max(self.acked.values(), default=0)
+        why = (
+            f"nothing applied for {self.opt.progress_bound_ticks} ticks"
+            if stalled
+            else f"still applying at the {self.opt.converge_cap_ticks}-tick cap"
+        )
         return (
             f"not converged {(self.now - self.opt.chaos_ticks * TICK) // TICK} ticks after "
-            f"healing, nothing applied for {self.opt.progress_bound_ticks} (highest acked "
-            f"index {need}): " + "; ".join(parts)
+            f"healing, {why} (highest acked index {need}): " + "; ".join(parts)
         )
 
     def verify_acked(self) -> None:
