@@ -46,6 +46,7 @@ from pyjraft.bench import floor
 from pyjraft.bench._proc import set_pdeathsig
 from pyjraft.bench.stats import percentile, summarize
 from pyjraft.node.loop import run
+from pyjraft.node.options import NodeOptions
 from pyjraft.testing.ports import free_ports
 
 DURABILITY_SYNC = "durable: leader and a majority fdatasync each entry before the ack"
@@ -198,6 +199,8 @@ class Cluster:
             if args.no_sync:
                 argv.append("--no-sync")
             argv.append(f"--leader-write-thread={args.leader_write_thread}")
+            if args.busy_poll_us is not None:
+                argv.append(f"--busy-poll-us={args.busy_poll_us}")
             if not args.tune_gc:
                 argv.append("--no-tune-gc")
             specs.append((f"pyjraft node{i}", argv, os.path.join(tmp, f"node{i}.log")))
@@ -851,6 +854,11 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         {
             "sync": not args.no_sync,
             "leader_write_thread": args.leader_write_thread,
+            "busy_poll_us": (
+                NodeOptions(id="x", peers=("x",)).busy_poll_us
+                if args.busy_poll_us is None
+                else args.busy_poll_us
+            ),
             "durability": DURABILITY_NOSYNC if args.no_sync else DURABILITY_SYNC,
             "loop": args.loop,
             "python": sys.version.split()[0],
@@ -998,6 +1006,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="NodeOptions.leader_write_thread (default: the library's default)",
     )
     ap.add_argument(
+        "--busy-poll-us",
+        type=int,
+        default=None,
+        metavar="US",
+        help="NodeOptions.busy_poll_us: a leader polls this long after sending entries "
+        "(default: the library's default, off)",
+    )
+    ap.add_argument(
         "--no-tune-gc",
         dest="tune_gc",
         action="store_false",
@@ -1050,6 +1066,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error("--idle must be > 0 seconds")
     if args.disk_bw_seconds < 0:
         ap.error("--disk-bw-seconds must be >= 0")
+    if args.busy_poll_us is not None and args.busy_poll_us < 0:
+        ap.error("--busy-poll-us must be >= 0")
     if args.pysyncobj_configs is not None and not args.compare:
         ap.error("--pysyncobj-configs needs --compare")
     if args.pysyncobj_configs is None:

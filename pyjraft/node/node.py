@@ -57,6 +57,7 @@ from pyjraft.core.messages import Message
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import NONE, ConfState, Entry, EntryType, HardState, Role, SoftState
+from pyjraft.node import busy_poll
 from pyjraft.node.errors import (
     LeadershipLostError,
     NodeStorageError,
@@ -147,6 +148,8 @@ class Node:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_s = o.heartbeat_ms / 1000
         self._tick_base = self._loop.time()
+        self._busy_poll_s = o.busy_poll_us / 1e6
+        self._busy_poll = busy_poll.for_loop(self._loop) if o.busy_poll_us else None
         self.stats: dict[str, int] = {
             "proposals": 0,
             "batches": 0,
@@ -428,6 +431,8 @@ class Node:
         # sockets and step what they hold (a late acknowledgement, say) before
         # the new entries leave -- on the latency path.
         self.transport.flush()
+        if self._busy_poll is not None:
+            self._busy_poll.extend(self._busy_poll_s)
         self._schedule_drive()
 
     def _send_eager(self) -> None:
