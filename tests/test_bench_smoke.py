@@ -154,6 +154,7 @@ def test_compare_picks_best_throughput_and_lowest_p50_separately() -> None:
         "ops_per_s": 3000.0,
         "p50_ms": 0.5,
         "floor_ms": 0.25,
+        "shared_floor_ms": 0.4,
         "pysyncobj_default": {"error": "run timed out"},
         "pysyncobj_tuned": {"ok": 10, "ops_per_s": 2000.0, "p50_ms": 4.0, "p99_ms": 6.0},
         "pysyncobj_unbatched": {"ok": 10, "ops_per_s": 1000.0, "p50_ms": 0.4, "p99_ms": 1.0},
@@ -171,6 +172,7 @@ def test_compare_picks_best_throughput_and_lowest_p50_separately() -> None:
     assert durable["p50_vs_floor"]["value"] == 2.0
     assert durable["p50_vs_floor"]["met"] is True
     assert durable["p50_vs_floor"]["applies"] is True
+    assert durable["p50_vs_floor"]["p50_vs_shared_floor"] == 1.25  # informational only
     assert durable["ratio"]["met"] is True  # >= 1.5 durable
     assert "p50_vs_pysyncobj" not in durable
 
@@ -208,3 +210,18 @@ def test_raw_sync_bandwidth(tmp_path: Path, writers: int) -> None:
 def test_raw_sync_bandwidth_reports_a_writer_failure(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         floor.raw_sync_bandwidth(str(tmp_path / "missing"), 4096, seconds=0.05, writers=2)
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+def test_fdatasync_floor_times_every_sync_of_every_writer(tmp_path: Path, writers: int) -> None:
+    us = floor.fdatasync_us(str(tmp_path), n=5, size=10, writers=writers)
+    assert len(us) == 5 * writers
+    assert all(u >= 0 for u in us)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fdatasync_floor_reports_a_writer_failure(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        floor.fdatasync_us(str(tmp_path / "missing"), n=5, writers=3)
+    with pytest.raises(ValueError, match="writers"):
+        floor.fdatasync_us(str(tmp_path), writers=0)

@@ -3,7 +3,10 @@ fdatasync on the data directory's filesystem, plus one loopback TCP round trip.
 
 A Raft write can not be acknowledged sooner: the leader's fdatasync runs in
 parallel with the round trip to a follower and that follower's fdatasync, so
-the floor is about one fdatasync plus one round trip.
+the floor is about one fdatasync plus one round trip. That holds when each
+replica has its own disk; the benchmark's 3 nodes share one, so their
+fdatasyncs queue behind each other, and ``fdatasync_us(..., writers=3)``
+measures what one costs then (the *shared-disk floor*).
 
 Also the disk's raw bandwidth at a given group-commit size (`raw_sync_bandwidth`),
 the yardstick for large payloads: what a plain append + fdatasync loop makes
@@ -18,23 +21,53 @@ import threading
 import time
 
 
-def fdatasync_us(directory: str, n: int = 200, size: int = 100) -> list[int]:
+def fdatasync_us(directory: str, n: int = 200, size: int = 100, writers: int = 1) -> list[int]:
     """Append ``size`` bytes to a fresh file in ``directory`` and fdatasync it, ``n``
-    times; return each write+fdatasync time in microseconds."""
-    path = os.path.join(directory, "floor-fdatasync.bin")
+    times; return each write+fdatasync time in microseconds. With ``writers``
+    > 1, that many threads do so at once, each on its own file (as the replicas
+    of a cluster on one machine share its disk), and all their times are
+    returned."""
+    if writers < 1:
+        raise ValueError("writers must be >= 1")
     data = b"x" * size
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    out: list[int] = []
-    try:
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            os.write(fd, data)
-            os.fdatasync(fd)
-            out.append((time.perf_counter_ns() - t0) // 1000)
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    return out
+    results: list[list[int]] = [[] for _ in range(writers)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(writers)
+
+    def loop(k: int) -> None:
+        path = os.path.join(directory, f"floor-fdatasync-{k}.bin")
+        out = results[k]
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                start.wait()
+                for _ in range(n):
+                    t0 = time.perf_counter_ns()
+                    os.write(fd, data)
+                    os.fdatasync(fd)
+                    out.append((time.perf_counter_ns() - t0) // 1000)
+            finally:
+                os.close(fd)
+                os.unlink(path)
+        except BaseException as exc:  # re-raised on the calling thread
+            start.abort()
+            errors.append(exc)
+
+    if writers == 1:
+        loop(0)
+    else:
+        # write and fdatasync release the GIL: threads sync as concurrently as processes.
+        threads = [threading.Thread(target=loop, args=(k,)) for k in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if errors:
+        # The first real failure, not the broken barrier it left the others.
+        raise next(
+            (e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0]
+        )
+    return [us for out in results for us in out]
 
 
 def tcp_rtt_us(port: int, n: int = 1000, size: int = 100, host: str = "127.0.0.1") -> list[int]:
