@@ -529,9 +529,13 @@ class Node:
             except Exception as exc:
                 raise NodeStorageError(f"storage write failed: {exc!r}") from exc
             self.stats["syncs"] += 1
+        committed = rd.committed_entries
         if rd.messages:
             self.transport.send(rd.messages)
-        committed = rd.committed_entries
+            if committed:
+                # Acknowledgements (a follower's) and appends (a leader's) are on
+                # someone's latency path; the state machine can wait for them.
+                self.transport.flush()
         if committed:
             all_normal = set(map(_TYPE, committed)) == _NORMAL_ONLY
             user = committed if all_normal else [e for e in committed if e.type == _NORMAL]

@@ -503,3 +503,50 @@ def test_a_leader_applies_in_the_turn_its_own_write_commits() -> None:
             await c.stop_all()
 
     run(main())
+
+
+def test_a_followers_acknowledgement_leaves_before_it_applies() -> None:
+    # Latency: a Ready that both acknowledges new entries and commits older
+    # ones writes the acknowledgement out before the state machine runs.
+    async def main() -> None:
+        c = LocalCluster(seed=13)
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            await leader.apply(b"1")
+            follower = c.nodes[next(nid for nid in IDS if nid != leader.id)]
+            events: list[str] = []
+            transport: Any = follower.transport
+            machine = c.machines[follower.id]
+            send, flush, on_apply = transport.send, transport.flush, machine.on_apply
+
+            def rec_send(msgs: Any) -> None:
+                if any(isinstance(m, AppendEntriesResponse) for m in msgs):
+                    events.append("send-ack")
+                send(msgs)
+
+            def rec_flush() -> None:
+                events.append("flush")
+                flush()
+
+            def rec_apply(entries: Any) -> Any:
+                events.append("apply")
+                return on_apply(entries)
+
+            transport.send, transport.flush = rec_send, rec_flush
+            machine.on_apply = rec_apply  # type: ignore[method-assign]
+            for _ in range(20):
+                await leader.apply(b"1")
+            await wait_for(lambda: machine.value == 21, 5, "the follower applies all")
+            together = 0
+            for i, ev in enumerate(events):
+                if ev != "apply":
+                    continue
+                last_ack = max((j for j in range(i) if events[j] == "send-ack"), default=-1)
+                assert "flush" in events[last_ack + 1 : i] or last_ack < 0, events[: i + 1]
+                together += i >= 2 and events[i - 2 : i] == ["send-ack", "flush"]
+            assert together > 0, f"no Ready acknowledged and applied at once: {events}"
+        finally:
+            await c.stop_all()
+
+    run(main())
