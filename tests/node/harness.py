@@ -112,6 +112,13 @@ class LocalCluster:
         for nid in list(self.nodes):
             await self.stop(nid)
 
+    async def __aenter__(self) -> LocalCluster:
+        await self.start_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_all()
+
     async def leader(self, timeout: float = 5.0) -> Node:
         return await wait_for(
             lambda: next((n for n in self.nodes.values() if n.is_leader), None),

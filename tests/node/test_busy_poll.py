@@ -80,9 +80,7 @@ def test_one_poller_per_loop() -> None:
 @pytest.mark.parametrize("busy_poll_us", [0, 5_000])
 def test_a_leader_polls_after_sending_entries_only_when_asked(busy_poll_us: int) -> None:
     async def main() -> None:
-        c = LocalCluster(seed=21, busy_poll_us=busy_poll_us)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=21, busy_poll_us=busy_poll_us) as c:
             leader = await c.leader()
             poll = for_loop(asyncio.get_running_loop())
             before = poll.turns
@@ -91,23 +89,17 @@ def test_a_leader_polls_after_sending_entries_only_when_asked(busy_poll_us: int)
                 assert poll.turns > before, "the loop turned without sleeping"
             else:
                 assert poll.turns == before == 0 and not poll.running
-        finally:
-            await c.stop_all()
 
     run(main())
 
 
 def test_an_idle_leader_never_polls() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=22, busy_poll_us=5_000)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=22, busy_poll_us=5_000) as c:
             await c.leader()
             await asyncio.sleep(0.1)  # several heartbeats (15 ms each)
             poll = for_loop(asyncio.get_running_loop())
             assert poll.turns == 0 and not poll.running, "heartbeats alone do not poll"
-        finally:
-            await c.stop_all()
 
     run(main())
 

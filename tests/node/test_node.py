@@ -509,9 +509,7 @@ def test_a_followers_acknowledgement_leaves_before_it_applies() -> None:
     # Latency: a Ready that both acknowledges new entries and commits older
     # ones writes the acknowledgement out before the state machine runs.
     async def main() -> None:
-        c = LocalCluster(seed=13)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=13) as c:
             leader = await c.leader()
             await leader.apply(b"1")
             follower = c.nodes[next(nid for nid in IDS if nid != leader.id)]
@@ -546,7 +544,5 @@ def test_a_followers_acknowledgement_leaves_before_it_applies() -> None:
                 assert "flush" in events[last_ack + 1 : i] or last_ack < 0, events[: i + 1]
                 together += i >= 2 and events[i - 2 : i] == ["send-ack", "flush"]
             assert together > 0, f"no Ready acknowledged and applied at once: {events}"
-        finally:
-            await c.stop_all()
 
     run(main())
