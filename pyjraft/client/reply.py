@@ -11,14 +11,18 @@ A service handler built for `RaftClient` returns a dict, one of::
 
 `serve_apply` does the usual thing in one line: replicate ``data`` through a
 `Node` and turn the result, or any of the node's documented errors, into one
-of these replies::
+of these replies. It returns a future, so a handler that only forwards can
+be a plain function, which the RPC server answers with no task per request::
 
-    async def handle(request):
-        return await serve_apply(node, encode(request))
+    def handle(request):
+        return serve_apply(node, encode(request))
+
+(``await serve_apply(...)`` inside an ``async def`` handler works too.)
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pyjraft.core.errors import NotLeaderError
@@ -78,21 +82,41 @@ def reply_for_error(exc: BaseException) -> dict[str, Any]:
     raise exc
 
 
-async def serve_apply(node: Node, data: bytes) -> dict[str, Any]:
-    """Replicate ``data`` through ``node`` and return the reply for the outcome.
+def serve_apply(node: Node, data: bytes) -> asyncio.Future[dict[str, Any]]:
+    """Replicate ``data`` through ``node``; the future resolves to the reply for
+    the outcome.
 
     ``{"ok": result}`` with the state machine's result on success; otherwise
     the error reply `reply_for_error` gives. A node that is not running
     answers ``unavailable`` without trying, so a client that cached a failed
     leader moves on instead of seeing unknown outcomes.
+
+    A future rather than a coroutine (as `Node.apply`): no coroutine, and
+    behind an RPC service no task, per request. Schedule it with
+    `asyncio.ensure_future`, not `asyncio.create_task`. Cancelling it does
+    not withdraw the entry.
     """
+    reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     if node.state is not NodeState.RUNNING:
-        return error_reply(UNAVAILABLE, f"node {node.id} is {node.state.value}")
+        reply.set_result(error_reply(UNAVAILABLE, f"node {node.id} is {node.state.value}"))
+        return reply
+
+    def done(result: Any, exc: BaseException | None) -> None:
+        if reply.done():  # cancelled by its caller
+            return
+        if exc is None:
+            reply.set_result(ok_reply(result))
+            return
+        try:
+            reply.set_result(reply_for_error(exc))
+        except BaseException as unexpected:  # not one of the node's documented errors
+            reply.set_exception(unexpected)
+
     try:
-        result = await node.apply(data)
-    except Exception as exc:
-        return reply_for_error(exc)
-    return ok_reply(result)
+        node.submit(data, done)
+    except Exception as exc:  # refused at once: not leader, overloaded, too large...
+        done(None, exc)
+    return reply
 
 
 __all__ = [

@@ -110,6 +110,12 @@ class CounterStateMachine(StateMachine):
         return out
 
 
+def _replied(reply: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+    done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    done.set_result(reply)
+    return done
+
+
 class CounterServer:
     """One counter replica: a `Node`, its `TcpTransport` and the two services.
 
@@ -139,15 +145,16 @@ class CounterServer:
             raise
         return server
 
-    async def handle_counter(self, request: Any) -> dict[str, Any]:
-        """Serve one counter command (see `validate_command`)."""
+    def handle_counter(self, request: Any) -> asyncio.Future[dict[str, Any]]:
+        """Serve one counter command (see `validate_command`). A plain function
+        returning a future: the RPC server answers it with no task per request."""
         why = validate_command(request)
         if why is not None:
-            return error_reply(INVALID_REQUEST, why)
+            return _replied(error_reply(INVALID_REQUEST, why))
         if self.node is None:
-            return error_reply(UNAVAILABLE, "the node is starting")
+            return _replied(error_reply(UNAVAILABLE, "the node is starting"))
         data: bytes = msgpack.packb(list(request))
-        return await serve_apply(self.node, data)
+        return serve_apply(self.node, data)
 
     async def handle_status(self, request: Any) -> dict[str, Any]:
         """`Node.status` plus ``value``, the counter as applied here."""

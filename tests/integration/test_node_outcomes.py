@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pyjraft.client import UNAVAILABLE, UNKNOWN_OUTCOME, serve_apply
+from pyjraft.client import INVALID_REQUEST, NOT_LEADER, UNAVAILABLE, UNKNOWN_OUTCOME, serve_apply
 from pyjraft.node import LeadershipLostError
 from tests.node.harness import LocalCluster, run, wait_for
 
@@ -31,5 +31,25 @@ def test_shutdown_reports_proposed_entries_as_unknown_outcome() -> None:
             assert (await serve_apply(leader, b"1"))["error"] == UNAVAILABLE
         finally:
             await c.stop_all()
+
+    run(main())
+
+
+def test_serve_apply_is_a_future_of_the_reply_for_every_outcome() -> None:
+    async def main() -> None:
+        async with LocalCluster(seed=12, max_entry_bytes=64) as c:
+            leader = await c.leader()
+            ok = serve_apply(leader, b"5")
+            assert isinstance(ok, asyncio.Future), "a future, not a coroutine"
+            assert await ok == {"ok": 5}
+            follower = next(n for n in c.nodes.values() if n is not leader)
+            refused = await serve_apply(follower, b"1")  # refused at once, in the future
+            assert refused["error"] == NOT_LEADER and refused["leader"] == leader.id
+            too_big = await serve_apply(leader, b"1" * 65)
+            assert too_big["error"] == INVALID_REQUEST
+            # A caller that gives up does not disturb the write.
+            gone = serve_apply(leader, b"2")
+            gone.cancel()
+            await wait_for(lambda: c.machines[leader.id].value == 7, 5, "applied anyway")
 
     run(main())
