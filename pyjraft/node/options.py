@@ -61,8 +61,10 @@ class NodeOptions:
     the sockets without sleeping for this long (re-armed by every batch), so
     the acknowledgement is handled the moment it arrives by a process still on
     its core, not after a wake-up (`pyjraft.node.busy_poll`). Lowers latency at
-    low concurrency; costs up to this much CPU per batch sent (an idle leader,
-    sending only heartbeats, never polls). 0 turns it off."""
+    low concurrency where the network round trip dominates (sync off, or a disk
+    much faster than the wake-up), not where the followers' fdatasync does;
+    costs up to this much CPU per batch sent (an idle leader, sending only
+    heartbeats, never polls). 0 turns it off."""
     segment_bytes: int = 64 << 20
     """Log segment file size."""
     log_cache_bytes: int = 32 << 20
