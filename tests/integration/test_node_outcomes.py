@@ -16,9 +16,7 @@ def test_shutdown_reports_proposed_entries_as_unknown_outcome() -> None:
     fail with `ShutdownError`, which promises nothing was proposed."""
 
     async def main() -> None:
-        c = LocalCluster(seed=11)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=11) as c:
             leader = await c.leader()
             c.net.isolate(leader.id)  # nothing commits: the entry stays pending
             pending = asyncio.ensure_future(leader.apply(b"1"))
@@ -29,8 +27,6 @@ def test_shutdown_reports_proposed_entries_as_unknown_outcome() -> None:
                 await pending
             assert (await served)["error"] == UNKNOWN_OUTCOME
             assert (await serve_apply(leader, b"1"))["error"] == UNAVAILABLE
-        finally:
-            await c.stop_all()
 
     run(main())
 

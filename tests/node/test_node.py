@@ -30,9 +30,7 @@ from tests.node.harness import (
 
 def test_apply_returns_results_in_log_order_and_replicates() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=1)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=1) as c:
             leader = await c.leader()
             results = await asyncio.gather(*(leader.apply(b"1") for _ in range(500)))
             assert sorted(results) == list(range(1, 501))
@@ -40,17 +38,13 @@ def test_apply_returns_results_in_log_order_and_replicates() -> None:
             for nid in IDS:
                 await wait_for(lambda nid=nid: c.machines[nid].value == 500, 5, f"{nid} applies")
             assert leader.stats["batches"] < 50, "a burst is proposed in few batches"
-        finally:
-            await c.stop_all()
 
     run(main())
 
 
 def test_follower_refuses_with_the_leader_address() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=2)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=2) as c:
             leader = await c.leader()
             await leader.apply(b"1")
             follower = next(n for n in c.nodes.values() if not n.is_leader)
@@ -58,17 +52,13 @@ def test_follower_refuses_with_the_leader_address() -> None:
             with pytest.raises(NotLeaderError) as info:
                 await follower.apply(b"1")
             assert info.value.leader == leader.id
-        finally:
-            await c.stop_all()
 
     run(main())
 
 
 def test_apply_is_a_future_whose_refusals_raise_when_awaited() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=2, max_entry_bytes=10)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=2, max_entry_bytes=10) as c:
             leader = await c.leader()
             ok = leader.apply(b"1")
             assert isinstance(ok, asyncio.Future)
@@ -84,17 +74,13 @@ def test_apply_is_a_future_whose_refusals_raise_when_awaited() -> None:
             assert results[0].leader == leader.id
             assert isinstance(results[1], ValueError)
             assert await leader.apply(b"1") == 4  # nothing of the refused was proposed
-        finally:
-            await c.stop_all()
 
     run(main())
 
 
 def test_overload_fails_fast_and_the_node_stays_healthy() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=3, max_pending_proposals=20)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=3, max_pending_proposals=20) as c:
             leader = await c.leader()
             outcomes = await asyncio.gather(
                 *(leader.apply(b"1") for _ in range(50)), return_exceptions=True
@@ -105,8 +91,6 @@ def test_overload_fails_fast_and_the_node_stays_healthy() -> None:
             assert leader.stats["overloaded"] == 30
             assert await leader.apply(b"1") == 21, "load shed; the node still serves"
             assert leader.state is NodeState.RUNNING
-        finally:
-            await c.stop_all()
 
     run(main())
 
@@ -114,9 +98,7 @@ def test_overload_fails_fast_and_the_node_stays_healthy() -> None:
 @pytest.mark.parametrize("machine", [CounterMachine, AsyncCounterMachine])
 def test_state_machine_exception_is_fatal_and_loud(machine: type[CounterMachine]) -> None:
     async def main() -> None:
-        c = LocalCluster(seed=4, machine=machine)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=4, machine=machine) as c:
             leader = await c.leader()
             c.machines[leader.id].fail_on = b"7"
             with pytest.raises(StateMachineError):
@@ -138,17 +120,13 @@ def test_state_machine_exception_is_fatal_and_loud(machine: type[CounterMachine]
                 "new leader",
             )
             assert survivor.state is NodeState.RUNNING
-        finally:
-            await c.stop_all()
 
     run(main())
 
 
 def test_isolated_leader_fails_pending_with_unknown_outcome() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=5)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=5) as c:
             leader = await c.leader()
             await leader.apply(b"1")
             c.net.isolate(leader.id)
@@ -160,8 +138,6 @@ def test_isolated_leader_fails_pending_with_unknown_outcome() -> None:
             c.net.heal()
             new = await c.leader()
             assert await new.apply(b"0") >= 1
-        finally:
-            await c.stop_all()
 
     run(main())
 
@@ -187,9 +163,7 @@ def test_shutdown_fails_pending_and_later_calls() -> None:
 
 def test_callbacks_leader_start_and_following() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=7)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=7) as c:
             leader = await c.leader()
             m = c.machines[leader.id]
             await wait_for(lambda: ("leader_start", leader.term) in m.events, 5, "leader_start")
@@ -200,8 +174,6 @@ def test_callbacks_leader_start_and_following() -> None:
                         5,
                         f"{nid} start_following",
                     )
-        finally:
-            await c.stop_all()
 
     run(main())
 
@@ -234,9 +206,7 @@ def test_restart_from_data_dir_recovers_log_and_state(
 
 def test_cancelled_caller_does_not_disturb_others() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=9)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=9) as c:
             leader = await c.leader()
             a = asyncio.ensure_future(leader.apply(b"1"))
             b = asyncio.ensure_future(leader.apply(b"1"))
@@ -244,8 +214,6 @@ def test_cancelled_caller_does_not_disturb_others() -> None:
             a.cancel()
             assert await b in (1, 2)
             assert await leader.apply(b"1") == 3, "the cancelled entry was still applied"
-        finally:
-            await c.stop_all()
 
     run(main())
 
@@ -293,9 +261,7 @@ def test_many_groups_share_one_transport_per_process() -> None:
 
 def test_submit_calls_back_with_results_and_raises_known_errors_at_once() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=11)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=11) as c:
             leader = await c.leader()
             got: list[tuple[object, BaseException | None]] = []
             finished = asyncio.Event()
@@ -313,24 +279,18 @@ def test_submit_calls_back_with_results_and_raises_known_errors_at_once() -> Non
             follower = next(n for n in c.nodes.values() if not n.is_leader)
             with pytest.raises(NotLeaderError):
                 follower.submit(b"1", done)
-        finally:
-            await c.stop_all()
 
     run(main())
 
 
 def test_sync_off_writes_inline_and_still_replicates(tmp_path: Path) -> None:
     async def main() -> None:
-        c = LocalCluster(seed=12, data_dir=str(tmp_path), sync=False)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=12, data_dir=str(tmp_path), sync=False) as c:
             leader = await c.leader()
             results = await asyncio.gather(*(leader.apply(b"1") for _ in range(300)))
             assert sorted(results) == list(range(1, 301))
             for nid in IDS:
                 await wait_for(lambda nid=nid: c.machines[nid].value == 300, 5, f"{nid} applies")
-        finally:
-            await c.stop_all()
         await c.start_all()  # what reached the page cache survives a clean restart
         try:
             leader = await c.leader()
@@ -343,9 +303,7 @@ def test_sync_off_writes_inline_and_still_replicates(tmp_path: Path) -> None:
 
 def test_async_state_machine_callbacks_are_awaited_in_order(tmp_path: Path) -> None:
     async def main() -> None:
-        c = LocalCluster(seed=13, data_dir=str(tmp_path), machine=AsyncCounterMachine)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=13, data_dir=str(tmp_path), machine=AsyncCounterMachine) as c:
             leader = await c.leader()
             await wait_for(
                 lambda: any(ev[0] == "leader_start" for ev in c.machines[leader.id].events),
@@ -361,17 +319,13 @@ def test_async_state_machine_callbacks_are_awaited_in_order(tmp_path: Path) -> N
                 await wait_for(lambda m=m: m.value == 200, 5, f"{nid} applies")
                 assert m.applied == sorted(m.applied), "applied in index order"
                 assert len(set(m.applied)) == len(m.applied), "each entry applied once"
-        finally:
-            await c.stop_all()
 
     run(main())
 
 
 def test_idle_followers_sleep_until_their_election_would_fire() -> None:
     async def main() -> None:
-        c = LocalCluster(seed=15)  # heartbeat 15 ms, election timeout 150 ms
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=15) as c:  # heartbeat 15 ms, election timeout 150 ms
             leader = await c.leader()
             before = {nid: n.stats["timer_wakeups"] for nid, n in c.nodes.items()}
             await asyncio.sleep(0.6)
@@ -391,8 +345,6 @@ def test_idle_followers_sleep_until_their_election_would_fire() -> None:
                 "a new leader",
             )
             assert survivor.id in followers
-        finally:
-            await c.stop_all()
 
     run(main())
 
@@ -444,9 +396,7 @@ def test_a_proposals_appends_are_flushed_before_the_loop_turns() -> None:
     # Latency: the AppendEntries of a new batch must leave in the callback that
     # proposes it, before the loop reads sockets or takes the next Ready.
     async def main() -> None:
-        c = LocalCluster(seed=11)
-        await c.start_all()
-        try:
+        async with LocalCluster(seed=11) as c:
             leader = await c.leader()
             await leader.apply(b"1")
             events: list[str] = []
@@ -471,8 +421,6 @@ def test_a_proposals_appends_are_flushed_before_the_loop_turns() -> None:
             await leader.apply(b"1")
             first = events.index("send-entries")
             assert events[first + 1] == "flush", events
-        finally:
-            await c.stop_all()
 
     run(main())
 
