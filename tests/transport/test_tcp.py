@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import shutil
 import socket
 import ssl
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,23 @@ class Inbox:
 
 def hb(group: str, src: str, dst: str, commit: int = 0) -> Heartbeat:
     return Heartbeat(group, 1, src, dst, commit, b"c%d" % commit)
+
+
+@contextlib.asynccontextmanager
+async def scripted_server(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[tuple[str, RpcClient]]:
+    """A raw TCP server running ``serve`` per connection, and an `RpcClient`:
+    yields the server's address and the client; closes both."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RpcClient()
+    try:
+        yield f"127.0.0.1:{port}", client
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def start(seed: int = 0, **kw: Any) -> TcpTransport:
@@ -470,17 +489,10 @@ def test_bad_response_closes_client_connection(seed: int) -> None:
             await reader.read()
             writer.close()
 
-        server = await asyncio.start_server(evil, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = RpcClient()
-        try:
+        async with scripted_server(evil) as (address, client):
             with pytest.raises(TransportError, match="protocol error"):
-                await client.call(f"127.0.0.1:{port}", "x", None)
+                await client.call(address, "x", None)
             assert client.stats.bad_frames == 1
-        finally:
-            await client.close()
-            server.close()
-            await server.wait_closed()
 
     logging.getLogger("pyjraft.transport").disabled = True
     try:
@@ -700,16 +712,9 @@ def test_rpc_server_hanging_up_inside_a_frame_is_a_bad_frame(seed: int) -> None:
             await writer.drain()
             writer.close()
 
-        server = await asyncio.start_server(half_answer, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = RpcClient()
-        try:
+        async with scripted_server(half_answer) as (address, client):
             with pytest.raises(TransportError, match="inside a frame"):
-                await client.call(f"127.0.0.1:{port}", "echo", None)
+                await client.call(address, "echo", None)
             assert client.stats.bad_frames == 1
-        finally:
-            await client.close()
-            server.close()
-            await server.wait_closed()
 
     run(main)
