@@ -9,15 +9,15 @@ the leader and on each follower. The tracing costs about 1 us per event.
 
     python benchmarks/c1_timeline.py [--ops N] [BENCH ARGS...]
 
-Example (2 cores, sync off, p50 0.66 ms), microseconds after the submit: the
-leader proposes (A 7) and starts writing the two AppendEntries (W 87, 118);
-the followers have them decoded (R) at 207-213, written (P) at 308-317,
-apply the previous entry (C) and acknowledge (W) at 351-364; the leader,
-whose CPU the woken followers took, only runs its own Ready at 389 (D; its
-log write P at 458) and takes the first acknowledgement (R) at 525, then
-applies (C 644). A message hop costs 100-130 us here against about 22 us in
-a plain two-process ping-pong: wake-ups of idle processes (and vCPUs) and 3
-processes sharing 2 cores dominate, not Python.
+Example (2 cores, sync off, 2026-11-27), microseconds after the submit: the
+leader proposes (A 4) and writes the two AppendEntries (W 51, 70), then its
+own log (D 124, P 152); the followers have them decoded (R) at 128-140,
+written (P) at 186-201 and acknowledged (W) at 195-212, before applying the
+previous entry (C 219-235); the leader takes the first acknowledgement (R)
+at 240 and applies (C 280). A message hop costs 45-80 us here against about
+22 us in a plain two-process ping-pong: wake-ups of idle processes (and
+vCPUs: this is a Firecracker microVM whose idle vCPUs halt) and 3 processes
+sharing 2 cores dominate, not Python.
 """
 
 from __future__ import annotations
