@@ -225,3 +225,34 @@ def test_fdatasync_floor_reports_a_writer_failure(tmp_path: Path) -> None:
         floor.fdatasync_us(str(tmp_path / "missing"), n=5, writers=3)
     with pytest.raises(ValueError, match="writers"):
         floor.fdatasync_us(str(tmp_path), writers=0)
+
+
+@pytest.mark.timeout(60)
+def test_bench_node_data_roots_and_preferred_leader(tmp_path: Path) -> None:
+    roots = [tmp_path / f"disk{i}" for i in range(3)]
+    for r in roots:
+        r.mkdir()
+    argv = [*SMALL, "--timeout", "25", "--disk-bw-seconds", "0.2"]
+    argv += ["--node-data-roots", ",".join(map(str, roots)), "--leader-node", "2"]
+    out = _run_bench(argv)
+    assert out["ok"] == 200
+    assert out["node_data_roots"] == [str(r) for r in roots]
+    assert out["nodes_share_disk"] is True  # one filesystem here
+    assert out["leader_node_preferred"] == 2
+    # Its election timeout fires at 1-2 s, the others' at 5-10 s.
+    assert out["leader_node"] == 2
+    assert _number(out["shared_floor_ms"]) and _number(out["raw_sync_bw_mb_s"])
+    for r in roots:
+        assert list(r.iterdir()) == [], f"{r} not cleaned up"
+
+
+def test_node_data_roots_and_leader_node_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        _args("--node-data-roots", f"{tmp_path},{tmp_path}")  # two, not three
+    with pytest.raises(SystemExit):
+        _args("--node-data-roots", f"{tmp_path},{tmp_path},{tmp_path / 'missing'}")
+    with pytest.raises(SystemExit):
+        _args("--leader-node", "3")
+    ok = _args("--node-data-roots", f"{tmp_path}, {tmp_path},{tmp_path}", "--leader-node", "0")
+    assert ok.node_data_roots == (str(tmp_path),) * 3
+    assert ok.leader_node == 0

@@ -49,6 +49,8 @@ from pyjraft.node.loop import run
 from pyjraft.node.options import NodeOptions
 from pyjraft.testing.ports import free_ports
 
+ELECTION_TIMEOUT_MS = 1000
+"""The nodes' election timeout with ``--leader-node`` (the `NodeOptions` default)."""
 DURABILITY_SYNC = "durable: leader and a majority fdatasync each entry before the ack"
 DURABILITY_NOSYNC = (
     "--no-sync: written, never fsynced (UNSAFE: a majority power loss loses acked writes)"
@@ -188,14 +190,20 @@ class Cluster:
 
     @classmethod
     async def start_pyjraft(cls, args: argparse.Namespace, tmp: str, deadline: float) -> Cluster:
-        """Start three `pyjraft.bench.server` processes, data dirs under ``tmp``."""
+        """Start three `pyjraft.bench.server` processes; node ``i`` keeps its data
+        under ``args.node_parents[i]`` (``tmp`` for all unless
+        ``--node-data-roots``), its log file in ``tmp``."""
         ports = free_ports(3)
         peers = ",".join(f"127.0.0.1:{p}" for p in ports)
         specs = []
         for i, port in enumerate(ports):
-            data = os.path.join(tmp, f"node{i}")
+            data = os.path.join(args.node_parents[i], f"node{i}")
             argv = ["-m", "pyjraft.bench.server", "--port", str(port), "--peers", peers]
             argv += ["--data-dir", data, "--deadline", str(deadline), "--loop", args.loop]
+            if args.leader_node is not None:
+                # The others wait 5 times longer before standing: node K leads.
+                timeout = ELECTION_TIMEOUT_MS * (1 if i == args.leader_node else 5)
+                argv.append(f"--election-timeout-ms={timeout}")
             if args.no_sync:
                 argv.append("--no-sync")
             argv.append(f"--leader-write-thread={args.leader_write_thread}")
@@ -406,7 +414,8 @@ async def run_pyjraft(
     try:
         leader, _ = await _await_leader(cluster, deadline, out)
         sys.stderr.write(f"pyjraft leader {leader.addr} pid {leader.pid}\n")
-        fl = await measure_floor(tmp, leader)
+        out["leader_node"] = cluster.children.index(leader)
+        fl = await measure_floor(args.node_parents[out["leader_node"]], leader)
         out["floor"] = fl
         out["floor_ms"] = fl["floor_ms"]
         out["shared_floor_ms"] = fl["shared_floor_ms"]
@@ -557,7 +566,7 @@ async def run_idle_pyjraft(
         sys.stderr.write(f"pyjraft leader {leader.addr} pid {leader.pid}; idle {args.idle} s\n")
         out.update(await measure_idle(cluster, args.idle))
         sts = await cluster.statuses()
-        out["leader_pid_index"] = out["node_pids"].index(leader.pid)
+        out["leader_pid_index"] = out["leader_node"] = out["node_pids"].index(leader.pid)
         out["leader_unchanged"] = all(s_["leader"] == leader.addr for s_ in sts) and all(
             s_["term"] == ls["term"] for s_ in sts
         )
@@ -625,7 +634,12 @@ async def disk_bandwidth(args: argparse.Namespace, tmp: str, out: dict[str, Any]
         "batch": "writes_per_sync x payload bytes (payload only, no framing)",
         "framing_bytes": {"per_batch": BATCH_HEADER_SIZE, "per_entry": ENTRY_HEADER_SIZE},
         "note": (
-            "all 3 nodes share this disk during the pyjraft run; the raw loop runs alone "
+            (
+                "all 3 nodes share this disk"
+                if out.get("nodes_share_disk")
+                else "the nodes' data roots are on different devices"
+            )
+            + " during the pyjraft run; the raw loop runs alone "
             "(disk_bw_ratio), and as 3 concurrent writers, one file each "
             "(disk_bw_ratio_shared: the leader log against one writer's share)"
         ),
@@ -796,7 +810,8 @@ def render_table(args: argparse.Namespace, out: dict[str, Any]) -> str:
         )
         if "shared_floor_ms" in fl:
             lines.append(
-                f"the same with the disk shared by 3 writers at once (as the 3 nodes share it):"
+                "the same with the disk shared by 3 writers at once"
+                f"{' (as the 3 nodes share it)' if out.get('nodes_share_disk') else ''}:"
                 f" fdatasync {fl['fdatasync_shared_p50_ms']:.3f} ms"
                 f" + RTT = {fl['shared_floor_ms']:.3f} ms"
             )
@@ -811,7 +826,11 @@ def render_table(args: argparse.Namespace, out: dict[str, Any]) -> str:
             f" ({out['leader_log_mb_s_framed']:.2f} with framing),"
             f" {out['leader_syncs_per_s']:,.0f} syncs/s = {_fmt(out.get('disk_bw_ratio'), 3)}"
             f" of raw ({_fmt(out.get('disk_bw_ratio_framed'), 3)} with framing;"
-            " all 3 nodes write to this disk)"
+            + (
+                " all 3 nodes write to this disk)"
+                if out.get("nodes_share_disk")
+                else " the other nodes' data roots are on other devices)"
+            )
         )
     if "raw_sync_bw_shared_mb_s" in out:
         lines.append(
@@ -860,6 +879,12 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     t_start = time.time()
     deadline = t_start + args.timeout
     tmp = tempfile.mkdtemp(prefix="pyjraft-bench-", dir=args.data_root)
+    roots = args.node_data_roots
+    args.node_parents = (
+        [tempfile.mkdtemp(prefix=f"pyjraft-bench-node{i}-", dir=r) for i, r in enumerate(roots)]
+        if roots
+        else [tmp] * 3
+    )
     out: dict[str, Any] = {
         "impl": "pyjraft",
         "mode": "idle" if args.idle is not None else "load",
@@ -878,6 +903,9 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         {
             "sync": not args.no_sync,
             "leader_write_thread": args.leader_write_thread,
+            "node_data_roots": list(roots) if roots else None,
+            "nodes_share_disk": len({os.stat(p).st_dev for p in args.node_parents}) == 1,
+            "leader_node_preferred": args.leader_node,
             "busy_poll_us": (
                 NodeOptions(id="x", peers=("x",)).busy_poll_us
                 if args.busy_poll_us is None
@@ -915,7 +943,8 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         code = 2
     finally:
         kill_all_children()
-        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in {tmp, *args.node_parents}:
+            shutil.rmtree(parent, ignore_errors=True)
         out["wall_s"] = round(time.time() - t_start, 3)
     return out, code
 
@@ -924,7 +953,8 @@ async def _load(args: argparse.Namespace, tmp: str, deadline: float, out: dict[s
     code = 0
     await run_pyjraft(args, tmp, deadline, out)
     if not args.no_sync and args.disk_bw_seconds > 0:
-        await disk_bandwidth(args, tmp, out)
+        # The disk under test is the leader's.
+        await disk_bandwidth(args, args.node_parents[out.get("leader_node", 0)], out)
     if args.compare:
         configs = list(args.pysyncobj_configs)
         for i, config in enumerate(configs):
@@ -1083,6 +1113,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--profile", default=None, help="cProfile the leader's measured run to FILE")
     ap.add_argument("--data-root", default=None, help="parent of the temp data dirs")
+    ap.add_argument(
+        "--node-data-roots",
+        default=None,
+        metavar="R0,R1,R2",
+        help="a parent directory per node (say, one per disk) instead of --data-root; the "
+        "floor and the raw disk bandwidth are measured in the leader's",
+    )
+    ap.add_argument(
+        "--leader-node",
+        type=int,
+        default=None,
+        choices=[0, 1, 2],
+        help="let node K lead: the others wait 5 times longer before an election",
+    )
     args = ap.parse_args(argv)
     if args.concurrency < 1 or args.ops < 1 or args.payload < 0 or args.timeout <= 0:
         ap.error("--concurrency and --ops must be >= 1, --payload >= 0, --timeout > 0")
@@ -1092,6 +1136,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error("--disk-bw-seconds must be >= 0")
     if args.busy_poll_us is not None and args.busy_poll_us < 0:
         ap.error("--busy-poll-us must be >= 0")
+    if args.node_data_roots is not None:
+        roots = tuple(r.strip() for r in args.node_data_roots.split(","))
+        if len(roots) != 3 or not all(roots):
+            ap.error("--node-data-roots takes 3 directories, comma-separated")
+        missing = [r for r in roots if not os.path.isdir(r)]
+        if missing:
+            ap.error(f"--node-data-roots: not a directory: {', '.join(missing)}")
+        args.node_data_roots = roots
     if args.pysyncobj_configs is not None and not args.compare:
         ap.error("--pysyncobj-configs needs --compare")
     if args.pysyncobj_configs is None:

@@ -225,6 +225,11 @@ async def amain(args: argparse.Namespace) -> None:
             else {"leader_write_thread": args.leader_write_thread == "on"}
         ),
         **({} if args.busy_poll_us is None else {"busy_poll_us": args.busy_poll_us}),
+        **(
+            {}
+            if args.election_timeout_ms is None
+            else {"election_timeout_ms": args.election_timeout_ms}
+        ),
     )
     machine = CountingMachine()
     node = await Node.start(options, machine, transport)
@@ -320,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-sync", action="store_true")
     ap.add_argument("--leader-write-thread", choices=["on", "off", "default"], default="default")
     ap.add_argument("--busy-poll-us", type=int, default=None)
+    ap.add_argument("--election-timeout-ms", type=int, default=None)
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument(
         "--no-tune-gc", dest="tune_gc", action="store_false", help="leave the GC at defaults"
