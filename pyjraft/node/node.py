@@ -19,15 +19,17 @@ before its write is durable but buffer what arrives next, which the next
 their way, so the followers' writes overlap its own); the
 remaining messages are sent; committed entries are applied through the
 `FSMCaller`; then `advance`. With ``NodeOptions.leader_write_thread`` a
-leader writes on a dedicated `StorageWriter` thread instead, and keeps
-stepping messages during its fdatasync. Where a step must wait (that
-thread, a state machine callback that returns an awaitable), the generator yields the
-awaitable and is resumed when it is done. One `Ready` is handled at a time,
-one per loop turn (a long catch-up must not starve timers and messages).
-What arrives meanwhile -- during an inline fdatasync it waits in the socket
-buffers; during a threaded one the core steps it and the leader sends the new
-appends right away (`take_eager_messages`) -- goes into the next `Ready`:
-group commit.
+leader hands its entries to a `LogWriter` thread instead and does not wait:
+the `Ready` goes on (what it commits was made durable by a majority before),
+its remaining messages and its `advance` wait for the write (`_written`, in
+submission order), and the next `Ready`s are written by the thread's next
+round, several per fdatasync. A node that is no longer leader lets those
+writes finish before it writes anything itself. Where a step must wait (a
+state machine callback that returns an awaitable, a former leader's writes),
+the generator yields the awaitable and is resumed when it is done. One
+`Ready` is handled at a time, one per loop turn (a long catch-up must not
+starve timers and messages). What arrives during an inline fdatasync waits in
+the socket buffers and goes into the next `Ready`: group commit.
 
 A caller's future (or `submit` callback) resolves when its entry is applied
 on this node (hence durable on a majority, hence committed). If leadership
@@ -40,6 +42,7 @@ fatal: the node stops participating rather than risk divergence.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -68,7 +71,7 @@ from pyjraft.node.errors import (
 from pyjraft.node.fsm_caller import FSMCaller
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
-from pyjraft.node.writer import StorageWriter, settle
+from pyjraft.node.writer import LogWriter, settle
 from pyjraft.storage.api import LogStorage, MetaStorage
 from pyjraft.transport.base import Transport
 
@@ -139,10 +142,13 @@ class Node:
         self._idle.set()
         self._loop = asyncio.get_running_loop()
         self._writer = (
-            StorageWriter(self._loop, f"raft-writer-{o.group}")
+            LogWriter(self._loop, partial(self._persist, None), f"raft-writer-{o.group}")
             if o.leader_write_thread and o.sync
             else None
         )
+        # The leader's writes on that thread, oldest first, with their Readies.
+        self._writes: collections.deque[tuple[Ready, asyncio.Future[None]]] = collections.deque()
+        self._writer_rounds = 0
         self._soft = SoftState(NONE, self._core.role, self._core.term)
         self._leader_started = False
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -516,21 +522,35 @@ class Node:
             yield self._on_soft_state(rd.soft_state)
         if rd.eager_messages:
             self.transport.send(rd.eager_messages)
+        pipelined = False
         if rd.must_sync:
             hard_state = rd.hard_state
             entries = rd.entries
             try:
-                if self._writer is not None and self._core.role is Role.LEADER:
-                    yield self._writer.submit(partial(self._persist, hard_state, entries))
+                leader = self._core.role is Role.LEADER
+                if self._writer is not None and hard_state is None and leader:
+                    # Handed to the writer thread; this Ready goes on. Its messages
+                    # and its advance wait for the write (`_written`); what it
+                    # commits was durable on a majority before.
+                    fut = self._writer.submit(entries)
+                    self._writes.append((rd, fut))
+                    fut.add_done_callback(self._written)
+                    pipelined = True
                 else:
+                    if self._writes:
+                        # A former leader's writes go first: storage has one
+                        # writer at a time, in order; and their Readies advance
+                        # before this one.
+                        yield self._writes[-1][1]
+                        self._written(None)
                     # Whatever is queued for the network must not wait for the disk.
                     self.transport.flush()
                     self._persist(hard_state, entries)
+                    self.stats["syncs"] += 1
             except Exception as exc:
                 raise NodeStorageError(f"storage write failed: {exc!r}") from exc
-            self.stats["syncs"] += 1
         committed = rd.committed_entries
-        if rd.messages:
+        if rd.messages and not pipelined:
             self.transport.send(rd.messages)
             if committed:
                 # Acknowledgements (a follower's) and appends (a leader's) are on
@@ -553,9 +573,36 @@ class Node:
                     # Everything before our no-op is applied: the machine is current.
                     self._leader_started = True
                     yield self._fsm.leader_start(term)
-        self._core.advance(rd)
+        if not pipelined:
+            self._core.advance(rd)
         # advance may have committed our own entries (leader counted itself).
         self._send_eager()
+
+    def _written(self, _fut: asyncio.Future[None] | None) -> None:
+        """Writes of the writer thread finished: advance their Readies, in order,
+        and send the messages that waited for them."""
+        writes = self._writes
+        failed: BaseException | None = None
+        while writes and writes[0][1].done():
+            rd, fut = writes.popleft()
+            exc = fut.exception()  # never cancelled: nobody else holds it
+            if exc is not None or failed is not None:
+                failed = failed or exc
+                continue
+            if self.state is NodeState.RUNNING:
+                self._core.advance(rd)
+                if rd.messages:
+                    self.transport.send(rd.messages)
+        assert self._writer is not None
+        rounds = self._writer.rounds
+        self.stats["syncs"] += rounds - self._writer_rounds
+        self._writer_rounds = rounds
+        if failed is not None:
+            self._fatal(NodeStorageError(f"storage write failed: {failed!r}"))
+            return
+        if self.state is NodeState.RUNNING:
+            self._send_eager()
+            self._schedule_drive()
 
     def _persist(self, hard_state: HardState | None, entries: list[Entry]) -> None:
         if hard_state is not None:
