@@ -4,7 +4,9 @@ the node's pipelined leader writes with ``NodeOptions.leader_write_thread``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,60 +40,59 @@ class BlockingAppend:
             raise OSError("disk on fire")
 
 
+@contextlib.asynccontextmanager
+async def stuck_writer(
+    fail: bool = False,
+) -> AsyncIterator[tuple[LogWriter, BlockingAppend, asyncio.Future[None]]]:
+    """A `LogWriter` whose first write (entry 1) is stuck in its append until
+    ``append.go`` is set; yields the writer, the append and that write."""
+    append = BlockingAppend(fail)
+    w = LogWriter(asyncio.get_running_loop(), append, "test-writer")
+    try:
+        first = w.submit(entries(1, 1))
+        await asyncio.to_thread(append.started.wait, 10)
+        yield w, append, first
+    finally:
+        append.go.set()
+        await asyncio.to_thread(w.close)
+
+
 def test_queued_writes_share_one_append_and_finish_in_order() -> None:
     async def main() -> None:
-        append = BlockingAppend()
-        w = LogWriter(asyncio.get_running_loop(), append, "test-writer")
-        try:
+        async with stuck_writer() as (w, append, first):
             done: list[int] = []
-            first = w.submit(entries(1, 2))
-            await asyncio.to_thread(append.started.wait, 10)
-            later = [w.submit(entries(3 + 2 * k, 2)) for k in range(3)]
+            later = [w.submit(entries(2 + 2 * k, 2)) for k in range(3)]
             for k, f in enumerate([first, *later]):
                 f.add_done_callback(lambda _f, k=k: done.append(k))
             append.go.set()
             await asyncio.gather(first, *later)
-            assert append.calls == [[1, 2], [3, 4, 5, 6, 7, 8]], "one append for the queue"
+            assert append.calls == [[1], [2, 3, 4, 5, 6, 7]], "one append for the queue"
             assert w.rounds == 2
             assert done == [0, 1, 2, 3], "resolved in submission order"
-        finally:
-            await asyncio.to_thread(w.close)
 
     run(main())
 
 
 def test_writes_that_do_not_follow_each_other_are_appended_run_by_run() -> None:
     async def main() -> None:
-        append = BlockingAppend()
-        w = LogWriter(asyncio.get_running_loop(), append, "test-writer")
-        try:
-            first = w.submit(entries(1, 1))
-            await asyncio.to_thread(append.started.wait, 10)
+        async with stuck_writer() as (w, append, first):
             rest = [w.submit(entries(2, 2)), w.submit(entries(2, 1, term=2)), w.submit([])]
             append.go.set()
             await asyncio.gather(first, *rest)
             assert append.calls == [[1], [2, 3], [2]]
             assert w.rounds == 2
-        finally:
-            await asyncio.to_thread(w.close)
 
     run(main())
 
 
 def test_a_failed_round_fails_each_of_its_writes() -> None:
     async def main() -> None:
-        append = BlockingAppend(fail=True)
-        w = LogWriter(asyncio.get_running_loop(), append, "test-writer")
-        try:
-            first = w.submit(entries(1, 1))
-            await asyncio.to_thread(append.started.wait, 10)
+        async with stuck_writer(fail=True) as (w, append, first):
             second = w.submit(entries(2, 1))
             append.go.set()
             results = await asyncio.gather(first, second, return_exceptions=True)
             assert all(isinstance(r, OSError) for r in results), results
             assert w.rounds == 0
-        finally:
-            await asyncio.to_thread(w.close)
 
     run(main())
 
