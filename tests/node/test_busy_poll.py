@@ -9,7 +9,7 @@ import pytest
 from pyjraft.core.errors import ConfigError
 from pyjraft.node import NodeOptions
 from pyjraft.node.busy_poll import BusyPoll, for_loop
-from tests.node.harness import LocalCluster, run
+from tests.node.harness import LocalCluster, run, wait_for
 
 
 class FakeClock:
@@ -96,8 +96,11 @@ def test_a_leader_polls_after_sending_entries_only_when_asked(busy_poll_us: int)
 def test_an_idle_leader_never_polls() -> None:
     async def main() -> None:
         async with LocalCluster(seed=22, busy_poll_us=5_000) as c:
-            await c.leader()
-            await asyncio.sleep(0.1)  # several heartbeats (15 ms each)
+            leader = await c.leader()
+            sent = leader.transport.stats.messages_out
+            await wait_for(
+                lambda: leader.transport.stats.messages_out >= sent + 8, 5, "heartbeats go out"
+            )
             poll = for_loop(asyncio.get_running_loop())
             assert poll.turns == 0 and not poll.running, "heartbeats alone do not poll"
 

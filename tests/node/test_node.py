@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,25 @@ from tests.node.harness import (
     run,
     wait_for,
 )
+
+
+def record_sends(
+    transport: Any, events: list[str], tag: str, wanted: Callable[[Any], bool]
+) -> None:
+    """Record in ``events`` each send holding a message ``wanted`` accepts
+    (as ``tag``) and each flush (as ``"flush"``), in the order they happen."""
+    send, flush = transport.send, transport.flush
+
+    def rec_send(msgs: Any) -> None:
+        if any(map(wanted, msgs)):
+            events.append(tag)
+        send(msgs)
+
+    def rec_flush() -> None:
+        events.append("flush")
+        flush()
+
+    transport.send, transport.flush = rec_send, rec_flush
 
 
 def test_apply_returns_results_in_log_order_and_replicates() -> None:
@@ -400,23 +420,15 @@ def test_a_proposals_appends_are_flushed_before_the_loop_turns() -> None:
             leader = await c.leader()
             await leader.apply(b"1")
             events: list[str] = []
-            transport: Any = leader.transport
-            send, flush, drive = transport.send, transport.flush, leader._drive
-
-            def rec_send(msgs: Any) -> None:
-                if any(getattr(m, "entries", ()) for m in msgs):
-                    events.append("send-entries")
-                send(msgs)
-
-            def rec_flush() -> None:
-                events.append("flush")
-                flush()
+            record_sends(
+                leader.transport, events, "send-entries", lambda m: bool(getattr(m, "entries", ()))
+            )
+            drive = leader._drive
 
             def rec_drive() -> None:
                 events.append("drive")
                 drive()
 
-            transport.send, transport.flush = rec_send, rec_flush
             leader._drive = rec_drive  # type: ignore[method-assign]
             await leader.apply(b"1")
             first = events.index("send-entries")
@@ -462,24 +474,19 @@ def test_a_followers_acknowledgement_leaves_before_it_applies() -> None:
             await leader.apply(b"1")
             follower = c.nodes[next(nid for nid in IDS if nid != leader.id)]
             events: list[str] = []
-            transport: Any = follower.transport
+            record_sends(
+                follower.transport,
+                events,
+                "send-ack",
+                lambda m: isinstance(m, AppendEntriesResponse),
+            )
             machine = c.machines[follower.id]
-            send, flush, on_apply = transport.send, transport.flush, machine.on_apply
-
-            def rec_send(msgs: Any) -> None:
-                if any(isinstance(m, AppendEntriesResponse) for m in msgs):
-                    events.append("send-ack")
-                send(msgs)
-
-            def rec_flush() -> None:
-                events.append("flush")
-                flush()
+            on_apply = machine.on_apply
 
             def rec_apply(entries: Any) -> Any:
                 events.append("apply")
                 return on_apply(entries)
 
-            transport.send, transport.flush = rec_send, rec_flush
             machine.on_apply = rec_apply  # type: ignore[method-assign]
             for _ in range(20):
                 await leader.apply(b"1")
