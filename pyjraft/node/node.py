@@ -148,6 +148,9 @@ class Node:
         )
         # The leader's writes on that thread, oldest first, with their Readies.
         self._writes: collections.deque[tuple[Ready, asyncio.Future[None]]] = collections.deque()
+        # Entries handed to the writer thread and not yet durable: held in
+        # memory until then, so they count against max_pending_proposals.
+        self._unwritten = 0
         self._writer_rounds = 0
         self._soft = SoftState(NONE, self._core.role, self._core.term)
         self._leader_started = False
@@ -263,7 +266,7 @@ class Node:
             raise ValueError(
                 f"entry of {len(data)} bytes exceeds max_entry_bytes {self.options.max_entry_bytes}"
             )
-        pending = len(self._queue) + len(self._waiting)
+        pending = len(self._queue) + len(self._waiting) + self._unwritten
         if pending >= self.options.max_pending_proposals:
             self.stats["overloaded"] += 1
             raise OverloadedError(f"{pending} proposals pending; retry later")
@@ -534,6 +537,7 @@ class Node:
                     # commits was durable on a majority before.
                     fut = self._writer.submit(entries)
                     self._writes.append((rd, fut))
+                    self._unwritten += len(entries)
                     fut.add_done_callback(self._written)
                     pipelined = True
                 else:
@@ -585,6 +589,7 @@ class Node:
         failed: BaseException | None = None
         while writes and writes[0][1].done():
             rd, fut = writes.popleft()
+            self._unwritten -= len(rd.entries)
             exc = fut.exception()  # never cancelled: nobody else holds it
             if exc is not None or failed is not None:
                 failed = failed or exc

@@ -40,7 +40,8 @@ class NodeOptions:
     loop turn: a node catching up (re-applying its log after a restart, say)
     serves timers and messages between batches of this size."""
     max_pending_proposals: int = 100_000
-    """Proposals queued or awaiting commit beyond which `apply` fails fast with
+    """Proposals queued, awaiting commit or (with ``leader_write_thread``)
+    awaiting the leader's own log write, beyond which `apply` fails fast with
     `OverloadedError` instead of growing memory."""
     max_entry_bytes: int = 16 << 20
     """Largest accepted entry."""

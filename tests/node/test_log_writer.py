@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pyjraft.core.types import Entry, EntryType, Role
-from pyjraft.node import NodeState, NodeStorageError
+from pyjraft.node import NodeState, NodeStorageError, OverloadedError
 from pyjraft.node.writer import LogWriter
 from tests.node.harness import IDS, LocalCluster, run, wait_for
 
@@ -187,5 +187,34 @@ def test_a_deposed_leader_finishes_its_writes_before_it_writes_as_a_follower(
             terms = [e.term for e in old._log.entries(1, old._log.last_index() + 1)]
             new_terms = [e.term for e in new._log.entries(1, new._log.last_index() + 1)]
             assert terms == new_terms, "the old leader's log matches the new leader's"
+
+    run(main())
+
+
+def test_a_leader_whose_disk_is_stuck_refuses_writes_beyond_max_pending_proposals(
+    tmp_path: Path,
+) -> None:
+    # Its followers commit and it applies, so nothing waits for a commit; but
+    # every entry stays in its memory until its own write is done. Without a
+    # bound, a stuck disk grows the leader without limit.
+    async def main() -> None:
+        async with LocalCluster(
+            seed=33, data_dir=str(tmp_path), leader_write_thread=True, max_pending_proposals=20
+        ) as c:
+            leader = await c.leader()
+            assert await leader.apply(b"1") == 1
+            gate = _block_appends(leader)
+            try:
+                accepted = 0
+                with pytest.raises(OverloadedError):
+                    for _ in range(200):
+                        await asyncio.wait_for(leader.apply(b"1"), 10)
+                        accepted += 1
+                assert accepted == 20, "each accepted write is one unwritten entry"
+                assert leader.stats["overloaded"] == 1
+            finally:
+                gate.go.set()
+            await wait_for(lambda: not leader._writes, 10, "the leader's writes finish")
+            assert await asyncio.wait_for(leader.apply(b"1"), 10) == accepted + 2
 
     run(main())
