@@ -4,9 +4,10 @@ node and transport methods, once they are imported, to append
 ``<CLOCK_MONOTONIC ns> <tag>`` lines to ``<folder>/<pid>.txt``. CLOCK_MONOTONIC
 is one clock for all processes of the machine, so the files line up.
 
-Tags: S ``Node.submit`` (a write is proposed), A ``Node._flush_proposals``,
-W ``Peer._take`` (frames about to be written to a socket), R
-``TcpTransport._dispatch`` (raft messages decoded from a socket), D
+Tags: S ``Node.submit`` (a write is proposed), A ``Node._flush_proposals``
+and F after it (the new entries proposed and sent), W ``Peer._take``
+(frames about to be written to a socket), R ``TcpTransport._dispatch``
+(raft messages decoded from a socket), D
 ``Node._drive`` (a Ready is about to be taken), P after ``Node._persist``
 (a log write, and its fdatasync, done), C after ``Node._complete``
 (entries applied, callers settled).
@@ -58,6 +59,7 @@ def _install(folder: str) -> None:
 
         wrap(Node, "submit", "S")
         wrap(Node, "_flush_proposals", "A")
+        wrap(Node, "_flush_proposals", "F", after=True)
         wrap(Peer, "_take", "W")
         wrap(tcp.TcpTransport, "_dispatch", "R")
         wrap(Node, "_drive", "D")
