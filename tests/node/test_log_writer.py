@@ -142,6 +142,7 @@ def test_a_leader_applies_what_its_followers_made_durable_while_its_write_waits(
             finally:
                 gate.go.set()
             await wait_for(lambda: not leader._writes, 10, "the leader's writes finish")
+            assert leader._unwritten == 0
             assert leader.state is NodeState.RUNNING
             assert leader._log.last_index() == leader._core.log.last_index()
             assert gate.calls[1:] and gate.calls[0][-1] + 1 == gate.calls[1][0]
@@ -184,6 +185,7 @@ def test_a_deposed_leader_finishes_its_writes_before_it_writes_as_a_follower(
             for nid in IDS:
                 await wait_for(lambda nid=nid: c.machines[nid].value == 6, 10, f"{nid} applies")
             assert old.state is NodeState.RUNNING
+            assert old._unwritten == 0
             terms = [e.term for e in old._log.entries(1, old._log.last_index() + 1)]
             new_terms = [e.term for e in new._log.entries(1, new._log.last_index() + 1)]
             assert terms == new_terms, "the old leader's log matches the new leader's"
@@ -215,6 +217,7 @@ def test_a_leader_whose_disk_is_stuck_refuses_writes_beyond_max_pending_proposal
             finally:
                 gate.go.set()
             await wait_for(lambda: not leader._writes, 10, "the leader's writes finish")
+            assert leader._unwritten == 0
             assert await asyncio.wait_for(leader.apply(b"1"), 10) == accepted + 2
 
     run(main())
