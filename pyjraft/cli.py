@@ -2,7 +2,7 @@
 
 ``pyjraft demo`` runs a local 3-node counter cluster and walks through a
 leader crash; ``pyjraft counter ...`` is ``python -m pyjraft.examples.counter``
-(``server`` and ``client``).
+(``server`` and ``client``); ``pyjraft bench ...`` is ``python -m pyjraft.bench``.
 """
 
 from __future__ import annotations
@@ -199,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "counter":
         return counter.main(argv[1:], prog="pyjraft counter")
+    if argv and argv[0] == "bench":
+        from pyjraft.bench.driver import main as bench_main
+
+        return bench_main(argv[1:], prog="pyjraft bench")
     p = argparse.ArgumentParser(prog="pyjraft", description="pyjraft: Raft consensus for Python.")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run a local 3-node counter cluster through a leader crash")
@@ -208,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pid-file", default=os.environ.get("PYJRAFT_DEMO_PID_FILE"), help=argparse.SUPPRESS
     )
     sub.add_parser("counter", help="the replicated counter example (server / client)")
+    sub.add_parser("bench", help="the benchmark harness (python -m pyjraft.bench)")
     args = p.parse_args(argv)
     assert args.cmd == "demo"
     signal.signal(signal.SIGTERM, _on_sigterm)

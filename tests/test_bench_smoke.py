@@ -53,8 +53,10 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _run_bench(args: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pyjraft.bench", *args]
+def _run_bench(
+    args: list[str], command: tuple[str, ...] = ("-m", "pyjraft.bench")
+) -> dict[str, Any]:
+    cmd = [sys.executable, *command, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=40, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -102,6 +104,21 @@ def test_bench_smoke(placement: str, api: str) -> None:
         _check_goal(g)
     assert out["goals"]["p50_vs_floor"]["applies"] is False  # concurrency 8, not 1
     assert out["goals"]["disk_bw_ratio"]["applies"] is False  # 64 B, not 4 KiB
+
+
+@pytest.mark.timeout(60)
+def test_the_pyjraft_command_runs_the_bench() -> None:
+    out = _run_bench([*SMALL, "--timeout", "25"], command=("-m", "pyjraft.cli", "bench"))
+    assert out["ok"] == 200
+    assert out["impl"] == "pyjraft"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pyjraft.cli", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert help_text.startswith("usage: pyjraft bench"), help_text[:200]
 
 
 @pytest.mark.timeout(60)

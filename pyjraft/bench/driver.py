@@ -1040,10 +1040,12 @@ def _configs(text: str) -> tuple[str, ...]:
     return names
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: Sequence[str] | None = None, prog: str = "python -m pyjraft.bench"
+) -> argparse.Namespace:
     """The command line."""
     ap = argparse.ArgumentParser(
-        prog="python -m pyjraft.bench",
+        prog=prog,
         description="Committed writes/s and latency of a 3-process pyjraft cluster on loopback.",
     )
     ap.add_argument("--concurrency", type=int, default=16, help="writes in flight (closed loop)")
@@ -1156,10 +1158,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pyjraft.bench") -> int:
     """Run the benchmark; print the table, then the JSON line. The exit code is
     0 on success, 2 on a failed run, 3 on timeout or signal."""
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     try:
         # The library's loop (uvloop when installed), as a user's client would run:
         # --placement client measures this process's RpcClient.
