@@ -122,6 +122,42 @@ def test_the_pyjraft_command_runs_the_bench() -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("placement", "api"), [("leader", "apply"), ("leader", "submit"), ("client", "apply")]
+)
+def test_bench_measures_for_a_duration(placement: str, api: str) -> None:
+    argv = ["--duration", "0.5", "--concurrency", "8", "--payload", "64", "--warmup", "20"]
+    out = _run_bench([*argv, "--placement", placement, "--api", api, "--timeout", "25"])
+    assert out["duration_s"] == 0.5
+    assert out["ops"] is None
+    assert out["ok"] > 0
+    assert out["errors"] == 0
+    assert out["elapsed_s"] >= 0.5, "no write may stop before the duration"
+
+
+@pytest.mark.timeout(60)
+def test_bench_compare_for_a_duration() -> None:
+    pytest.importorskip("pysyncobj")
+    argv = ["--duration", "0.5", "--concurrency", "8", "--payload", "64", "--warmup", "20"]
+    out = _run_bench([*argv, "--no-sync", "--compare", "--pysyncobj-configs", "unbatched"])
+    pso = out["pysyncobj_unbatched"]
+    assert "error" not in pso, pso
+    assert pso["ok"] > 0
+    assert pso["elapsed_s"] >= 0.5
+    assert _number(out["ratio"])
+
+
+def test_duration_is_checked() -> None:
+    for bad in (["--duration", "0"], ["--duration", "30", "--timeout", "20"]):
+        with pytest.raises(SystemExit):
+            _args(*bad)
+    with pytest.raises(SystemExit):
+        _args("--duration", "5", "--idle", "5")
+    assert _args("--duration", "2.5").duration == 2.5
+    assert _args().duration is None
+
+
+@pytest.mark.timeout(60)
 def test_bench_idle_smoke() -> None:
     out = _run_bench(["--idle", "1", "--timeout", "25"])
     assert out["mode"] == "idle"

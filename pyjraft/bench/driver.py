@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -277,16 +278,21 @@ class Cluster:
 class Progress:
     """A single self-overwriting progress line on stderr."""
 
-    def __init__(self, label: str, total: int) -> None:
+    def __init__(self, label: str, total: int, duration_s: float | None = None) -> None:
         self.label = label
         self.total = total
+        self.duration_s = duration_s
         self.t0 = time.perf_counter()
 
     def __call__(self, done: int) -> None:
-        """Show ``done`` of ``total``."""
+        """Show ``done`` of ``total`` (or the seconds gone of ``duration_s``)."""
         dt = time.perf_counter() - self.t0
         rate = done / dt if dt > 0 else 0.0
-        sys.stderr.write(f"\r[{self.label}] {done}/{self.total} ops  {rate:,.0f} ops/s   ")
+        if self.duration_s is None:
+            of = f"{done}/{self.total} ops"
+        else:
+            of = f"{done} ops, {min(dt, self.duration_s):.0f}/{self.duration_s:g} s"
+        sys.stderr.write(f"\r[{self.label}] {of}  {rate:,.0f} ops/s   ")
         sys.stderr.flush()
 
     def end(self, text: str) -> None:
@@ -313,13 +319,19 @@ async def client_workload(
     conc = max(1, int(spec["concurrency"]))
     rpc = RpcClient()
 
-    async def phase(n: int, lat: list[int], errors: dict[str, int]) -> float:
-        todo = iter(range(n))
+    async def phase(
+        n: int, lat: list[int], errors: dict[str, int], duration_s: float | None = None
+    ) -> float:
         clock = time.perf_counter_ns
+        # With a duration, no new write starts after it; those in flight finish.
+        stop_at = None if duration_s is None else clock() + int(duration_s * 1e9)
+        todo = iter(range(n)) if stop_at is None else itertools.count()
 
         async def worker() -> None:
             for _ in todo:
                 t0 = clock()
+                if stop_at is not None and t0 >= stop_at:
+                    return
                 try:
                     await rpc.call(addr, "bench.apply", payload, timeout=30.0)
                 except Exception as e:
@@ -328,7 +340,8 @@ async def client_workload(
                 lat.append((clock() - t0) // 1000)
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(min(conc, n))))
+        callers = conc if stop_at is not None else min(conc, n)
+        await asyncio.gather(*(worker() for _ in range(callers)))
         return time.perf_counter() - t0
 
     try:
@@ -344,7 +357,7 @@ async def client_workload(
 
         reporter = asyncio.create_task(report())
         try:
-            elapsed = await phase(int(spec["ops"]), lat, errors)
+            elapsed = await phase(int(spec["ops"]), lat, errors, spec.get("duration_s"))
         finally:
             reporter.cancel()
         return {"type": "result", "lat_us": lat, "errors": errors, "elapsed_s": elapsed}
@@ -422,6 +435,7 @@ async def run_pyjraft(
         label = f"pyjraft {'no-sync' if args.no_sync else 'durable'} {args.placement}"
         spec: dict[str, Any] = {
             "ops": args.ops,
+            "duration_s": args.duration,
             "warmup": warmup_ops(args),
             "concurrency": args.concurrency,
             "payload": args.payload,
@@ -429,7 +443,7 @@ async def run_pyjraft(
             "api": args.api,
         }
         out["api"] = args.api
-        progress = Progress(label, args.ops)
+        progress = Progress(label, args.ops, args.duration)
         leader.on_progress = progress
         st0 = await leader.request({"cmd": "status"}, "status", 10.0)
         left = max(1.0, deadline - time.time())
@@ -489,12 +503,13 @@ async def run_pysyncobj(
         leader, st = await cluster.wait_leader(max(1.0, deadline - time.time()))
         spec = {
             "ops": args.ops,
+            "duration_s": args.duration,
             "warmup": warmup_ops(args),
             "concurrency": args.concurrency,
             "payload": args.payload,
             "run_timeout": max(1.0, deadline - time.time() - 5.0),
         }
-        progress = Progress(f"pysyncobj {config}", args.ops)
+        progress = Progress(f"pysyncobj {config}", args.ops, args.duration)
         leader.on_progress = progress
         res = await leader.request(
             {"cmd": "run", "spec": spec}, "result", max(1.0, deadline - time.time())
@@ -777,9 +792,14 @@ def render_table(args: argparse.Namespace, out: dict[str, Any]) -> str:
             rows.append((PSO_NAMES[tag], d, DURABILITY_PSO))
             if "error" in d:
                 failed.append(f"{PSO_NAMES[tag]}: FAILED: {d['error']}")
+    measured = (
+        f"{args.ops} measured writes"
+        if args.duration is None
+        else f"writes measured for {args.duration:g} s"
+    )
     lines = [
         f"3 processes on loopback, payload {args.payload} B, concurrency {args.concurrency}, "
-        f"{args.ops} measured writes (+{warmup_ops(args)} warmup), loop {args.loop}",
+        f"{measured} (+{warmup_ops(args)} warmup writes), loop {args.loop}",
         f"{'implementation':<28}{'writes/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
         f"{'cpu us/w':>10}  durability",
     ]
@@ -895,7 +915,8 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                 "placement": args.placement,
                 "concurrency": args.concurrency,
                 "payload": args.payload,
-                "ops": args.ops,
+                "ops": None if args.duration is not None else args.ops,
+                "duration_s": args.duration,
                 "warmup": warmup_ops(args),
             }
         )
@@ -1051,6 +1072,14 @@ def parse_args(
     ap.add_argument("--concurrency", type=int, default=16, help="writes in flight (closed loop)")
     ap.add_argument("--payload", type=int, default=100, help="bytes per write")
     ap.add_argument("--ops", type=int, default=10000, help="measured writes")
+    ap.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="measure for this long instead of --ops writes: no write starts after it, "
+        "those in flight finish and count (each PySyncObj run gets the same)",
+    )
     ap.add_argument("--warmup", type=int, default=None, help="unmeasured writes first")
     ap.add_argument(
         "--no-sync", action="store_true", help="NodeOptions(sync=False): UNSAFE, no fdatasync"
@@ -1132,6 +1161,10 @@ def parse_args(
     args = ap.parse_args(argv)
     if args.concurrency < 1 or args.ops < 1 or args.payload < 0 or args.timeout <= 0:
         ap.error("--concurrency and --ops must be >= 1, --payload >= 0, --timeout > 0")
+    if args.duration is not None and not 0 < args.duration < args.timeout:
+        ap.error("--duration must be > 0 and below --timeout")
+    if args.duration is not None and args.idle is not None:
+        ap.error("--duration measures a workload; --idle takes its own seconds")
     if args.idle is not None and args.idle <= 0:
         ap.error("--idle must be > 0 seconds")
     if args.disk_bw_seconds < 0:

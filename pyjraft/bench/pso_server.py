@@ -19,7 +19,9 @@ flight), ``exit``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import sys
 import threading
@@ -75,30 +77,44 @@ def _run(obj: Any, spec: dict[str, Any]) -> dict[str, Any]:
     conc = max(1, int(spec["concurrency"]))
     end = time.time() + float(spec["run_timeout"])
 
-    def phase(n: int, lat: list[int], errors: dict[str, int]) -> tuple[float, bool]:
+    def phase(
+        n: int, lat: list[int], errors: dict[str, int], duration_s: float | None = None
+    ) -> tuple[float, bool]:
         sem = threading.Semaphore(conc)
         done = threading.Event()
-        t_sub = [0] * n
-        state = {"done": 0}
         clock = time.perf_counter_ns
+        # With a duration, no new write starts after it; those in flight finish.
+        stop_at = None if duration_s is None else clock() + int(duration_s * 1e9)
+        todo = iter(range(n)) if stop_at is None else itertools.count()
+        # Callbacks run on PySyncObj's thread: the last one sets `done` once the
+        # number submitted is known (infinite until then).
+        state: dict[str, float] = {"done": 0, "submitted": math.inf}
 
-        def cb(i: int, _res: Any, err: Any) -> None:
+        def cb(t_sub: int, _res: Any, err: Any) -> None:
             t = clock()
             if err == FAIL_REASON.SUCCESS:
-                lat.append((t - t_sub[i]) // 1000)
+                lat.append((t - t_sub) // 1000)
             else:
                 errors[str(err)] = errors.get(str(err), 0) + 1
             state["done"] += 1
             sem.release()
-            if state["done"] >= n:
+            if state["done"] >= state["submitted"]:
                 done.set()
 
         t0 = time.perf_counter()
-        for i in range(n):
+        submitted = 0
+        for _ in todo:
             if not sem.acquire(timeout=max(0.0, end - time.time())):
                 return time.perf_counter() - t0, False
-            t_sub[i] = clock()
-            obj.incr(payload, callback=lambda r, e, i=i: cb(i, r, e))
+            t_sub = clock()
+            if stop_at is not None and t_sub >= stop_at:
+                sem.release()
+                break
+            submitted += 1
+            obj.incr(payload, callback=lambda r, e, t_sub=t_sub: cb(t_sub, r, e))
+        state["submitted"] = submitted
+        if state["done"] >= submitted:
+            done.set()
         finished = done.wait(max(0.0, end - time.time()))
         return time.perf_counter() - t0, finished
 
@@ -114,7 +130,10 @@ def _run(obj: Any, spec: dict[str, Any]) -> dict[str, Any]:
 
     threading.Thread(target=report, daemon=True).start()
     cpu0 = time.process_time()
-    elapsed, finished = phase(int(spec["ops"]), lat, errors)
+    duration = spec.get("duration_s")
+    elapsed, finished = phase(
+        int(spec["ops"]), lat, errors, None if duration is None else float(duration)
+    )
     cpu = time.process_time() - cpu0
     stop.set()
     out: dict[str, Any] = {

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import os
 import sys
 import threading
@@ -88,21 +89,28 @@ class GcPauses:
 
 
 async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
-    """Drive ``spec["ops"]`` writes with ``spec["concurrency"]`` callers in a
-    closed loop (after ``spec["warmup"]`` unmeasured ones); return raw
-    latencies in microseconds and the CPU this process used meanwhile."""
+    """Drive ``spec["ops"]`` writes (or, with ``spec["duration_s"]``, as many as
+    that many seconds allow) with ``spec["concurrency"]`` callers in a closed
+    loop, after ``spec["warmup"]`` unmeasured ones; return raw latencies in
+    microseconds and the CPU this process used meanwhile."""
     payload = os.urandom(int(spec["payload"]))
     conc = max(1, int(spec["concurrency"]))
     progress = bool(spec.get("progress", True))
+    clock = time.perf_counter_ns
 
-    async def phase(n: int, lat: list[int], errors: dict[str, int]) -> float:
-        todo = iter(range(n))
+    async def phase(
+        n: int, lat: list[int], errors: dict[str, int], duration_s: float | None = None
+    ) -> float:
+        # With a duration, no new write starts after it; those in flight finish.
+        stop_at = None if duration_s is None else clock() + int(duration_s * 1e9)
+        todo = iter(range(n)) if stop_at is None else itertools.count()
         apply = node.apply
-        clock = time.perf_counter_ns
 
         async def worker() -> None:
             for _ in todo:
                 t0 = clock()
+                if stop_at is not None and t0 >= stop_at:
+                    return
                 try:
                     await apply(payload)
                 except Exception as e:
@@ -111,23 +119,36 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
                 lat.append((clock() - t0) // 1000)
 
         t0 = time.perf_counter()
+        callers = conc if stop_at is not None else min(conc, n)
         if spec.get("api") == "submit":
-            await by_callbacks(n, lat, errors)
+            await by_callbacks(n if stop_at is None else -1, callers, stop_at, lat, errors)
         else:
-            await asyncio.gather(*(worker() for _ in range(min(conc, n))))
+            await asyncio.gather(*(worker() for _ in range(callers)))
         return time.perf_counter() - t0
 
-    async def by_callbacks(n: int, lat: list[int], errors: dict[str, int]) -> None:
-        # A window of `conc` writes in flight through node.submit: each
-        # completion callback records its latency and submits the next write.
-        clock = time.perf_counter_ns
+    async def by_callbacks(
+        n: int, callers: int, stop_at: int | None, lat: list[int], errors: dict[str, int]
+    ) -> None:
+        # A window of `callers` writes in flight through node.submit: each
+        # completion callback records its latency and submits the next write,
+        # until n are submitted (n < 0: until stop_at).
         submit = node.submit
         loop = asyncio.get_running_loop()
         finished = loop.create_future()
-        left = [n, n]  # to submit, to finish
+        state = [n, 0]  # left to submit, in flight
+
+        def more() -> bool:
+            return state[0] != 0 and (stop_at is None or clock() < stop_at)
+
+        def next_or_finish() -> None:
+            if more():
+                start()
+            elif state[1] == 0 and not finished.done():
+                finished.set_result(None)
 
         def start() -> None:
-            left[0] -= 1
+            state[0] -= 1
+            state[1] += 1
             t0 = clock()
 
             def done(_result: Any, exc: BaseException | None) -> None:
@@ -135,11 +156,12 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
                     lat.append((clock() - t0) // 1000)
                 else:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                left[1] -= 1
-                if left[0] > 0:
-                    start()
-                elif left[1] == 0 and not finished.done():
-                    finished.set_result(None)
+                state[1] -= 1
+                next_or_finish()
+
+            def refused() -> None:
+                state[1] -= 1
+                next_or_finish()
 
             try:
                 submit(payload, done)
@@ -147,14 +169,13 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
                 # Refused at once (not leader, overloaded): count it and go on
                 # in the next loop turn, not by recursion.
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-                left[1] -= 1
-                if left[0] > 0:
-                    loop.call_soon(start)
-                elif left[1] == 0 and not finished.done():
-                    finished.set_result(None)
+                loop.call_soon(refused)
 
-        for _ in range(min(conc, n)):
-            start()
+        for _ in range(callers):
+            if more():
+                start()
+        if state[1] == 0 and not finished.done():
+            finished.set_result(None)
         await finished
 
     warm_lat: list[int] = []
@@ -182,7 +203,10 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
     gc_watch.start()
     cpu0 = time.process_time()
     try:
-        elapsed = await phase(int(spec["ops"]), lat, errors)
+        duration = spec.get("duration_s")
+        elapsed = await phase(
+            int(spec["ops"]), lat, errors, None if duration is None else float(duration)
+        )
     finally:
         cpu = time.process_time() - cpu0
         gc_watch.stop()
