@@ -140,7 +140,8 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
         def more() -> bool:
             return state[0] != 0 and (stop_at is None or clock() < stop_at)
 
-        def next_or_finish() -> None:
+        def one_ended() -> None:
+            state[1] -= 1
             if more():
                 start()
             elif state[1] == 0 and not finished.done():
@@ -156,12 +157,7 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
                     lat.append((clock() - t0) // 1000)
                 else:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                state[1] -= 1
-                next_or_finish()
-
-            def refused() -> None:
-                state[1] -= 1
-                next_or_finish()
+                one_ended()
 
             try:
                 submit(payload, done)
@@ -169,7 +165,7 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
                 # Refused at once (not leader, overloaded): count it and go on
                 # in the next loop turn, not by recursion.
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-                loop.call_soon(refused)
+                loop.call_soon(one_ended)
 
         for _ in range(callers):
             if more():
