@@ -124,14 +124,30 @@ def _block_appends(node: Any) -> BlockingAppend:
     return gate
 
 
+@contextlib.asynccontextmanager
+async def stuck_leader(
+    tmp_path: Path, seed: int, **options: Any
+) -> AsyncIterator[tuple[LocalCluster, Any, BlockingAppend]]:
+    """A cluster with ``leader_write_thread`` whose leader has applied one write
+    (value 1) and whose log appends wait from now on (the first one) until
+    ``gate.go``; yields the cluster, the leader and the gate."""
+    async with LocalCluster(
+        seed=seed, data_dir=str(tmp_path), leader_write_thread=True, **options
+    ) as c:
+        leader = await c.leader()
+        assert await leader.apply(b"1") == 1
+        gate = _block_appends(leader)
+        try:
+            yield c, leader, gate
+        finally:
+            gate.go.set()
+
+
 def test_a_leader_applies_what_its_followers_made_durable_while_its_write_waits(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        async with LocalCluster(seed=31, data_dir=str(tmp_path), leader_write_thread=True) as c:
-            leader = await c.leader()
-            assert await leader.apply(b"1") == 1
-            gate = _block_appends(leader)
+        async with stuck_leader(tmp_path, seed=31) as (c, leader, gate):
             try:
                 first = leader.apply(b"2")
                 await asyncio.to_thread(gate.started.wait, 10)
@@ -156,10 +172,7 @@ def test_a_deposed_leader_finishes_its_writes_before_it_writes_as_a_follower(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        async with LocalCluster(seed=32, data_dir=str(tmp_path), leader_write_thread=True) as c:
-            old = await c.leader()
-            assert await old.apply(b"1") == 1
-            gate = _block_appends(old)
+        async with stuck_leader(tmp_path, seed=32) as (c, old, gate):
             c.net.isolate(old.id)
             try:
                 stranded = old.apply(b"100")  # never reaches a majority
@@ -200,12 +213,7 @@ def test_a_leader_whose_disk_is_stuck_refuses_writes_beyond_max_pending_proposal
     # every entry stays in its memory until its own write is done. Without a
     # bound, a stuck disk grows the leader without limit.
     async def main() -> None:
-        async with LocalCluster(
-            seed=33, data_dir=str(tmp_path), leader_write_thread=True, max_pending_proposals=20
-        ) as c:
-            leader = await c.leader()
-            assert await leader.apply(b"1") == 1
-            gate = _block_appends(leader)
+        async with stuck_leader(tmp_path, seed=33, max_pending_proposals=20) as (_c, leader, gate):
             try:
                 accepted = 0
                 with pytest.raises(OverloadedError):
