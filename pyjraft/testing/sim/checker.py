@@ -3,12 +3,16 @@
 Each property is checked at the moment it could first be broken, in O(1)
 per entry, so the simulator can check after every event:
 
-- Election safety: at most one leader per term, ever.
+- Election safety: at most one leader per term, ever; no node grants two
+  votes in one term; a leader of term T holds granted votes of term T from a
+  majority of the voters (itself included).
 - Leader append-only: while a node leads a term, its log only grows.
 - Log matching: an (index, term) pair determines the entry's data and the
   term of the entry before it, across all nodes and all time. By induction
   that makes two logs with the same (index, term) identical up to there.
-- Leader completeness: a new leader's log holds every entry committed so far.
+- Leader completeness: a new leader of term T holds every entry committed in
+  an earlier term (a leader elected late, from votes of a term long gone,
+  need not hold what later terms committed).
 - State machine safety: no two nodes apply different entries at one index,
   and no node's commit index covers an entry that differs from one committed
   before.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyjraft.core import quorum
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.types import Entry, NodeId, Role
 
@@ -49,12 +54,36 @@ class SafetyChecker:
         self.leaders: dict[int, NodeId] = {}
         self.entries: dict[tuple[int, int], tuple[bytes, int]] = {}
         self.committed: list[Entry] = []  # committed[i - 1] is the entry committed at i
+        # commit_terms[i - 1]: the term of the leader that first committed index i
+        # (as far as the checker can tell: the committing node's term).
+        self.commit_terms: list[int] = []
         self.applied: dict[int, Entry] = {}
+        self.votes: dict[tuple[int, NodeId], NodeId] = {}  # (term, voter) -> candidate
         # node -> (term, last index, last term) while it leads
         self._leading: dict[NodeId, tuple[int, int, int]] = {}
 
     def _fail(self, prop: str, node: NodeId, detail: str) -> None:
         raise SafetyViolation(Violation(prop, node, detail))
+
+    def record_vote(self, voter: NodeId, term: int, candidate: NodeId) -> None:
+        """``voter`` sent a granted vote for ``candidate`` in ``term``."""
+        known = self.votes.setdefault((term, voter), candidate)
+        if known != candidate:
+            self._fail(
+                "election safety", voter, f"voted for {known} and for {candidate} in term {term}"
+            )
+
+    def _check_elected(self, nid: NodeId, core: RaftCore) -> None:
+        term = core.term
+        granted = {v: v == nid or self.votes.get((term, v)) == nid for v in core.voters}
+        if quorum.majority_vote(core.voters, granted) is not quorum.VoteResult.WON:
+            voters = sorted(v for v, ok in granted.items() if ok)
+            self._fail(
+                "election safety",
+                nid,
+                f"leads term {term} with votes of that term from only {voters} of "
+                f"{sorted(core.voters)}",
+            )
 
     def check_role(self, nid: NodeId, core: RaftCore) -> None:
         """Election safety and leader append-only, for a core that just changed."""
@@ -68,6 +97,7 @@ class SafetyChecker:
         last = core.log.last_index()
         prev = self._leading.get(nid)
         if prev is None or prev[0] != term:
+            self._check_elected(nid, core)
             self._check_leader_completeness(nid, core)
         else:
             _, prev_last, prev_last_term = prev
@@ -81,13 +111,17 @@ class SafetyChecker:
         self._leading[nid] = (term, last, core.log.last_term())
 
     def _check_leader_completeness(self, nid: NodeId, core: RaftCore) -> None:
-        for e in self.committed:
+        term = core.term
+        for e, committed_in in zip(self.committed, self.commit_terms, strict=True):
+            if committed_in >= term:
+                continue
             if core.log.term_or_none(e.index) != e.term:
                 self._fail(
                     "leader completeness",
                     nid,
-                    f"new leader of term {core.term} lacks committed entry {e.index} "
-                    f"(term {e.term}); has term {core.log.term_or_none(e.index)}",
+                    f"new leader of term {term} lacks entry {e.index} (term {e.term}) "
+                    f"committed in term {committed_in}; has term "
+                    f"{core.log.term_or_none(e.index)}",
                 )
 
     def check_append(self, nid: NodeId, core: RaftCore, entries: list[Entry]) -> None:
@@ -126,6 +160,7 @@ class SafetyChecker:
                 )
         if commit > known:
             self.committed.extend(core.log.entries(known + 1, commit + 1))
+            self.commit_terms.extend([core.term] * (commit - known))
 
     def check_apply(self, nid: NodeId, entries: list[Entry]) -> None:
         """State machine safety: every node applies the same entry at each index."""

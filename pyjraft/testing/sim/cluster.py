@@ -2,97 +2,79 @@
 
 Theory of operation
 -------------------
-One `random.Random(seed)` decides everything: fault intensities for the
-run, tick jitter, message delay, loss, duplication and reordering,
-partitions (symmetric and one-way), crashes and restarts, and when clients
-propose. Events (ticks, deliveries, proposals, faults) sit in a heap keyed by
-time, so a run with the same seed replays exactly.
+One `random.Random(seed)` decides everything. The seed first draws a
+`Profile` (`pyjraft.testing.sim.options`): a fault regime, pre-vote and
+check-quorum on, off or mixed across nodes, message loss, duplication,
+reordering and delay tails, per-node disk latency, pipelined leader writes,
+flow-control windows. Events (ticks, deliveries, proposals, faults, writes
+completing) sit in a heap keyed by time, so a run with the same seed replays
+exactly.
 
-Each node owns in-memory durable state (log and term/vote) that survives a
-crash; everything else (the core, its unstable tail, its applied state) is
-lost. After every event the touched node's `Ready` is handled exactly as a
-runtime must (eager messages, persist, messages, apply, advance), with
-optional crashes between those steps, and the `SafetyChecker` checks the
-Figure 3 properties. After the chaos phase every fault heals and the run
-must converge: a leader within a bound, and every acknowledged proposal
-applied on every node.
+Each node owns a `SimDisk`: durable log and term/vote that survive a crash,
+and the writes in flight that do not (the oldest may land partly). After
+every event the touched node's `Ready`s are handled as `pyjraft.node.Node`
+handles them: eager messages at once; the write issued, taking the node's
+disk latency while the core keeps stepping; then messages, apply, advance.
+A pipelined leader (`NodeOptions.leader_write_thread`) hands each write over
+and goes on, applying what a majority made durable, its messages and
+advance following each write in order. Crashes land anywhere: between taking
+a `Ready` and writing it, in the middle of a write, after the write and
+before its messages. Elections are also forced without waiting for a clock
+(a timeout-now as from a leadership transfer), so leaders churn.
+
+After every event the `SafetyChecker` checks the Figure 3 properties and the
+`ContractChecker` the `Ready` contract's promises, so the first event that
+breaks a rule is the one reported. An exception from a core, or a core whose
+`has_ready` keeps promising an empty `Ready`, is a violation too. After the
+chaos phase every fault heals and the run must converge: a leader within a
+bound, and every acknowledged proposal applied on every node.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.errors import NotLeaderError
-from pyjraft.core.messages import Message
+from pyjraft.core.messages import Message, TimeoutNow, VoteResponse
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
-from pyjraft.core.types import Entry, EntryType, NodeId, Role
-from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
+from pyjraft.core.types import NONE, Entry, EntryType, NodeId, Role
 from pyjraft.testing.sim.checker import SafetyChecker, SafetyViolation, Violation
+from pyjraft.testing.sim.contract import ContractChecker
+from pyjraft.testing.sim.disk import SimDisk, Write
+from pyjraft.testing.sim.network import SimNetwork
+from pyjraft.testing.sim.options import TICK, SimOptions, SimResult, draw_profile
 
-TICK = 100
-"""Simulated time units per nominal tick; message delays are in these units."""
+__all__ = ["TICK", "SimOptions", "SimResult", "Simulation", "run_seed"]
 
-_TICK, _DELIVER, _PROPOSE, _FAULT, _HEAL, _WRITTEN, _KILL = range(7)
-
-_FAULTS_MIXED = ("partition", "oneway", "isolate", "crash", "crash_leader", "restart", "heal")
-_FAULTS_CHURN = ("crash_leader", "restart", "restart", "isolate", "heal", "partition")
-
-
-@dataclass(slots=True)
-class SimOptions:
-    """Shape of one simulated run; fault intensities are drawn per seed on top."""
-
-    nodes: int = 3
-    chaos_ticks: int = 300
-    """How long faults are injected."""
-    election_bound_ticks: int = 150
-    """After healing, a leader must exist within this many ticks."""
-    converge_bound_ticks: int = 600
-    """After healing, every acknowledged proposal must be applied everywhere within
-    this, or else be getting there: see ``progress_bound_ticks``."""
-    progress_bound_ticks: int = 150
-    """Past ``converge_bound_ticks``, a run that has not converged must still apply
-    something somewhere at least this often (a follower catching up thousands of
-    entries one per message, one message in flight, is slow, not stuck), and
-    converge within ``converge_cap_ticks`` of healing in any case."""
-    converge_cap_ticks: int = 6000
-    election_ticks: int = 10
-    heartbeat_ticks: int = 1
-    faults: bool = True
-    regime: str | None = None
-    """Force a fault regime ("mixed" or "churn"); None lets the seed choose."""
-    core_factory: Any = None
-    """Builds a core from (config, log, hard_state, rng); lets tests inject broken cores."""
-
-
-@dataclass(slots=True)
-class SimResult:
-    """What a run did, and the first violation if any."""
-
-    seed: int
-    violation: Violation | None = None
-    entries_committed: int = 0
-    proposals_acked: int = 0
-    messages: int = 0
-    elections: int = 0
-    ticks: int = 0
-    events: int = 0
+_TICK, _DELIVER, _PROPOSE, _FAULT, _HEAL, _WRITTEN, _KILL, _RESUME = range(8)
+_NORMAL = int(EntryType.NORMAL)
 
 
 @dataclass(slots=True)
 class _Node:
     nid: NodeId
-    log: MemoryLogStorage = field(default_factory=MemoryLogStorage)
-    meta: MemoryMetaStorage = field(default_factory=MemoryMetaStorage)
+    pos: int
+    disk: SimDisk = field(default_factory=SimDisk)
     core: RaftCore | None = None
     incarnation: int = 0
     applied: int = 0
-    writing: Ready | None = None
+    commit_seen: int = 0
+    led_term: int = 0
+    paused_until: int = 0
+    """A paused process (a long GC, SIGSTOP) runs nothing until then: its timer,
+    inbound messages and write completions wait, and what it had decided to
+    send before pausing leaves when it resumes."""
+    blocked: tuple[Ready, Write] | None = None
+    """An inline Ready waiting for its write; no other Ready is taken meanwhile."""
+    pipeline: deque[tuple[Ready, Write]] = field(default_factory=deque)
+    """A pipelined leader's Readies whose writes are in flight, oldest first."""
 
 
 class Simulation:
@@ -102,53 +84,32 @@ class Simulation:
         self.seed = seed
         self.opt = options or SimOptions()
         self.rng = random.Random(seed)
-        rng = self.rng
+        self.profile = draw_profile(self.rng, self.opt)
         ids = [f"n{i + 1}" for i in range(self.opt.nodes)]
         self.ids = ids
-        self.nodes = {nid: _Node(nid) for nid in ids}
+        self.nodes = {nid: _Node(nid, i) for i, nid in enumerate(ids)}
+        self.net = SimNetwork(self.rng, self.profile, ids)
         self.checker = SafetyChecker()
+        self.contract = ContractChecker(
+            {n: node.disk for n, node in self.nodes.items()}, lambda n: self.nodes[n].core
+        )
+        self.disk_latency = list(self.profile.disk_latency)
+        self.crash_mid_ready = self.profile.crash_mid_ready
         self.now = 0
         self._seq = 0
         self._events: list[tuple[int, int, int, Any]] = []
-        self.cut: set[tuple[NodeId, NodeId]] = set()
-        faults = self.opt.faults
-        # Per-seed fault intensities: different seeds explore different regimes.
-        self.drop = rng.choice([0.0, 0.01, 0.05, 0.2]) if faults else 0.0
-        self.dup = rng.choice([0.0, 0.02, 0.1]) if faults else 0.0
-        self.max_delay = rng.choice([5, 30, 150]) if faults else 5
-        # Links are FIFO like a TCP stream, except for this share of messages,
-        # which may overtake others (reconnects, retransmission across paths).
-        self.reorder = rng.choice([0.0, 0.01, 0.1]) if faults else 0.0
-        self._link_clock: dict[tuple[NodeId, NodeId], int] = {}
-        self.fault_every = rng.choice([3, 10, 30, 100]) * TICK
-        # Some seeds churn leaders hard: the schedules that break commit rules
-        # (paper Figure 8) need leaders to die between two of their messages.
-        self.fault_actions = rng.choice([_FAULTS_MIXED, _FAULTS_CHURN])
-        if self.opt.regime is not None:
-            self.fault_actions = _FAULTS_CHURN if self.opt.regime == "churn" else _FAULTS_MIXED
-        # In the churn regime new leaders often die young: a few message delays
-        # after winning, often mid-way through repairing followers' logs.
-        self.kill_new_leaders = 0.0
-        if self.fault_actions is _FAULTS_CHURN:
-            self.fault_every = rng.choice([1, 2, 4]) * TICK
-            self.kill_new_leaders = rng.choice([0.2, 0.5])
-        self.crash_mid_ready = rng.choice([0.0, 0.002, 0.01]) if faults else 0.0
-        self.propose_every = rng.choice([2, 10, 40]) * TICK // 10
+        self._current: NodeId = "-"
         self.healed = False
-        # Half the seeds run Readies the way `pyjraft.node.Node` does: the write
-        # takes time, the core keeps stepping meanwhile, and a leader's appends go
-        # out between Readies. The other half handle each Ready atomically.
-        self.write_delay = rng.choice([0, 0, 3, 20])
         self.pending: dict[tuple[NodeId, int, int], bytes] = {}
         self.acked: dict[bytes, int] = {}
         self._proposal_no = 0
-        self.result = SimResult(seed)
+        self.result = SimResult(seed, regime=self.profile.regime)
         for nid in ids:
             self._start(nid)
-            self._schedule(rng.randrange(TICK), _TICK, (nid, 1))
-        self._schedule(self.propose_every, _PROPOSE, None)
-        if faults:
-            self._schedule(self.fault_every, _FAULT, None)
+            self._schedule(self.rng.randrange(TICK), _TICK, nid)
+        self._schedule(self.profile.propose_every, _PROPOSE, None)
+        if self.opt.faults:
+            self._schedule(self.profile.fault_every, _FAULT, None)
         self._schedule(self.opt.chaos_ticks * TICK, _HEAL, None)
 
     # -- events --------------------------------------------------------------
@@ -159,24 +120,37 @@ class Simulation:
 
     def _start(self, nid: NodeId) -> None:
         node = self.nodes[nid]
+        p = self.profile
+        i = node.pos
         cfg = CoreConfig(
             id=nid,
             voters=tuple(self.ids),
             election_ticks=self.opt.election_ticks,
             heartbeat_ticks=self.opt.heartbeat_ticks,
-            max_inflight_msgs=self.rng.choice([1, 4, 256]),
-            max_entries_per_msg=1 if self.kill_new_leaders else self.rng.choice([1, 8, 4096]),
+            pre_vote=p.pre_vote[i],
+            check_quorum=p.check_quorum[i],
+            max_inflight_msgs=p.max_inflight_msgs,
+            max_inflight_bytes=p.max_inflight_bytes,
+            max_entries_per_msg=p.max_entries_per_msg,
+            max_bytes_per_msg=p.max_bytes_per_msg,
         )
         core_rng = random.Random(self.rng.getrandbits(64))
         factory = self.opt.core_factory or RaftCore
-        node.core = factory(cfg, node.log, node.meta.load(), core_rng)
+        node.core = factory(cfg, node.disk.log, node.disk.meta.load(), core_rng)
         node.incarnation += 1
         node.applied = 0
+        node.commit_seen = 0
 
     def _crash(self, nid: NodeId) -> None:
         node = self.nodes[nid]
+        if node.core is None:
+            return
         node.core = None
-        node.writing = None  # a write in flight when the process died is lost
+        node.paused_until = 0
+        node.disk.crash(self.rng)  # the oldest write in flight may land in part
+        node.blocked = None
+        node.pipeline.clear()
+        self.result.crashes += 1
 
     def run(self) -> SimResult:
         """Run the chaos phase, heal, and check convergence."""
@@ -184,6 +158,8 @@ class Simulation:
             self._run()
         except SafetyViolation as exc:
             self.result.violation = exc.violation
+        except Exception as exc:
+            self.result.violation = Violation("exception", self._current, _describe(exc))
         self.result.entries_committed = len(self.checker.committed)
         self.result.proposals_acked = len(self.acked)
         self.result.ticks = self.now // TICK
@@ -202,12 +178,14 @@ class Simulation:
             t, _, kind, payload = heapq.heappop(self._events)
             self.now = t
             self.result.events += 1
+            self._current = "-"
             touched = self._dispatch(kind, payload)
             if touched is not None:
+                self._current = touched
+                if self._dies_now(touched):
+                    continue
                 self._drain(touched)
-                core = self.nodes[touched].core
-                if core is not None:
-                    self.checker.check_role(touched, core)
+                self._check_node(touched)
             if self.healed:
                 if not leader_seen:
                     leader_seen = self._leader() is not None
@@ -223,35 +201,116 @@ class Simulation:
                     if stalled or t > converge_cap:
                         self._liveness(self._convergence_report(stalled))
 
+    def _dies_now(self, nid: NodeId) -> bool:
+        """Crash points right after the core stepped, before its runtime sends
+        anything: a leader whose commit index just moved (the commit counts, the
+        checker sees it, no one hears; or it is cut off instead), a candidate
+        that just won (or it is cut off)."""
+        if self.healed:
+            return False
+        node = self.nodes[nid]
+        core = node.core
+        if core is None or core.role is not Role.LEADER:
+            return False
+        p = self.profile
+        isolate = 0.5
+        if core.term != node.led_term:
+            node.led_term = core.term
+            if p.isolate_on_win and self.rng.random() < p.isolate_on_win:
+                self.net.isolate(self.ids, nid)
+            elif p.lag_on_win and self.rng.random() < p.lag_on_win:
+                e = self.opt.election_ticks * TICK
+                self.net.lag(nid, self.now, e, e * self.rng.choice([2, 3, 5]))
+            chance = p.kill_on_win
+        elif core.log.committed > node.commit_seen:
+            chance = p.kill_on_commit
+            # A leader whose commit index rests on an entry of an earlier term is
+            # in a state Raft's commit rule never reaches: cut it off at once, so
+            # that the others (whoever holds a newer entry there) elect without it.
+            if chance and core.log.term_or_none(core.log.committed) != core.term:
+                chance = isolate = 1.0
+        else:
+            return False
+        if not chance or self.rng.random() >= chance:
+            return False
+        self._check_node(nid)
+        if self.rng.random() < isolate:
+            self.net.isolate(self.ids, nid)  # cut off rather than dead
+            return False
+        self._crash(nid)
+        return True
+
+    def _check_node(self, nid: NodeId) -> None:
+        node = self.nodes[nid]
+        core = node.core
+        if core is None:
+            return
+        self.checker.check_role(nid, core)
+        commit = core.log.committed
+        if commit > node.commit_seen:
+            node.commit_seen = commit
+            self.contract.on_commit(nid, core, commit)
+            self.checker.check_commit(nid, core)
+
     def _liveness(self, detail: str) -> None:
         raise SafetyViolation(Violation("liveness", "-", detail))
 
-    def _dispatch(self, kind: int, payload: Any) -> NodeId | None:
+    def _target(self, kind: int, payload: Any) -> NodeId | None:
         if kind == _TICK:
-            nid: NodeId = payload[0]
+            return payload  # type: ignore[no-any-return]
+        if kind == _DELIVER:
+            return payload.dst  # type: ignore[no-any-return]
+        if kind == _WRITTEN:
+            return payload[0]  # type: ignore[no-any-return]
+        return None
+
+    def _pause(self, nid: NodeId, ticks: int) -> None:
+        """Pause ``nid``'s process for ``ticks`` (see `_Node.paused_until`)."""
+        node = self.nodes[nid]
+        node.paused_until = max(node.paused_until, self.now + ticks * TICK)
+        self._schedule(node.paused_until - self.now, _RESUME, (nid, node.incarnation))
+
+    def _dispatch(self, kind: int, payload: Any) -> NodeId | None:
+        target = self._target(kind, payload)
+        if target is not None and self.nodes[target].paused_until > self.now:
+            # Everything for a paused process waits, in order, until it resumes.
+            self._schedule(self.nodes[target].paused_until - self.now, kind, payload)
+            return None
+        if kind == _RESUME:
+            node = self.nodes[payload[0]]
+            if node.core is None or node.incarnation != payload[1]:
+                return None
+            return node.nid  # drains what it had decided before pausing
+        if kind == _TICK:
+            nid: NodeId = payload
             core = self.nodes[nid].core
             # Clocks drift: each node's tick length varies a little.
-            self._schedule(TICK + self.rng.randrange(-5, 6), _TICK, payload)
+            self._schedule(TICK + self.rng.randrange(-5, 6), _TICK, nid)
             if core is None:
                 return None
+            self._current = nid
             core.tick()
             return nid
         if kind == _DELIVER:
             msg: Message = payload
             core = self.nodes[msg.dst].core
-            if core is None or (msg.src, msg.dst) in self.cut:
+            if core is None or self.net.is_cut(msg):
                 return None
+            if msg.term < core.term:
+                self.result.stale_deliveries[type(msg).__name__] += 1
+            self._current = msg.dst
             core.step(msg)
             return msg.dst
         if kind == _PROPOSE:
             if self.healed:
                 return None  # convergence is judged on what was proposed during chaos
-            self._schedule(self.propose_every, _PROPOSE, None)
+            self._schedule(self.profile.propose_every, _PROPOSE, None)
             return self._propose()
         if kind == _FAULT:
-            self._schedule(self.fault_every + self.rng.randrange(self.fault_every), _FAULT, None)
+            every = self.profile.fault_every
+            self._schedule(every + self.rng.randrange(every), _FAULT, None)
             if not self.healed:
-                self._fault()
+                return self._fault()
             return None
         if kind == _HEAL:
             self._heal()
@@ -262,18 +321,17 @@ class Simulation:
                 self._crash(node.nid)
             return None
         if kind == _WRITTEN:
-            nid, incarnation = payload[0], payload[1]
-            rd: Ready = payload[2]
-            node = self.nodes[nid]
-            if node.core is None or node.incarnation != incarnation or node.writing is not rd:
-                return None
-            node.writing = None
-            self._finish_ready(node, node.core, rd)
-            return nid
+            return self._written(payload[0], payload[1], payload[2])
         raise AssertionError(kind)
 
     def _propose(self) -> NodeId | None:
-        leaders = [n for n in self.ids if (c := self.nodes[n].core) and c.role is Role.LEADER]
+        leaders = [
+            n
+            for n in self.ids
+            if (c := self.nodes[n].core)
+            and c.role is Role.LEADER
+            and self.nodes[n].paused_until <= self.now
+        ]
         if not leaders:
             return None
         nid = self.rng.choice(leaders)
@@ -286,6 +344,7 @@ class Simulation:
         for _ in range(n):
             self._proposal_no += 1
             datas.append(f"{self.seed}:{self._proposal_no}".encode())
+        self._current = nid
         try:
             last = node.core.propose_batch(datas)
         except NotLeaderError:
@@ -293,21 +352,27 @@ class Simulation:
         first = last - len(datas) + 1
         for i, d in enumerate(datas):
             self.pending[(nid, node.incarnation, first + i)] = d
+        if (
+            self.profile.pause_after_propose
+            and self.rng.random() < self.profile.pause_after_propose
+        ):
+            # Paused between accepting the proposal and sending it: its appends
+            # leave when it resumes, stale, after the others elected anew.
+            self._pause(nid, self.opt.election_ticks * self.rng.choice([3, 5]))
+            return None
         return nid
 
-    def _fault(self) -> None:
+    def _fault(self) -> NodeId | None:
         rng = self.rng
         ids = self.ids
-        action = rng.choice(self.fault_actions)
+        action = rng.choice(self.profile.fault_actions)
         if action == "partition":
-            side = set(rng.sample(ids, rng.randrange(1, len(ids))))
-            self.cut = {(a, b) for a in ids for b in ids if (a in side) != (b in side)}
+            self.net.partition(ids)
         elif action == "oneway":
             a, b = rng.sample(ids, 2)
-            self.cut.add((a, b))
+            self.net.cut_one_way(a, b)
         elif action == "isolate":
-            a = rng.choice(ids)
-            self.cut = {(x, y) for x in ids for y in ids if a in (x, y) and x != y}
+            self.net.isolate(ids, rng.choice(ids))
         elif action == "crash":
             alive = [n for n in ids if self.nodes[n].core is not None]
             if alive:
@@ -320,15 +385,54 @@ class Simulation:
             dead = [n for n in ids if self.nodes[n].core is None]
             if dead:
                 self._start(rng.choice(dead))
+        elif action == "force_election":
+            return self._force_election()
+        elif action == "pause":
+            alive = [
+                n
+                for n in ids
+                if self.nodes[n].core is not None and self.nodes[n].paused_until <= self.now
+            ]
+            leaders = [n for n in alive if self.nodes[n].core.role is Role.LEADER]  # type: ignore[union-attr]
+            # Mostly the leader: a paused leader is what makes stale messages.
+            if self.profile.regime == "stale":
+                pick = leaders
+            else:
+                pick = leaders if leaders and rng.random() < 0.7 else alive
+            if pick:
+                self._pause(rng.choice(pick), self.opt.election_ticks * rng.choice([1, 2, 4]))
         else:
-            self.cut = set()
+            self.net.cut = set()
+        return None
+
+    def _force_election(self) -> NodeId | None:
+        """A leader change without waiting for a clock: the leader hands over to
+        a follower (timeout-now, as a leadership transfer does), or a node
+        campaigns at once."""
+        alive = [
+            n
+            for n in self.ids
+            if (c := self.nodes[n].core)
+            and c.role is not Role.LEADER
+            and self.nodes[n].paused_until <= self.now
+        ]
+        if not alive:
+            return None
+        nid = self.rng.choice(alive)
+        core = self.nodes[nid].core
+        assert core is not None
+        self._current = nid
+        if core.leader != NONE and self.rng.random() < 0.7:
+            core.step(TimeoutNow(core.group, core.term, core.leader, nid))
+        else:
+            core.campaign()
+        return nid
 
     def _heal(self) -> None:
         self.healed = True
-        self.cut = set()
-        self.drop = self.dup = self.reorder = 0.0
+        self.net.heal()
         self.crash_mid_ready = 0.0
-        self.max_delay = 5
+        self.disk_latency = [min(latency, TICK // 2) for latency in self.disk_latency]
         for nid in self.ids:
             if self.nodes[nid].core is None:
                 self._start(nid)
@@ -336,68 +440,111 @@ class Simulation:
     # -- the runtime's side of Ready -----------------------------------------
 
     def _send(self, msgs: list[Message]) -> None:
-        rng = self.rng
+        if not msgs:
+            return
+        check = self.contract.on_send
         for m in msgs:
-            self.result.messages += 1
-            if self.drop and rng.random() < self.drop:
-                continue
-            copies = 2 if self.dup and rng.random() < self.dup else 1
-            link = (m.src, m.dst)
-            for _ in range(copies):
-                at = self.now + 1 + rng.randrange(self.max_delay)
-                if not (self.reorder and rng.random() < self.reorder):
-                    at = max(at, self._link_clock.get(link, 0))
-                    self._link_clock[link] = at
-                self._schedule(at - self.now, _DELIVER, m)
+            check(m)
+            if type(m) is VoteResponse and m.granted:
+                self.checker.record_vote(m.src, m.term, m.dst)
+        self.result.messages += len(msgs)
+        for at, m in self.net.deliveries(self.now, msgs):
+            self._schedule(at - self.now, _DELIVER, m)
 
     def _drain(self, nid: NodeId) -> None:
         node = self.nodes[nid]
         rng = self.rng
-        if node.core is not None and self.write_delay:
-            self._send(node.core.take_eager_messages())
-        while (core := node.core) is not None and node.writing is None and core.has_ready():
+        p = self.profile
+        core = node.core
+        if core is None:
+            return
+        if node.blocked is not None or node.pipeline:
+            # A write is in flight: the core keeps stepping, and a leader's new
+            # appends go out meanwhile.
+            self._send(core.take_eager_messages())
+        while (core := node.core) is not None and node.blocked is None and core.has_ready():
             rd = core.ready()
+            if _is_empty(rd) and core.has_ready():
+                raise SafetyViolation(
+                    Violation("spin", nid, f"has_ready() stays true with nothing ready: {core!r}")
+                )
             if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
                 self.result.elections += 1
-                if not self.healed and rng.random() < self.kill_new_leaders:
-                    self._schedule(
-                        1 + rng.randrange(4 * self.max_delay), _KILL, (nid, node.incarnation)
-                    )
+                if not self.healed and rng.random() < p.kill_new_leaders:
+                    delay = 1 + rng.randrange(4 * p.max_delay)
+                    self._schedule(delay, _KILL, (nid, node.incarnation))
             # Log matching is judged on what the core hands out to be written.
             self.checker.check_append(nid, core, rd.entries)
+            self.contract.on_write(nid, core, rd.entries)
             self._send(rd.eager_messages)
             if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
                 self._crash(nid)  # before anything of this Ready is durable
                 return
-            if self.write_delay and rd.must_sync:
-                node.writing = rd
-                delay = 1 + rng.randrange(self.write_delay)
-                self._schedule(delay, _WRITTEN, (nid, node.incarnation, rd))
-                return
-            self._finish_ready(node, core, rd)
+            if not rd.must_sync:
+                self._finish_ready(node, core, rd)
+                continue
+            latency = self.disk_latency[node.pos]
+            if p.pipelined and rd.hard_state is None and core.role is Role.LEADER:
+                # Handed to the writer; this Ready goes on without waiting.
+                w = self._issue(node, rd, latency)
+                node.pipeline.append((rd, w))
+                self._apply(node, rd.committed_entries, check_durable=False)
+                continue
+            if latency == 0 and not node.disk.inflight:
+                if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
+                    node.disk.crash_during(rd.hard_state, rd.entries, rng)
+                    self._crash(nid)
+                    return
+                node.disk.write_now(rd.hard_state, rd.entries)
+                self._after_write(node, core, rd)
+                continue
+            node.blocked = (rd, self._issue(node, rd, latency))
+
+    def _issue(self, node: _Node, rd: Ready, latency: int) -> Write:
+        done_at = self.now + latency // 2 + self.rng.randrange(latency // 2 + 1)
+        inflight = node.disk.inflight
+        if inflight:
+            done_at = max(done_at, inflight[-1].done_at)  # one disk, in order
+        w = Write(rd.hard_state, rd.entries, done_at)
+        inflight.append(w)
+        self._schedule(done_at - self.now, _WRITTEN, (node.nid, node.incarnation, w))
+        return w
+
+    def _written(self, nid: NodeId, incarnation: int, w: Write) -> NodeId | None:
+        node = self.nodes[nid]
+        core = node.core
+        if core is None or node.incarnation != incarnation or w not in node.disk.inflight:
+            return None  # lost in a crash
+        self._current = nid
+        node.disk.complete(w)
+        if node.pipeline and node.pipeline[0][1] is w:
+            rd, _ = node.pipeline.popleft()
+            self._send(rd.messages)
+            core.advance(rd)
+            self._send(core.take_eager_messages())
+        elif node.blocked is not None and node.blocked[1] is w:
+            rd, _ = node.blocked
+            node.blocked = None
+            self._after_write(node, core, rd)
+        return nid
+
+    def _after_write(self, node: _Node, core: RaftCore, rd: Ready) -> None:
+        if self.crash_mid_ready and self.rng.random() < self.crash_mid_ready:
+            self._crash(node.nid)  # durable, but nothing sent or applied
+            return
+        self._finish_ready(node, core, rd)
 
     def _finish_ready(self, node: _Node, core: RaftCore, rd: Ready) -> None:
-        """Persist, send, apply and advance one Ready."""
-        nid = node.nid
-        rng = self.rng
-        if rd.hard_state is not None:
-            node.meta.save(rd.hard_state)
-        if rd.entries:
-            first = rd.entries[0].index
-            if first <= node.log.last_index():
-                node.log.truncate_suffix(first - 1)
-            node.log.append(rd.entries)
-        if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
-            self._crash(nid)  # durable, but nothing sent or applied
-            return
+        """Send, apply and advance one Ready whose write is durable."""
         self._send(rd.messages)
-        self.checker.check_commit(nid, core)
-        self._apply(node, rd.committed_entries)
+        # With pipelined writes in flight, what a majority made durable may not
+        # be durable here yet: the node applies it anyway (it is committed).
+        self._apply(node, rd.committed_entries, check_durable=not node.pipeline)
         core.advance(rd)
-        if self.write_delay:
+        if node.blocked is not None or node.pipeline:
             self._send(core.take_eager_messages())
 
-    def _apply(self, node: _Node, entries: list[Entry]) -> None:
+    def _apply(self, node: _Node, entries: list[Entry], *, check_durable: bool) -> None:
         if not entries:
             return
         if entries[0].index != node.applied + 1:
@@ -406,24 +553,28 @@ class Simulation:
                     "apply order", node.nid, f"applied {node.applied}, next {entries[0].index}"
                 )
             )
+        if check_durable:
+            self.contract.on_apply(node.nid, entries)
         self.checker.check_apply(node.nid, entries)
         node.applied = entries[-1].index
+        pending = self.pending
+        if not pending:
+            return
+        key = (node.nid, node.incarnation)
         for e in entries:
-            if e.type != EntryType.NORMAL:
+            if e.type != _NORMAL:
                 continue
-            data = self.pending.pop((node.nid, node.incarnation, e.index), None)
+            data = pending.pop((*key, e.index), None)
             if data is not None and data == e.data:
                 # The proposer applied its own entry: the client gets its answer.
                 self.acked[data] = e.index
 
     # -- convergence ---------------------------------------------------------
 
-    def _live_cores(self) -> dict[NodeId, RaftCore]:
-        return {n: c for n in self.ids if (c := self.nodes[n].core) is not None}
-
     def _leader(self) -> RaftCore | None:
-        for c in self._live_cores().values():
-            if c.role is Role.LEADER:
+        for n in self.ids:
+            c = self.nodes[n].core
+            if c is not None and c.role is Role.LEADER:
                 return c
         return None
 
@@ -460,9 +611,31 @@ class Simulation:
                 self._liveness(f"acknowledged proposal {data!r} at {index} is not committed there")
 
 
+def _is_empty(rd: Ready) -> bool:
+    return not (
+        rd.soft_state
+        or rd.hard_state
+        or rd.entries
+        or rd.committed_entries
+        or rd.eager_messages
+        or rd.messages
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception and where in pyjraft it was raised, in one line."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "pyjraft" in f.filename]
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
 def run_seed(seed: int, options: SimOptions | None = None) -> SimResult:
-    """Run one seed and verify every acknowledged write survived."""
-    sim = Simulation(seed, options)
+    """Run one seed and verify every acknowledged write survived; never raises
+    for anything the cores do (an exception is reported as a violation)."""
+    try:
+        sim = Simulation(seed, options)
+    except Exception as exc:
+        return SimResult(seed, violation=Violation("exception", "-", _describe(exc)))
     result = sim.run()
     if result.violation is None:
         try:

@@ -1,0 +1,78 @@
+"""A simulated node's disk: durable log and term/vote, and writes in flight.
+
+A write (`Write`) is what one `Ready` asks to make durable: a hard state,
+then entries (after truncating a conflicting suffix), in that order, as
+`pyjraft.node.Node` does it (meta file first, then the log). A write takes
+the node's disk latency to complete; until then nothing of it is durable.
+Writes complete in the order they were issued.
+
+A crash loses every write in flight, except that the oldest may have got
+part of the way: a random prefix of its steps (hard state; truncation;
+append) is durable, the rest is not. That is exactly what a power cut
+between two fsyncs leaves behind.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from pyjraft.core.types import Entry, HardState
+from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
+
+
+@dataclass(slots=True)
+class Write:
+    """One `Ready`'s durable part, and where it stands."""
+
+    hard_state: HardState | None
+    entries: list[Entry]
+    done_at: int
+    """Simulated time at which it completes (when nothing crashes first)."""
+
+
+@dataclass(slots=True)
+class SimDisk:
+    """Durable state that survives a crash, plus the writes in flight."""
+
+    log: MemoryLogStorage = field(default_factory=MemoryLogStorage)
+    meta: MemoryMetaStorage = field(default_factory=MemoryMetaStorage)
+    inflight: deque[Write] = field(default_factory=deque)
+
+    def complete(self, w: Write) -> None:
+        """Make all of ``w`` durable (it is the oldest write in flight)."""
+        assert self.inflight and self.inflight[0] is w, "writes complete in order"
+        self.inflight.popleft()
+        self._do(w, 3)
+
+    def write_now(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+        """Make a write durable at once (a disk with no latency)."""
+        self._do(Write(hard_state, entries, 0), 3)
+
+    def crash(self, rng: random.Random) -> None:
+        """The process died: the oldest write in flight got a random part of the
+        way; everything else in flight is lost."""
+        if self.inflight:
+            w = self.inflight[0]
+            self._do(w, rng.randrange(4))
+        self.inflight.clear()
+
+    def crash_during(
+        self, hard_state: HardState | None, entries: list[Entry], rng: random.Random
+    ) -> None:
+        """A crash in the middle of a write that had not been queued."""
+        self._do(Write(hard_state, entries, 0), rng.randrange(4))
+
+    def _do(self, w: Write, steps: int) -> None:
+        # Steps: 1 the hard state, 2 the truncation of a conflicting suffix,
+        # 3 the append. A write with no hard state skips step 1 for free.
+        if steps >= 1 and w.hard_state is not None:
+            self.meta.save(w.hard_state)
+        if not w.entries:
+            return
+        first = w.entries[0].index
+        if steps >= 2 and first <= self.log.last_index():
+            self.log.truncate_suffix(first - 1)
+        if steps >= 3:
+            self.log.append(w.entries)

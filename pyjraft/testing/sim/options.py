@@ -1,0 +1,248 @@
+"""What a simulated run is asked to do (`SimOptions`), what the seed drew for
+it (`Profile`), and what it did (`SimResult`).
+
+The options are the caller's; the profile is the seed's: every fault
+intensity and configuration knob the run varies is drawn once, from the
+run's own `random.Random`, so different seeds explore different regimes and
+one seed always replays the same run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+TICK = 100
+"""Simulated time units per nominal tick; delays are in these units."""
+
+REGIMES = ("mixed", "churn", "slow", "split", "figure8", "stale")
+"""Fault regimes a seed may draw: ``mixed`` partitions and crashes; ``churn``
+kills leaders young and forces elections without waiting for timeouts;
+``slow`` has slow disks and long, uneven message delays; ``split`` cuts the
+cluster often; ``figure8`` cuts leaders off as they win and as their commit
+index moves, so that logs diverge and old-term entries are re-replicated
+(the paper's Figure 8); ``stale`` pauses leaders between accepting a
+proposal and sending it, so their appends arrive after newer terms' ones."""
+
+_REGIME_WEIGHTS = (2, 2, 2, 2, 3, 3)
+"""How often each of `REGIMES` is drawn: the specialist regimes, which set up
+the rarest schedules, a little more often."""
+
+
+@dataclass(slots=True)
+class SimOptions:
+    """Shape of one simulated run; fault intensities are drawn per seed on top."""
+
+    nodes: int = 3
+    chaos_ticks: int = 300
+    """How long faults are injected."""
+    election_bound_ticks: int = 150
+    """After healing, a leader must exist within this many ticks."""
+    converge_bound_ticks: int = 600
+    """After healing, every acknowledged proposal must be applied everywhere within
+    this, or else be getting there: see ``progress_bound_ticks``."""
+    progress_bound_ticks: int = 150
+    """Past ``converge_bound_ticks``, a run that has not converged must still apply
+    something somewhere at least this often (a follower catching up thousands of
+    entries one per message, one message in flight, is slow, not stuck), and
+    converge within ``converge_cap_ticks`` of healing in any case."""
+    converge_cap_ticks: int = 6000
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    faults: bool = True
+    regime: str | None = None
+    """Force a fault regime (one of `REGIMES`); None lets the seed choose."""
+    core_factory: Any = None
+    """Builds a core from (config, log, hard_state, rng); lets tests inject broken cores."""
+
+
+@dataclass(slots=True)
+class Profile:
+    """Everything a seed draws about its run, before the run starts."""
+
+    regime: str
+    pre_vote: tuple[bool, ...]
+    """Per node (pre-vote and check-quorum are on, off, or mixed across nodes)."""
+    check_quorum: tuple[bool, ...]
+    drop: float
+    dup: float
+    reorder: float
+    """Share of messages that may overtake earlier ones on their link."""
+    max_delay: int
+    """Usual message delay is uniform in [1, max_delay] time units."""
+    tail: float
+    """Share of messages delayed much longer (a slow path, a retransmission)."""
+    tail_delay: int
+    """Upper bound of such a long delay."""
+    slow_links: frozenset[tuple[int, int]]
+    """Links (by node position) whose every message takes a long delay."""
+    disk_latency: tuple[int, ...]
+    """Per node: how long a write takes to become durable (0: at once)."""
+    pipelined: bool
+    """Leaders hand writes to a writer and go on (`NodeOptions.leader_write_thread`)."""
+    fault_every: int
+    fault_actions: tuple[str, ...]
+    kill_new_leaders: float
+    kill_on_commit: float
+    """Chance that a leader dies the moment its commit index moves, before it
+    tells anyone (the schedule of the paper's Figure 8)."""
+    isolate_on_win: float
+    """Chance that a candidate is cut off from everyone the moment it wins
+    (healing every other cut): its first appends are lost and its new entries
+    stay on its own disk, while the others elect someone else."""
+    lag_on_win: float
+    """Chance that a candidate's messages, for a while after it wins, all take
+    a long delay: its first appends arrive after newer terms' appends."""
+    pause_after_propose: float
+    """Chance that a leader's process pauses right after it accepts proposals,
+    before sending them (see the ``pause`` fault)."""
+    kill_on_win: float
+    """Chance that a candidate dies the moment it wins, before its first
+    appends leave: its new entries then exist on its disk only."""
+    crash_mid_ready: float
+    propose_every: int
+    max_inflight_msgs: int
+    max_inflight_bytes: int
+    max_entries_per_msg: int
+    max_bytes_per_msg: int
+
+
+_FAULTS: dict[str, tuple[str, ...]] = {
+    "mixed": (
+        "partition",
+        "oneway",
+        "isolate",
+        "crash",
+        "crash_leader",
+        "restart",
+        "heal",
+        "pause",
+    ),
+    "churn": (
+        "crash_leader",
+        "restart",
+        "restart",
+        "isolate",
+        "heal",
+        "partition",
+        "force_election",
+        "force_election",
+    ),
+    "figure8": ("crash_leader", "restart", "restart", "isolate"),
+    "stale": ("pause", "pause", "restart", "crash_leader", "heal"),
+    "slow": ("crash", "restart", "isolate", "heal", "force_election", "crash_leader", "pause"),
+    "split": ("partition", "oneway", "heal", "heal", "restart", "crash", "force_election", "pause"),
+}
+
+
+def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
+    """Draw one seed's regime and fault intensities."""
+    n = opt.nodes
+    faults = opt.faults
+    regime = opt.regime or rng.choices(REGIMES, _REGIME_WEIGHTS)[0]
+    if regime not in _FAULTS:
+        raise ValueError(f"unknown regime {regime!r}; known: {', '.join(REGIMES)}")
+    election = rng.choice(("on", "on", "off", "mixed", "pre_vote_only", "check_quorum_only"))
+    if election == "mixed":
+        pre_vote = tuple(rng.random() < 0.5 for _ in range(n))
+        check_quorum = tuple(rng.random() < 0.5 for _ in range(n))
+    else:
+        pv = election in ("on", "pre_vote_only")
+        cq = election in ("on", "check_quorum_only")
+        pre_vote, check_quorum = (pv,) * n, (cq,) * n
+    slow = regime == "slow"
+    if faults:
+        drop = rng.choice([0.0, 0.01, 0.05, 0.2])
+        dup = rng.choice([0.0, 0.02, 0.1])
+        reorder = rng.choice([0.0, 0.01, 0.1])
+        max_delay = rng.choice([5, 30, 150, 400] if slow else [5, 30, 150])
+        tail = rng.choice([0.0, 0.02, 0.1] if regime in ("slow", "split") else [0.0, 0.0, 0.02])
+        tail_delay = rng.choice([5, 20, 60]) * TICK
+        pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+        slow_links = frozenset(p for p in pairs if slow and rng.random() < 0.2)
+        latencies = [0, 0, 20, 300, 1000] if not slow else [0, 300, 1000, 3000]
+        disk_latency = tuple(rng.choice(latencies) for _ in range(n))
+        crash_mid_ready = rng.choice([0.0, 0.002, 0.01, 0.03])
+    else:
+        drop = dup = reorder = tail = 0.0
+        max_delay, tail_delay = 5, 0
+        slow_links = frozenset()
+        disk_latency = (0,) * n
+        crash_mid_ready = 0.0
+    fault_every = rng.choice([3, 10, 30, 100]) * TICK
+    # The adversary's targeted crash points (see `Profile`), at a low rate in
+    # every regime; the specialist regimes below raise them.
+    kill_new_leaders = kill_on_win = lag_on_win = 0.0
+    kill_on_commit = rng.choice([0.0, 0.02])
+    isolate_on_win = rng.choice([0.0, 0.0, 0.2])
+    pause_after_propose = rng.choice([0.0, 0.0, 0.02])
+    if regime == "churn":
+        fault_every = rng.choice([1, 2, 4]) * TICK
+        kill_new_leaders = rng.choice([0.2, 0.5])
+        kill_on_commit = rng.choice([0.0, 0.1, 0.3])
+        kill_on_win = rng.choice([0.0, 0.1, 0.3])
+    elif regime == "figure8":
+        fault_every = rng.choice([10, 20]) * TICK
+        kill_new_leaders = rng.choice([0.0, 0.1])
+        kill_on_commit = rng.choice([0.3, 0.6])
+        isolate_on_win = rng.choice([0.7, 0.9])
+        drop = min(drop, 0.01)
+        crash_mid_ready = 0.0
+    elif regime == "split":
+        fault_every = rng.choice([2, 5, 10]) * TICK
+    elif regime == "stale":
+        fault_every = rng.choice([10, 20, 30]) * TICK
+        lag_on_win = rng.choice([0.0, 0.3])
+        pause_after_propose = rng.choice([0.02, 0.05, 0.1])
+        drop = min(drop, 0.01)
+        crash_mid_ready = 0.0
+    tiny_bytes = rng.random() < 0.25
+    return Profile(
+        regime=regime,
+        pre_vote=pre_vote,
+        check_quorum=check_quorum,
+        drop=drop,
+        dup=dup,
+        reorder=reorder,
+        max_delay=max_delay,
+        tail=tail,
+        tail_delay=tail_delay,
+        slow_links=slow_links,
+        disk_latency=disk_latency,
+        pipelined=rng.random() < 0.3,
+        fault_every=fault_every,
+        fault_actions=_FAULTS[regime],
+        kill_new_leaders=kill_new_leaders,
+        kill_on_commit=kill_on_commit if faults else 0.0,
+        kill_on_win=kill_on_win if faults else 0.0,
+        isolate_on_win=isolate_on_win if faults else 0.0,
+        lag_on_win=lag_on_win if faults else 0.0,
+        pause_after_propose=pause_after_propose if faults else 0.0,
+        crash_mid_ready=crash_mid_ready,
+        propose_every=rng.choice([2, 10, 40]) * TICK // 10,
+        max_inflight_msgs=1 if regime == "figure8" else rng.choice([1, 4, 256]),
+        max_inflight_bytes=rng.choice([64, 1024]) if tiny_bytes else 64 << 20,
+        max_entries_per_msg=1 if kill_new_leaders else rng.choice([1, 8, 4096]),
+        max_bytes_per_msg=rng.choice([48, 512]) if tiny_bytes else 1 << 20,
+    )
+
+
+@dataclass(slots=True)
+class SimResult:
+    """What a run did, and the first violation if any."""
+
+    seed: int
+    violation: Any = None
+    """The first `pyjraft.testing.sim.checker.Violation`, or None."""
+    entries_committed: int = 0
+    proposals_acked: int = 0
+    messages: int = 0
+    elections: int = 0
+    ticks: int = 0
+    events: int = 0
+    crashes: int = 0
+    regime: str = ""
+    stale_deliveries: Counter[str] = field(default_factory=Counter)
+    """Messages delivered to a node whose term had moved past theirs, by kind."""
