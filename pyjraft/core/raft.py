@@ -32,6 +32,18 @@ runtime has made durable (reported through `advance`). Followers learn the
 commit index from the next AppendEntries or heartbeat, never from a separate
 message, and a heartbeat's commit never exceeds what that follower matches.
 
+Bad input (thesis 3.2's "no Byzantine faults" is a promise peers cannot
+always keep: a buggy or garbled peer, a forged packet on an unauthenticated
+port): a message from a non-member or from ourselves, one no correct peer
+could build (`pyjraft.core.validate`), a second leader in a term, a
+timeout-now from anyone but the current leader, an acknowledgement beyond
+our last index -- each is dropped
+and reported in `Ready.bad_messages`, never raised: only the node's own
+storage or state machine may stop it. A follower whose log went backwards
+(it rejects below what it acknowledged in this term: its disk lost data) is
+reported and re-probed from its own hint, rather than probed forever above
+its log.
+
 Nothing here reads a clock or a global random source: time is ticks, and the
 election jitter comes from the injected `random.Random`.
 """
@@ -43,7 +55,7 @@ from collections.abc import Sequence
 from functools import partial
 from itertools import repeat
 
-from pyjraft.core import quorum
+from pyjraft.core import quorum, validate
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.errors import NotLeaderError
 from pyjraft.core.log_reader import LogReader, LogUnavailableError
@@ -72,12 +84,14 @@ from pyjraft.core.types import (
     SoftState,
     entries_size,
 )
+from pyjraft.core.validate import BadMessage
 
 _new_entry = partial(tuple.__new__, Entry)
 
 # Entry types as plain ints (see `Entry`).
 _NORMAL = int(EntryType.NORMAL)
 _NOOP = int(EntryType.NOOP)
+_VOTE_REQUESTS = (VoteRequest, PreVoteRequest)
 
 
 class RaftCore:
@@ -101,6 +115,7 @@ class RaftCore:
         self.role = Role.FOLLOWER
         self.voters: tuple[NodeId, ...] = config.voters
         self.learners: tuple[NodeId, ...] = config.learners
+        self._members = frozenset((*self.voters, *self.learners))
         self.progress: dict[NodeId, Progress] = {}
         self.votes: dict[NodeId, bool] = {}
         self.election_elapsed = 0
@@ -108,6 +123,7 @@ class RaftCore:
         self.randomized_election_ticks = config.election_ticks
         self._eager: list[Message] = []
         self._msgs: list[Message] = []
+        self._bad: list[BadMessage] = []
         self._persisted_hard_state = hard_state
         self._last_soft = SoftState(NONE, Role.FOLLOWER, self.term)
         # Highest index the runtime reported durable; the leader counts itself to here.
@@ -177,8 +193,27 @@ class RaftCore:
         return last
 
     def step(self, m: Message) -> None:
-        """Deliver a message from a peer."""
+        """Deliver a message from a peer. A message no correct peer could send is
+        dropped and reported in `Ready.bad_messages`; this never raises for
+        what a peer sends."""
         if m.group != self.group or m.dst != self.id:
+            return
+        if m.src not in self._members or m.src == self.id:
+            why = "claims to come from this node" if m.src == self.id else "from a non-member"
+            self._reject(m, why)
+            return
+        why_not = validate.problem(m, self.term)
+        if why_not is not None:
+            self._reject(m, why_not)
+            return
+        if type(m) in _VOTE_REQUESTS and m.src not in self.voters:
+            # Before the term rules: a learner's or a removed voter's campaign must
+            # not move our term.
+            self._reject(m, "a vote request from a non-voter")
+            return
+        if type(m) is TimeoutNow and (m.term != self.term or m.src != self.leader):
+            # Only the leader we follow, in our term, may hand leadership over.
+            self._reject(m, f"timeout-now, but the leader of term {self.term} is {self.leader!r}")
             return
         if m.term > self.term:
             if isinstance(m, (VoteRequest, PreVoteRequest)):
@@ -208,12 +243,16 @@ class RaftCore:
         match m:
             case VoteRequest() | PreVoteRequest():
                 self._handle_vote_request(m)
-            case AppendEntries():
+            case AppendEntries() | Heartbeat():
+                if self.role is Role.LEADER or self.leader not in (NONE, m.src):
+                    leader = self.id if self.role is Role.LEADER else self.leader
+                    self._reject(m, f"a second leader in term {self.term}, after {leader}")
+                    return
                 self._on_leader_contact(m.src)
-                self._handle_append(m)
-            case Heartbeat():
-                self._on_leader_contact(m.src)
-                self._handle_heartbeat(m)
+                if type(m) is AppendEntries:
+                    self._handle_append(m)
+                else:
+                    self._handle_heartbeat(m)  # type: ignore[arg-type]
             case AppendEntriesResponse():
                 if self.role is Role.LEADER:
                     self._handle_append_response(m)
@@ -241,6 +280,7 @@ class RaftCore:
         return bool(
             self._msgs
             or self._eager
+            or self._bad
             or self.leader != soft.leader
             or self.role is not soft.role
             or self.term != soft.term
@@ -265,6 +305,8 @@ class RaftCore:
         self.log.accept_committed(rd.committed_entries)
         rd.eager_messages, self._eager = self._eager, []
         rd.messages, self._msgs = self._msgs, []
+        if self._bad:
+            rd.bad_messages, self._bad = self._bad, []
         return rd
 
     def take_eager_messages(self) -> list[Message]:
@@ -353,7 +395,7 @@ class RaftCore:
         )
 
     def _hup(self, transfer: bool) -> None:
-        if not self.promotable:
+        if not self.promotable or self.term >= validate.MAX_TERM:
             return
         if self.config.pre_vote and not transfer:
             self._become_pre_candidate()
@@ -426,8 +468,6 @@ class RaftCore:
         self.election_elapsed = 0
 
     def _handle_append(self, m: AppendEntries) -> None:
-        if self.role is Role.LEADER:
-            raise LogSafetyError(f"two leaders in term {self.term}: {self.id} and {m.src}")
         log = self.log
         if m.prev_log_index < log.committed:
             self._send(
@@ -457,8 +497,6 @@ class RaftCore:
         )
 
     def _handle_heartbeat(self, m: Heartbeat) -> None:
-        if self.role is Role.LEADER:
-            raise LogSafetyError(f"two leaders in term {self.term}: {self.id} and {m.src}")
         # The leader never sends a commit past what we match, so this is safe.
         self.log.commit_to(min(m.commit, self.log.last_index()))
         self._send(HeartbeatResponse(self.group, self.term, self.id, m.src, m.context))
@@ -536,7 +574,30 @@ class RaftCore:
         pr = self.progress.get(m.src)
         if pr is None:
             return
+        if m.index > self.log.last_index():
+            self._reject(m, f"answers for index {m.index}, past our last {self.log.last_index()}")
+            return
         pr.recent_active = True
+        if (
+            not m.success
+            and pr.state is ProgressState.PROBE
+            and m.index == pr.next - 1
+            and m.hint_index < pr.match
+        ):
+            # It rejects our probe just after what it acknowledged in this term, and
+            # its own log ends below that: its durable state went backwards (a wiped
+            # or restored disk). Probing above its log would never end: probe from
+            # where its log really ends.
+            self._reject(
+                m,
+                f"its log went backwards: it acknowledged up to {pr.match} in term "
+                f"{self.term}, and now ends at or below {m.hint_index} (data lost on its disk?)",
+            )
+            pr.match = m.hint_index
+            pr.become_probe()
+            pr.next = m.hint_index + 1
+            self._send_append(m.src)
+            return
         if not m.success:
             next_probe = m.hint_index
             if m.hint_term > 0:
@@ -586,6 +647,9 @@ class RaftCore:
         return False
 
     # -- plumbing ------------------------------------------------------------
+
+    def _reject(self, m: Message, reason: str) -> None:
+        self._bad.append(BadMessage(m, reason))
 
     def _send(self, m: Message) -> None:
         if self.role is Role.LEADER and isinstance(m, (AppendEntries, Heartbeat, TimeoutNow)):

@@ -155,7 +155,7 @@ class RaftLog:
         if not self.match_term(prev_index, prev_term):
             return None
         last_new = prev_index + len(entries)
-        conflict = self._find_conflict(entries)
+        conflict = self.find_conflict(entries)
         if conflict:
             if conflict <= self.committed:
                 raise LogSafetyError(
@@ -165,7 +165,7 @@ class RaftLog:
         self.commit_to(min(commit, last_new))
         return last_new
 
-    def _find_conflict(self, entries: Sequence[Entry]) -> int:
+    def find_conflict(self, entries: Sequence[Entry]) -> int:
         """Index of the first entry we lack or hold with another term; 0 if none."""
         if not entries:
             return 0
@@ -210,6 +210,11 @@ class RaftLog:
             return False
         del self.unstable[: i + 1]
         self.unstable_offset = index + 1
+        # Those entries are durable now even if a replaced tail had moved
+        # in_progress back below them (the replacement equalled what was
+        # written): nothing up to here is left to hand out. Without this,
+        # has_ready() would promise entries that ready() cannot find.
+        self.in_progress = max(self.in_progress, index)
         return True
 
     def has_next_committed(self) -> bool:

@@ -16,6 +16,10 @@ The contract, in order, for each `Ready` the runtime takes:
    after step 2 (they may include entries of this very `Ready`).
 5. `advance(ready)` tells the core all of that is done.
 
+``bad_messages`` are messages the core dropped because no correct peer could
+have sent them (`pyjraft.core.validate`): the runtime logs them and counts
+them; they change nothing.
+
 Between taking a `Ready` and advancing it the runtime may keep feeding the
 core (ticks, messages, proposals); the next `Ready` then carries what
 accumulated, which is how a burst becomes one write and one fsync.
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 
 from pyjraft.core.messages import Message
 from pyjraft.core.types import Entry, HardState, SoftState
+from pyjraft.core.validate import BadMessage
 
 
 @dataclass(slots=True)
@@ -47,6 +52,8 @@ class Ready:
     """Messages to send only after ``hard_state`` and ``entries`` are durable."""
     commit_index: int = 0
     """The commit index when this `Ready` was taken."""
+    bad_messages: list[BadMessage] = field(default_factory=list)
+    """Messages dropped as impossible for a correct peer, to log."""
 
     @property
     def must_sync(self) -> bool:

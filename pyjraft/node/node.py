@@ -70,6 +70,7 @@ from pyjraft.node.errors import (
 )
 from pyjraft.node.fsm_caller import FSMCaller
 from pyjraft.node.options import NodeOptions
+from pyjraft.node.ratelimit import RateLimitedLog
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
 from pyjraft.node.writer import LogWriter, settle
 from pyjraft.storage.api import LogStorage, MetaStorage
@@ -167,7 +168,9 @@ class Node:
             "applied": 0,
             "overloaded": 0,
             "timer_wakeups": 0,
+            "bad_messages": 0,
         }
+        self._bad_log = RateLimitedLog(log, per_second=5)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -521,6 +524,10 @@ class Node:
     def _handle(self, rd: Ready) -> Generator[Awaitable[Any] | None, Any, None]:
         """Handle one Ready; yields what it must wait for (see the module doc)."""
         self.stats["readies"] += 1
+        if rd.bad_messages:
+            self.stats["bad_messages"] += len(rd.bad_messages)
+            for bad in rd.bad_messages:
+                self._bad_log.warning("raft node %s/%s dropped a %s", self.group, self.id, bad)
         if rd.soft_state is not None:
             yield self._on_soft_state(rd.soft_state)
         if rd.eager_messages:

@@ -138,6 +138,6 @@ def test_check_quorum_transfer_vote_overrides_the_lease() -> None:
     net = Network(ABC, seed=6)
     net.elect("a")
     b = net["b"]
-    b.step(VoteRequest("default", 2, "c", "b", 100, 5, transfer=True))
+    b.step(VoteRequest("default", 2, "c", "b", 100, 2, transfer=True))
     out = net.process_ready("b")
     assert out == [VoteResponse("default", 2, "b", "c", True)]

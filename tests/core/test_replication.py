@@ -55,7 +55,8 @@ def test_5_3_follower_learns_commit_from_the_next_append_or_heartbeat() -> None:
 def test_5_3_consistency_check_rejects_on_prev_mismatch(prev_index: int, prev_term: int) -> None:
     net = Network(ABC, logs={"b": ents(1, 1)}, hard_states={"b": HardState(2)})
     b = net["b"]
-    b.step(AppendEntries("default", 2, "a", "b", prev_index, prev_term, tuple(ents(2, start=4)), 0))
+    entries = tuple(ents(2, start=prev_index + 1))
+    b.step(AppendEntries("default", 2, "a", "b", prev_index, prev_term, entries, 0))
     out = net.process_ready("b")
     assert len(out) == 1
     resp = out[0]

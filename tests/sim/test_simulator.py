@@ -77,3 +77,15 @@ def test_command_line_prints_json_summary_last() -> None:
     assert summary["violations"] == 0
     for key in ("seconds", "entries_committed", "entries_per_second"):
         assert key in summary
+
+
+def test_garbled_peers_are_refused_and_the_group_goes_on() -> None:
+    garbled = 0
+    for seed in range(200):
+        opts = _options(seed)
+        res = run_seed(seed, opts)
+        assert res.violation is None, f"seed={seed} nodes={opts.nodes}: {res.violation}"
+        garbled += res.garbled
+        if garbled > 100:
+            break
+    assert garbled > 100, "the seeds drew almost no garbling peers"

@@ -47,6 +47,8 @@ def _run_core(args: argparse.Namespace) -> int:
         totals["messages"] += res.messages
         totals["elections"] += res.elections
         totals["crashes"] += res.crashes
+        totals["garbled"] += res.garbled
+        totals["bad_messages"] += res.bad_messages
         stale.update(res.stale_deliveries)
         regimes[res.regime] += 1
         if res.violation is not None:

@@ -48,6 +48,7 @@ from pyjraft.core.types import NONE, Entry, EntryType, NodeId, Role
 from pyjraft.testing.sim.checker import SafetyChecker, SafetyViolation, Violation
 from pyjraft.testing.sim.contract import ContractChecker
 from pyjraft.testing.sim.disk import SimDisk, Write
+from pyjraft.testing.sim.garble import garble
 from pyjraft.testing.sim.network import SimNetwork
 from pyjraft.testing.sim.options import TICK, SimOptions, SimResult, draw_profile
 
@@ -299,6 +300,8 @@ class Simulation:
             if msg.term < core.term:
                 self.result.stale_deliveries[type(msg).__name__] += 1
             self._current = msg.dst
+            if self.profile.garble and not self.healed and self.rng.random() < self.profile.garble:
+                self._deliver_garbled(core, msg)
             core.step(msg)
             return msg.dst
         if kind == _PROPOSE:
@@ -323,6 +326,25 @@ class Simulation:
         if kind == _WRITTEN:
             return self._written(payload[0], payload[1], payload[2])
         raise AssertionError(kind)
+
+    def _deliver_garbled(self, core: RaftCore, msg: Message) -> None:
+        bad, must_report = garble(msg, self.rng, lambda n: self.nodes[n].core)
+        if bad is None:
+            return
+        self.result.garbled += 1
+        before = (core.term, core.vote, core.role, core.leader, core.log.last_index())
+        reported = len(core._bad)
+        core.step(bad)
+        after = (core.term, core.vote, core.role, core.leader, core.log.last_index())
+        if after != before or (must_report and len(core._bad) != reported + 1):
+            raise SafetyViolation(
+                Violation(
+                    "bad input",
+                    core.id,
+                    f"took {bad!r:.300} (no correct peer sends it) as valid: "
+                    f"term/vote/role/leader/last {before} -> {after}",
+                )
+            )
 
     def _propose(self) -> NodeId | None:
         leaders = [
@@ -464,6 +486,7 @@ class Simulation:
             self._send(core.take_eager_messages())
         while (core := node.core) is not None and node.blocked is None and core.has_ready():
             rd = core.ready()
+            self.result.bad_messages += len(rd.bad_messages)
             if _is_empty(rd) and core.has_ready():
                 raise SafetyViolation(
                     Violation("spin", nid, f"has_ready() stays true with nothing ready: {core!r}")
@@ -619,6 +642,7 @@ def _is_empty(rd: Ready) -> bool:
         or rd.committed_entries
         or rd.eager_messages
         or rd.messages
+        or rd.bad_messages
     )
 
 

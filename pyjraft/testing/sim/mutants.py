@@ -169,7 +169,7 @@ class AcceptsStaleLeader(RaftCore):
 class _KeepsConflictsLog(RaftLog):
     __slots__ = ()
 
-    def _find_conflict(self, entries: Sequence[Entry]) -> int:
+    def find_conflict(self, entries: Sequence[Entry]) -> int:
         # Only entries beyond our last index count as new; a conflicting
         # entry at an index we hold is taken as already present.
         last = self.last_index()

@@ -98,6 +98,9 @@ class Profile:
     pause_after_propose: float
     """Chance that a leader's process pauses right after it accepts proposals,
     before sending them (see the ``pause`` fault)."""
+    garble: float
+    """Chance that each delivery is preceded by a garbled copy of its message,
+    broken so that no correct peer could send it (`pyjraft.testing.sim.garble`)."""
     kill_on_win: float
     """Chance that a candidate dies the moment it wins, before its first
     appends leave: its new entries then exist on its disk only."""
@@ -198,6 +201,7 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         pause_after_propose = rng.choice([0.02, 0.05, 0.1])
         drop = min(drop, 0.01)
         crash_mid_ready = 0.0
+    garble = rng.choice([0.0, 0.0, 0.0, 0.01, 0.05]) if faults else 0.0
     tiny_bytes = rng.random() < 0.25
     return Profile(
         regime=regime,
@@ -220,6 +224,7 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         isolate_on_win=isolate_on_win if faults else 0.0,
         lag_on_win=lag_on_win if faults else 0.0,
         pause_after_propose=pause_after_propose if faults else 0.0,
+        garble=garble,
         crash_mid_ready=crash_mid_ready,
         propose_every=rng.choice([2, 10, 40]) * TICK // 10,
         max_inflight_msgs=1 if regime == "figure8" else rng.choice([1, 4, 256]),
@@ -244,5 +249,9 @@ class SimResult:
     events: int = 0
     crashes: int = 0
     regime: str = ""
+    bad_messages: int = 0
+    """Messages the cores dropped as impossible (garbled ones included)."""
+    garbled: int = 0
+    """Garbled copies delivered (each must be among the dropped)."""
     stale_deliveries: Counter[str] = field(default_factory=Counter)
     """Messages delivered to a node whose term had moved past theirs, by kind."""
