@@ -8,6 +8,9 @@ Theory of operation
 - `step(message)` delivers a message from a peer;
 - `propose(data)` / `propose_batch(datas)` appends user entries (leader only);
 - `campaign()` starts an election now;
+- `restore(leader, term, snapshot)` offers a snapshot received from the
+  leader; `report_snapshot(peer, ok)` and `set_snapshot(snapshot)` tell a
+  leader how a transfer ended and which snapshot is its newest;
 - `ready()` returns a `Ready` (see `pyjraft.core.ready` for the durability
   contract) and `advance(ready)` reports it done.
 
@@ -25,9 +28,17 @@ election timeout refuse both, and a leader that has not heard from a quorum
 within that timeout steps down.
 
 Replication (paper 5.3): see `pyjraft.core.progress` for the per-follower
-flow control. A new leader appends a no-op of its term; the commit index
-advances only to an index of the current term replicated on a quorum
-(paper 5.4.2, Figure 8); the leader counts itself only for entries the
+flow control. Snapshots (thesis chapter 5): when a follower needs entries the
+leader's log no longer holds, its progress moves to SNAPSHOT and the `Ready`
+asks the runtime to send the leader's snapshot; no appends go to it until the
+transfer ends (`report_snapshot`) or the follower acknowledges the install.
+A follower restores an offered snapshot only if it is newer than its commit
+index and its log does not already hold the snapshot's last entry (then it
+just commits up to it); either way it answers with the index it now matches.
+
+A new leader appends a no-op of its term; the commit index advances only to
+an index of the current term replicated on a quorum (paper 5.4.2, Figure 8);
+the leader counts itself only for entries the
 runtime has made durable (reported through `advance`). Followers learn the
 commit index from the next AppendEntries or heartbeat, never from a separate
 message, and a heartbeat's commit never exceeds what that follower matches.
@@ -58,7 +69,7 @@ from itertools import repeat
 from pyjraft.core import quorum, validate
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.errors import NotLeaderError
-from pyjraft.core.log_reader import LogReader, LogUnavailableError
+from pyjraft.core.log_reader import LogReader
 from pyjraft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -76,11 +87,13 @@ from pyjraft.core.raft_log import LogSafetyError, RaftLog
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import (
     NONE,
+    ConfState,
     Entry,
     EntryType,
     HardState,
     NodeId,
     Role,
+    SnapshotMeta,
     SoftState,
     entries_size,
 )
@@ -103,12 +116,20 @@ class RaftCore:
         log: LogReader,
         hard_state: HardState,
         rng: random.Random,
+        *,
+        snapshot: SnapshotMeta | None = None,
+        applied: int = 0,
     ) -> None:
+        """``snapshot``: the newest local snapshot, if any (its configuration
+        replaces the configured one). ``applied``: what the state machine holds
+        already (the snapshot's index, or more for a machine that persists its
+        own state); those entries are committed and never handed out again."""
         self.config = config
         self.id = config.id
         self.group = config.group
         self._rng = rng
-        self.log = RaftLog(log)
+        self._snapshot = snapshot
+        self.log = RaftLog(log, max(applied, snapshot.index if snapshot else 0))
         self.term = hard_state.term
         self.vote = hard_state.vote
         self.leader: NodeId = NONE
@@ -116,6 +137,8 @@ class RaftCore:
         self.voters: tuple[NodeId, ...] = config.voters
         self.learners: tuple[NodeId, ...] = config.learners
         self._members = frozenset((*self.voters, *self.learners))
+        if snapshot is not None and snapshot.conf.voters:
+            self._set_conf(snapshot.conf)
         self.progress: dict[NodeId, Progress] = {}
         self.votes: dict[NodeId, bool] = {}
         self.election_elapsed = 0
@@ -124,6 +147,8 @@ class RaftCore:
         self._eager: list[Message] = []
         self._msgs: list[Message] = []
         self._bad: list[BadMessage] = []
+        self._snapshot_sends: list[tuple[NodeId, SnapshotMeta]] = []
+        self._restored: SnapshotMeta | None = None  # handed out in the next Ready
         self._persisted_hard_state = hard_state
         self._last_soft = SoftState(NONE, Role.FOLLOWER, self.term)
         # Highest index the runtime reported durable; the leader counts itself to here.
@@ -269,6 +294,59 @@ class RaftCore:
                 if self.role is not Role.LEADER and self.promotable:
                     self._hup(transfer=True)
 
+    def restore(self, leader: NodeId, term: int, snap: SnapshotMeta) -> bool:
+        """Offer ``snap``, received from ``leader`` of ``term``, to this follower.
+
+        Returns True if the follower restores it: the next `Ready` carries it
+        (``Ready.snapshot``) for the runtime to install. False if it is stale
+        (another term or leader, or not past our commit index) or our log
+        already holds its last entry (then we commit up to it instead); the
+        runtime then discards what it received. Either way the leader is told
+        what we now match, once that is durable.
+        """
+        if self.role is Role.LEADER or term != self.term or leader != self.leader:
+            return False
+        log = self.log
+        if snap.index <= log.committed:
+            self._send(
+                AppendEntriesResponse(self.group, term, self.id, leader, True, log.committed)
+            )
+            return False
+        if log.match_term(snap.index, snap.term):
+            # Everything up to it is here already: fast-forward the commit index.
+            log.commit_to(snap.index)
+            self._send(AppendEntriesResponse(self.group, term, self.id, leader, True, snap.index))
+            return False
+        log.restore(snap)
+        self._stable_index = snap.index
+        self._restored = snap
+        if snap.conf.voters:
+            self._set_conf(snap.conf)
+        self._send(AppendEntriesResponse(self.group, term, self.id, leader, True, snap.index))
+        return True
+
+    def report_snapshot(self, peer: NodeId, ok: bool) -> None:
+        """The transfer of a snapshot to ``peer`` ended (``ok``: the follower
+        installed it). Either way the leader goes back to probing it; after a
+        failure the next probe finds the gap again and asks for the newest
+        snapshot."""
+        pr = self.progress.get(peer)
+        if self.role is not Role.LEADER or pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        if not ok:
+            pr.pending_snapshot = 0
+        pr.become_probe()
+
+    def set_snapshot(self, snap: SnapshotMeta) -> None:
+        """The runtime took (or installed) ``snap``: the newest to send followers."""
+        if self._snapshot is None or snap.index > self._snapshot.index:
+            self._snapshot = snap
+
+    @property
+    def snapshot(self) -> SnapshotMeta | None:
+        """The newest snapshot this node holds, as far as the core knows."""
+        return self._snapshot
+
     # -- output --------------------------------------------------------------
 
     def has_ready(self) -> bool:
@@ -281,6 +359,8 @@ class RaftCore:
             self._msgs
             or self._eager
             or self._bad
+            or self._restored is not None
+            or self._snapshot_sends
             or self.leader != soft.leader
             or self.role is not soft.role
             or self.term != soft.term
@@ -299,6 +379,10 @@ class RaftCore:
         hard = self._persisted_hard_state
         if self.term != hard.term or self.vote != hard.vote:
             rd.hard_state = self._persisted_hard_state = self.hard_state
+        if self._restored is not None:
+            rd.snapshot, self._restored = self._restored, None
+        if self._snapshot_sends:
+            rd.snapshots_to_send, self._snapshot_sends = self._snapshot_sends, []
         rd.entries = self.log.next_unstable()
         self.log.accept_unstable(rd.entries)
         rd.committed_entries = self.log.next_committed(self.config.max_apply_bytes)
@@ -321,6 +405,9 @@ class RaftCore:
 
     def advance(self, rd: Ready) -> None:
         """Report that ``rd`` was handled: its state is durable and its entries applied."""
+        if rd.snapshot is not None:
+            self.log.snapshot_installed(rd.snapshot)
+            self.set_snapshot(rd.snapshot)
         if rd.entries:
             last = rd.entries[-1]
             # If the tail changed while the write was in flight, the write is superseded
@@ -543,12 +630,10 @@ class RaftCore:
             return False
         log = self.log
         prev = pr.next - 1
-        try:
-            prev_term = log.term(prev)
-        except LogUnavailableError as exc:
-            # Only a compacted log lacks these, and compaction arrives with
-            # snapshots; until then reaching this is a bug, not a lag.
-            raise LogSafetyError(f"entries before {pr.next} for {peer} are compacted") from exc
+        if pr.next < log.first_index():
+            self._send_snapshot(peer, pr)
+            return False
+        prev_term = log.term(prev)
         last = log.last_index()
         cfg = self.config
         if pr.next <= last:
@@ -569,6 +654,18 @@ class RaftCore:
         else:
             pr.probe_sent = True
         return True
+
+    def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
+        snap = self._snapshot
+        if snap is None or snap.index < self.log.first_index() - 1:
+            # Compaction always follows a snapshot the runtime reported: this is a
+            # local bug, not anything a peer did.
+            raise LogSafetyError(
+                f"entries before {self.log.first_index()} for {peer} are compacted, and no "
+                f"snapshot covers them (newest: {snap})"
+            )
+        pr.become_snapshot(snap.index)
+        self._snapshot_sends.append((peer, snap))
 
     def _handle_append_response(self, m: AppendEntriesResponse) -> None:
         pr = self.progress.get(m.src)
@@ -615,6 +712,11 @@ class RaftCore:
             return
         if pr.state is ProgressState.PROBE:
             pr.become_replicate()
+        elif pr.state is ProgressState.SNAPSHOT:
+            if pr.match < pr.pending_snapshot:
+                return  # an older acknowledgement; the install is still going on
+            pr.become_probe()
+            pr.become_replicate()
         elif pr.state is ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         self._maybe_commit()
@@ -647,6 +749,11 @@ class RaftCore:
         return False
 
     # -- plumbing ------------------------------------------------------------
+
+    def _set_conf(self, conf: ConfState) -> None:
+        self.voters = conf.voters
+        self.learners = conf.learners
+        self._members = frozenset((*conf.voters, *conf.learners, *conf.voters_outgoing))
 
     def _reject(self, m: Message, reason: str) -> None:
         self._bad.append(BadMessage(m, reason))

@@ -10,6 +10,14 @@ already handed out moves ``in_progress`` back, so the next `Ready` carries
 the replacement and the runtime truncates storage before appending it.
 The core reads storage only below the tail's first index, which the write in
 flight never touches.
+
+Snapshots (thesis chapter 5): storage may have been compacted, so it begins
+at ``first_index()`` and answers ``term(first_index() - 1)`` (the snapshot's
+term). A follower that restores a snapshot from its leader (`restore`)
+forgets its whole log at once: until the runtime has installed the snapshot
+and reset storage to start after it (reported by `snapshot_installed`), the
+log is the snapshot's index and term plus the unstable tail, and storage is
+not read at all.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyjraft.core.log_reader import LogReader, LogUnavailableError
-from pyjraft.core.types import Entry, count_within, entries_size
+from pyjraft.core.types import Entry, SnapshotMeta, count_within, entries_size
 
 
 class LogSafetyError(AssertionError):
@@ -30,29 +38,46 @@ class LogSafetyError(AssertionError):
 class RaftLog:
     """Storage plus unstable tail, with the commit and apply marks."""
 
-    __slots__ = ("applying", "committed", "in_progress", "storage", "unstable", "unstable_offset")
+    __slots__ = (
+        "applying",
+        "committed",
+        "in_progress",
+        "pending_snapshot",
+        "storage",
+        "unstable",
+        "unstable_offset",
+    )
 
-    def __init__(self, storage: LogReader) -> None:
+    def __init__(self, storage: LogReader, applied: int = 0) -> None:
+        """``applied``: what the state machine already holds (from a snapshot or
+        its own durable state); those entries are committed and never handed
+        out again."""
         self.storage = storage
         last = storage.last_index()
         self.unstable: list[Entry] = []
         self.unstable_offset = last + 1
         self.in_progress = last
         first = storage.first_index()
-        self.committed = first - 1
+        self.committed = max(first - 1, min(applied, last))
         # Entries up to `applying` have been handed to the runtime to apply.
-        self.applying = first - 1
+        self.applying = self.committed
+        # A snapshot restored from the leader and not yet installed by the runtime.
+        self.pending_snapshot: SnapshotMeta | None = None
 
     # -- reading -------------------------------------------------------------
 
     def first_index(self) -> int:
         """First index still held (storage's, as the unstable tail never precedes it)."""
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index + 1
         return self.storage.first_index()
 
     def last_index(self) -> int:
         """Last index, unstable tail included."""
         if self.unstable:
             return self.unstable[-1].index
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index
         return self.storage.last_index()
 
     def last_term(self) -> int:
@@ -67,6 +92,11 @@ class RaftLog:
             if i < len(self.unstable):
                 return self.unstable[i].term
             raise LogUnavailableError(f"term({index}): last index is {self.last_index()}")
+        snap = self.pending_snapshot
+        if snap is not None:
+            if index == snap.index:
+                return snap.term
+            raise LogUnavailableError(f"term({index}): compacted into snapshot {snap.index}")
         return self.storage.term(index)
 
     def term_or_none(self, index: int) -> int | None:
@@ -90,6 +120,8 @@ class RaftLog:
         off = self.unstable_offset
         out: list[Entry] = []
         if lo < off:
+            if self.pending_snapshot is not None:
+                raise LogUnavailableError(f"entries from {lo}: compacted into a snapshot")
             out = self.storage.entries(lo, min(hi, off), max_bytes)
             if len(out) < min(hi, off) - lo or hi <= off:
                 return out
@@ -186,6 +218,22 @@ class RaftLog:
             if index > self.last_index():
                 raise LogSafetyError(f"commit {index} is past the last index {self.last_index()}")
             self.committed = index
+
+    def restore(self, snap: SnapshotMeta) -> None:
+        """Replace the whole log with ``snap`` (a follower behind its leader's
+        compaction); storage is ignored until `snapshot_installed`."""
+        if snap.index <= self.committed:
+            raise LogSafetyError(f"restore of snapshot {snap.index} at commit {self.committed}")
+        self.pending_snapshot = snap
+        self.unstable = []
+        self.unstable_offset = snap.index + 1
+        self.in_progress = snap.index
+        self.committed = self.applying = snap.index
+
+    def snapshot_installed(self, snap: SnapshotMeta) -> None:
+        """The runtime installed ``snap`` and reset storage to start after it."""
+        if self.pending_snapshot is snap:
+            self.pending_snapshot = None
 
     # -- hand-off to the runtime ---------------------------------------------
 

@@ -8,13 +8,23 @@ The contract, in order, for each `Ready` the runtime takes:
    replicating it, because it counts itself toward a commit only once its
    own write is durable, which it learns from `advance`).
 2. ``hard_state`` (if set) and ``entries`` (if any) must be made durable. If
-   ``entries[0].index`` is not past the log's last index, the log is first
-   truncated to ``entries[0].index - 1``.
+   ``snapshot`` is set (a follower restoring its leader's snapshot), it is
+   installed first: its files published, the log reset to start just after
+   it (``first_index() == snapshot.index + 1``, ``term(snapshot.index) ==
+   snapshot.term``), the state machine loaded from it. If ``entries[0].index``
+   is not past the log's last index, the log is then truncated to
+   ``entries[0].index - 1``.
 3. Only then may ``messages`` be sent: votes, vote requests, and
    acknowledgements all promise durable state.
 4. ``committed_entries`` are applied to the state machine, in order, only
    after step 2 (they may include entries of this very `Ready`).
 5. `advance(ready)` tells the core all of that is done.
+
+``snapshots_to_send`` asks the runtime (of a leader) to stream its newest
+snapshot to each follower named, which the core will not send entries to
+until `RaftCore.report_snapshot` says the transfer ended (the follower's
+acknowledgement of the install also ends it). On the receiving side, the
+runtime hands the received snapshot to `RaftCore.restore`.
 
 ``bad_messages`` are messages the core dropped because no correct peer could
 have sent them (`pyjraft.core.validate`): the runtime logs them and counts
@@ -30,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pyjraft.core.messages import Message
-from pyjraft.core.types import Entry, HardState, SoftState
+from pyjraft.core.types import Entry, HardState, NodeId, SnapshotMeta, SoftState
 from pyjraft.core.validate import BadMessage
 
 
@@ -42,6 +52,8 @@ class Ready:
     """The new leader/role/term, when it changed since the last `Ready`."""
     hard_state: HardState | None = None
     """Term and vote to make durable, when they changed."""
+    snapshot: SnapshotMeta | None = None
+    """A snapshot to install (state machine and log) before anything else."""
     entries: list[Entry] = field(default_factory=list)
     """Entries to append durably."""
     committed_entries: list[Entry] = field(default_factory=list)
@@ -52,10 +64,13 @@ class Ready:
     """Messages to send only after ``hard_state`` and ``entries`` are durable."""
     commit_index: int = 0
     """The commit index when this `Ready` was taken."""
+    snapshots_to_send: list[tuple[NodeId, SnapshotMeta]] = field(default_factory=list)
+    """Followers that need the leader's snapshot (named with the snapshot the
+    core knows as newest; the runtime may send a newer one)."""
     bad_messages: list[BadMessage] = field(default_factory=list)
     """Messages dropped as impossible for a correct peer, to log."""
 
     @property
     def must_sync(self) -> bool:
         """Whether anything here has to be made durable before ``messages`` go out."""
-        return self.hard_state is not None or bool(self.entries)
+        return self.hard_state is not None or bool(self.entries) or self.snapshot is not None

@@ -121,3 +121,13 @@ class ConfState:
     voters: tuple[NodeId, ...]
     learners: tuple[NodeId, ...] = ()
     voters_outgoing: tuple[NodeId, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """What the core knows of a snapshot: the last index and term it includes,
+    and the configuration at that index. The data itself is the runtime's."""
+
+    index: int
+    term: int
+    conf: ConfState

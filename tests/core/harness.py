@@ -48,6 +48,8 @@ def ents(*terms: int, start: int = 1, data: bytes = b"") -> list[Entry]:
 
 def persist(log: MemoryLogStorage, meta: MemoryMetaStorage, rd: Ready) -> None:
     """Step 2 of the `Ready` contract: make hard state and entries durable."""
+    if rd.snapshot is not None:
+        log.reset(rd.snapshot.index + 1, rd.snapshot.term)
     if rd.hard_state is not None:
         meta.save(rd.hard_state)
     if rd.entries:

@@ -48,6 +48,9 @@ def _run_core(args: argparse.Namespace) -> int:
         totals["elections"] += res.elections
         totals["crashes"] += res.crashes
         totals["garbled"] += res.garbled
+        totals["snapshots_taken"] += res.snapshots_taken
+        totals["snapshots_installed"] += res.snapshots_installed
+        totals["snapshot_transfers_failed"] += res.snapshot_transfers_failed
         totals["bad_messages"] += res.bad_messages
         stale.update(res.stale_deliveries)
         regimes[res.regime] += 1

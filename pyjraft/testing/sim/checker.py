@@ -20,9 +20,11 @@ per entry, so the simulator can check after every event:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 from pyjraft.core import quorum
+from pyjraft.core.log_reader import LogUnavailableError
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.types import Entry, NodeId, Role
 
@@ -57,6 +59,8 @@ class SafetyChecker:
         # commit_terms[i - 1]: the term of the leader that first committed index i
         # (as far as the checker can tell: the committing node's term).
         self.commit_terms: list[int] = []
+        # states[i]: the state machine's state after applying committed entries 1..i
+        self.states: list[int] = [0]
         self.applied: dict[int, Entry] = {}
         self.votes: dict[tuple[int, NodeId], NodeId] = {}  # (term, voter) -> candidate
         # node -> (term, last index, last term) while it leads
@@ -113,8 +117,8 @@ class SafetyChecker:
     def _check_leader_completeness(self, nid: NodeId, core: RaftCore) -> None:
         term = core.term
         for e, committed_in in zip(self.committed, self.commit_terms, strict=True):
-            if committed_in >= term:
-                continue
+            if committed_in >= term or e.index < core.log.first_index():
+                continue  # committed later; or in its snapshot (checked by state)
             if core.log.term_or_none(e.index) != e.term:
                 self._fail(
                     "leader completeness",
@@ -159,8 +163,26 @@ class SafetyChecker:
                     f"{core.log.term_or_none(upto)}, committed before with term {e.term}",
                 )
         if commit > known:
-            self.committed.extend(core.log.entries(known + 1, commit + 1))
+            try:
+                fresh = core.log.entries(known + 1, commit + 1)
+            except LogUnavailableError:
+                self._fail(
+                    "state machine safety",
+                    nid,
+                    f"commit {commit} covers entries {known + 1}.. it no longer holds",
+                )
+                return
+            self.committed.extend(fresh)
             self.commit_terms.extend([core.term] * (commit - known))
+            state = self.states[-1]
+            for e in fresh:
+                state = zlib.crc32(e.data, zlib.crc32(b"%d:%d:" % (e.index, e.term), state))
+                self.states.append(state)
+
+    def prefix_state(self, index: int) -> int | None:
+        """The state machine's state after the committed prefix up to ``index``
+        (the hash chain of `pyjraft.testing.sim.snapshots.chain`), if known."""
+        return self.states[index] if index < len(self.states) else None
 
     def check_apply(self, nid: NodeId, entries: list[Entry]) -> None:
         """State machine safety: every node applies the same entry at each index."""

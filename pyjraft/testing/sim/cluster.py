@@ -41,20 +41,21 @@ from typing import Any
 
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.errors import NotLeaderError
-from pyjraft.core.messages import Message, TimeoutNow, VoteResponse
+from pyjraft.core.messages import Message, VoteResponse
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
-from pyjraft.core.types import NONE, Entry, EntryType, NodeId, Role
+from pyjraft.core.types import Entry, EntryType, NodeId, Role, SnapshotMeta
+from pyjraft.testing.sim.adversary import Adversary
 from pyjraft.testing.sim.checker import SafetyChecker, SafetyViolation, Violation
 from pyjraft.testing.sim.contract import ContractChecker
 from pyjraft.testing.sim.disk import SimDisk, Write
-from pyjraft.testing.sim.garble import garble
 from pyjraft.testing.sim.network import SimNetwork
 from pyjraft.testing.sim.options import TICK, SimOptions, SimResult, draw_profile
+from pyjraft.testing.sim.snapshots import SnapshotDriver, chain
 
 __all__ = ["TICK", "SimOptions", "SimResult", "Simulation", "run_seed"]
 
-_TICK, _DELIVER, _PROPOSE, _FAULT, _HEAL, _WRITTEN, _KILL, _RESUME = range(8)
+_TICK, _DELIVER, _PROPOSE, _FAULT, _HEAL, _WRITTEN, _KILL, _RESUME, _SNAP, _NUDGE = range(10)
 _NORMAL = int(EntryType.NORMAL)
 
 
@@ -66,6 +67,10 @@ class _Node:
     core: RaftCore | None = None
     incarnation: int = 0
     applied: int = 0
+    sm_hash: int = 0
+    """The state machine: a hash chain of the entries applied (see `snapshots`)."""
+    received: tuple[SnapshotMeta, int] | None = None
+    """A snapshot received from the leader, waiting for its Ready to install it."""
     commit_seen: int = 0
     led_term: int = 0
     paused_until: int = 0
@@ -99,14 +104,16 @@ class Simulation:
         self.now = 0
         self._seq = 0
         self._events: list[tuple[int, int, int, Any]] = []
-        self._current: NodeId = "-"
+        self.current: NodeId = "-"
         self.healed = False
         self.pending: dict[tuple[NodeId, int, int], bytes] = {}
         self.acked: dict[bytes, int] = {}
         self._proposal_no = 0
         self.result = SimResult(seed, regime=self.profile.regime)
+        self.adversary = Adversary(self)
+        self.snapshots = SnapshotDriver(self)
         for nid in ids:
-            self._start(nid)
+            self.start(nid)
             self._schedule(self.rng.randrange(TICK), _TICK, nid)
         self._schedule(self.profile.propose_every, _PROPOSE, None)
         if self.opt.faults:
@@ -119,7 +126,7 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._events, (self.now + delay, self._seq, kind, payload))
 
-    def _start(self, nid: NodeId) -> None:
+    def start(self, nid: NodeId) -> None:
         node = self.nodes[nid]
         p = self.profile
         i = node.pos
@@ -137,12 +144,28 @@ class Simulation:
         )
         core_rng = random.Random(self.rng.getrandbits(64))
         factory = self.opt.core_factory or RaftCore
-        node.core = factory(cfg, node.disk.log, node.disk.meta.load(), core_rng)
+        snap = node.disk.snapshot
+        if snap is not None and snap[0].index > node.disk.log.last_index():
+            # A pipelined leader applies (and may snapshot) what its followers made
+            # durable before its own write lands; a crash can then leave its log
+            # behind its snapshot. The snapshot holds those entries: start after it.
+            node.disk.log.reset(snap[0].index + 1, snap[0].term)
+        node.core = factory(
+            cfg,
+            node.disk.log,
+            node.disk.meta.load(),
+            core_rng,
+            snapshot=snap[0] if snap else None,
+            applied=snap[0].index if snap else 0,
+        )
         node.incarnation += 1
-        node.applied = 0
-        node.commit_seen = 0
+        # The state machine is loaded from the newest snapshot, then replays.
+        node.applied = snap[0].index if snap else 0
+        node.sm_hash = snap[1] if snap else 0
+        node.received = None
+        node.commit_seen = node.core.log.committed
 
-    def _crash(self, nid: NodeId) -> None:
+    def crash(self, nid: NodeId) -> None:
         node = self.nodes[nid]
         if node.core is None:
             return
@@ -160,7 +183,7 @@ class Simulation:
         except SafetyViolation as exc:
             self.result.violation = exc.violation
         except Exception as exc:
-            self.result.violation = Violation("exception", self._current, _describe(exc))
+            self.result.violation = Violation("exception", self.current, _describe(exc))
         self.result.entries_committed = len(self.checker.committed)
         self.result.proposals_acked = len(self.acked)
         self.result.ticks = self.now // TICK
@@ -179,14 +202,19 @@ class Simulation:
             t, _, kind, payload = heapq.heappop(self._events)
             self.now = t
             self.result.events += 1
-            self._current = "-"
+            if self.result.events > opt.max_events:
+                self._liveness(
+                    f"a message storm: {opt.max_events} events by tick {t // TICK}, "
+                    f"{self.result.messages} messages sent"
+                )
+            self.current = "-"
             touched = self._dispatch(kind, payload)
             if touched is not None:
-                self._current = touched
-                if self._dies_now(touched):
+                self.current = touched
+                if self.adversary.dies_now(touched):
                     continue
                 self._drain(touched)
-                self._check_node(touched)
+                self.check_node(touched)
             if self.healed:
                 if not leader_seen:
                     leader_seen = self._leader() is not None
@@ -202,52 +230,21 @@ class Simulation:
                     if stalled or t > converge_cap:
                         self._liveness(self._convergence_report(stalled))
 
-    def _dies_now(self, nid: NodeId) -> bool:
-        """Crash points right after the core stepped, before its runtime sends
-        anything: a leader whose commit index just moved (the commit counts, the
-        checker sees it, no one hears; or it is cut off instead), a candidate
-        that just won (or it is cut off)."""
-        if self.healed:
-            return False
-        node = self.nodes[nid]
-        core = node.core
-        if core is None or core.role is not Role.LEADER:
-            return False
-        p = self.profile
-        isolate = 0.5
-        if core.term != node.led_term:
-            node.led_term = core.term
-            if p.isolate_on_win and self.rng.random() < p.isolate_on_win:
-                self.net.isolate(self.ids, nid)
-            elif p.lag_on_win and self.rng.random() < p.lag_on_win:
-                e = self.opt.election_ticks * TICK
-                self.net.lag(nid, self.now, e, e * self.rng.choice([2, 3, 5]))
-            chance = p.kill_on_win
-        elif core.log.committed > node.commit_seen:
-            chance = p.kill_on_commit
-            # A leader whose commit index rests on an entry of an earlier term is
-            # in a state Raft's commit rule never reaches: cut it off at once, so
-            # that the others (whoever holds a newer entry there) elect without it.
-            if chance and core.log.term_or_none(core.log.committed) != core.term:
-                chance = isolate = 1.0
-        else:
-            return False
-        if not chance or self.rng.random() >= chance:
-            return False
-        self._check_node(nid)
-        if self.rng.random() < isolate:
-            self.net.isolate(self.ids, nid)  # cut off rather than dead
-            return False
-        self._crash(nid)
-        return True
-
-    def _check_node(self, nid: NodeId) -> None:
+    def check_node(self, nid: NodeId) -> None:
         node = self.nodes[nid]
         core = node.core
         if core is None:
             return
         self.checker.check_role(nid, core)
         commit = core.log.committed
+        if commit < node.commit_seen:
+            raise SafetyViolation(
+                Violation(
+                    "state machine safety",
+                    nid,
+                    f"commit index went back from {node.commit_seen} to {commit}",
+                )
+            )
         if commit > node.commit_seen:
             node.commit_seen = commit
             self.contract.on_commit(nid, core, commit)
@@ -261,11 +258,19 @@ class Simulation:
             return payload  # type: ignore[no-any-return]
         if kind == _DELIVER:
             return payload.dst  # type: ignore[no-any-return]
-        if kind == _WRITTEN:
+        if kind in (_WRITTEN, _NUDGE):
             return payload[0]  # type: ignore[no-any-return]
         return None
 
-    def _pause(self, nid: NodeId, ticks: int) -> None:
+    def schedule_snapshot(self, delay: int, payload: Any) -> None:
+        """A snapshot transfer that ends after ``delay`` (see `SnapshotDriver.arrive`)."""
+        self._schedule(delay, _SNAP, payload)
+
+    def nudge(self, nid: NodeId) -> None:
+        """Handle ``nid``'s Readies as soon as possible (its core was fed from outside)."""
+        self._schedule(0, _NUDGE, (nid, self.nodes[nid].incarnation))
+
+    def pause(self, nid: NodeId, ticks: int) -> None:
         """Pause ``nid``'s process for ``ticks`` (see `_Node.paused_until`)."""
         node = self.nodes[nid]
         node.paused_until = max(node.paused_until, self.now + ticks * TICK)
@@ -289,7 +294,7 @@ class Simulation:
             self._schedule(TICK + self.rng.randrange(-5, 6), _TICK, nid)
             if core is None:
                 return None
-            self._current = nid
+            self.current = nid
             core.tick()
             return nid
         if kind == _DELIVER:
@@ -299,9 +304,9 @@ class Simulation:
                 return None
             if msg.term < core.term:
                 self.result.stale_deliveries[type(msg).__name__] += 1
-            self._current = msg.dst
+            self.current = msg.dst
             if self.profile.garble and not self.healed and self.rng.random() < self.profile.garble:
-                self._deliver_garbled(core, msg)
+                self.adversary.deliver_garbled(core, msg)
             core.step(msg)
             return msg.dst
         if kind == _PROPOSE:
@@ -313,7 +318,7 @@ class Simulation:
             every = self.profile.fault_every
             self._schedule(every + self.rng.randrange(every), _FAULT, None)
             if not self.healed:
-                return self._fault()
+                return self.adversary.fault()
             return None
         if kind == _HEAL:
             self._heal()
@@ -321,30 +326,16 @@ class Simulation:
         if kind == _KILL:
             node = self.nodes[payload[0]]
             if node.core is not None and node.incarnation == payload[1] and not self.healed:
-                self._crash(node.nid)
+                self.crash(node.nid)
             return None
         if kind == _WRITTEN:
             return self._written(payload[0], payload[1], payload[2])
+        if kind == _SNAP:
+            return self.snapshots.arrive(*payload)
+        if kind == _NUDGE:
+            node = self.nodes[payload[0]]
+            return node.nid if node.core is not None and node.incarnation == payload[1] else None
         raise AssertionError(kind)
-
-    def _deliver_garbled(self, core: RaftCore, msg: Message) -> None:
-        bad, must_report = garble(msg, self.rng, lambda n: self.nodes[n].core)
-        if bad is None:
-            return
-        self.result.garbled += 1
-        before = (core.term, core.vote, core.role, core.leader, core.log.last_index())
-        reported = len(core._bad)
-        core.step(bad)
-        after = (core.term, core.vote, core.role, core.leader, core.log.last_index())
-        if after != before or (must_report and len(core._bad) != reported + 1):
-            raise SafetyViolation(
-                Violation(
-                    "bad input",
-                    core.id,
-                    f"took {bad!r:.300} (no correct peer sends it) as valid: "
-                    f"term/vote/role/leader/last {before} -> {after}",
-                )
-            )
 
     def _propose(self) -> NodeId | None:
         leaders = [
@@ -366,7 +357,7 @@ class Simulation:
         for _ in range(n):
             self._proposal_no += 1
             datas.append(f"{self.seed}:{self._proposal_no}".encode())
-        self._current = nid
+        self.current = nid
         try:
             last = node.core.propose_batch(datas)
         except NotLeaderError:
@@ -380,74 +371,8 @@ class Simulation:
         ):
             # Paused between accepting the proposal and sending it: its appends
             # leave when it resumes, stale, after the others elected anew.
-            self._pause(nid, self.opt.election_ticks * self.rng.choice([3, 5]))
+            self.pause(nid, self.opt.election_ticks * self.rng.choice([3, 5]))
             return None
-        return nid
-
-    def _fault(self) -> NodeId | None:
-        rng = self.rng
-        ids = self.ids
-        action = rng.choice(self.profile.fault_actions)
-        if action == "partition":
-            self.net.partition(ids)
-        elif action == "oneway":
-            a, b = rng.sample(ids, 2)
-            self.net.cut_one_way(a, b)
-        elif action == "isolate":
-            self.net.isolate(ids, rng.choice(ids))
-        elif action == "crash":
-            alive = [n for n in ids if self.nodes[n].core is not None]
-            if alive:
-                self._crash(rng.choice(alive))
-        elif action == "crash_leader":
-            leaders = [n for n in ids if (c := self.nodes[n].core) and c.role is Role.LEADER]
-            if leaders:
-                self._crash(rng.choice(leaders))
-        elif action == "restart":
-            dead = [n for n in ids if self.nodes[n].core is None]
-            if dead:
-                self._start(rng.choice(dead))
-        elif action == "force_election":
-            return self._force_election()
-        elif action == "pause":
-            alive = [
-                n
-                for n in ids
-                if self.nodes[n].core is not None and self.nodes[n].paused_until <= self.now
-            ]
-            leaders = [n for n in alive if self.nodes[n].core.role is Role.LEADER]  # type: ignore[union-attr]
-            # Mostly the leader: a paused leader is what makes stale messages.
-            if self.profile.regime == "stale":
-                pick = leaders
-            else:
-                pick = leaders if leaders and rng.random() < 0.7 else alive
-            if pick:
-                self._pause(rng.choice(pick), self.opt.election_ticks * rng.choice([1, 2, 4]))
-        else:
-            self.net.cut = set()
-        return None
-
-    def _force_election(self) -> NodeId | None:
-        """A leader change without waiting for a clock: the leader hands over to
-        a follower (timeout-now, as a leadership transfer does), or a node
-        campaigns at once."""
-        alive = [
-            n
-            for n in self.ids
-            if (c := self.nodes[n].core)
-            and c.role is not Role.LEADER
-            and self.nodes[n].paused_until <= self.now
-        ]
-        if not alive:
-            return None
-        nid = self.rng.choice(alive)
-        core = self.nodes[nid].core
-        assert core is not None
-        self._current = nid
-        if core.leader != NONE and self.rng.random() < 0.7:
-            core.step(TimeoutNow(core.group, core.term, core.leader, nid))
-        else:
-            core.campaign()
         return nid
 
     def _heal(self) -> None:
@@ -457,7 +382,7 @@ class Simulation:
         self.disk_latency = [min(latency, TICK // 2) for latency in self.disk_latency]
         for nid in self.ids:
             if self.nodes[nid].core is None:
-                self._start(nid)
+                self.start(nid)
 
     # -- the runtime's side of Ready -----------------------------------------
 
@@ -500,9 +425,12 @@ class Simulation:
             self.checker.check_append(nid, core, rd.entries)
             self.contract.on_write(nid, core, rd.entries)
             self._send(rd.eager_messages)
+            if rd.snapshots_to_send:
+                self.snapshots.send(nid, rd.snapshots_to_send)
             if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
-                self._crash(nid)  # before anything of this Ready is durable
+                self.crash(nid)  # before anything of this Ready is durable
                 return
+            snap = self.snapshots.install(nid, rd.snapshot) if rd.snapshot else None
             if not rd.must_sync:
                 self._finish_ready(node, core, rd)
                 continue
@@ -515,20 +443,22 @@ class Simulation:
                 continue
             if latency == 0 and not node.disk.inflight:
                 if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
-                    node.disk.crash_during(rd.hard_state, rd.entries, rng)
-                    self._crash(nid)
+                    node.disk.crash_during(rd.hard_state, rd.entries, snap, rng)
+                    self.crash(nid)
                     return
-                node.disk.write_now(rd.hard_state, rd.entries)
+                node.disk.write_now(rd.hard_state, rd.entries, snap)
                 self._after_write(node, core, rd)
                 continue
-            node.blocked = (rd, self._issue(node, rd, latency))
+            node.blocked = (rd, self._issue(node, rd, latency, snap))
 
-    def _issue(self, node: _Node, rd: Ready, latency: int) -> Write:
+    def _issue(
+        self, node: _Node, rd: Ready, latency: int, snap: tuple[SnapshotMeta, int] | None = None
+    ) -> Write:
         done_at = self.now + latency // 2 + self.rng.randrange(latency // 2 + 1)
         inflight = node.disk.inflight
         if inflight:
             done_at = max(done_at, inflight[-1].done_at)  # one disk, in order
-        w = Write(rd.hard_state, rd.entries, done_at)
+        w = Write(rd.hard_state, rd.entries, done_at, snap)
         inflight.append(w)
         self._schedule(done_at - self.now, _WRITTEN, (node.nid, node.incarnation, w))
         return w
@@ -538,7 +468,7 @@ class Simulation:
         core = node.core
         if core is None or node.incarnation != incarnation or w not in node.disk.inflight:
             return None  # lost in a crash
-        self._current = nid
+        self.current = nid
         node.disk.complete(w)
         if node.pipeline and node.pipeline[0][1] is w:
             rd, _ = node.pipeline.popleft()
@@ -553,12 +483,17 @@ class Simulation:
 
     def _after_write(self, node: _Node, core: RaftCore, rd: Ready) -> None:
         if self.crash_mid_ready and self.rng.random() < self.crash_mid_ready:
-            self._crash(node.nid)  # durable, but nothing sent or applied
+            self.crash(node.nid)  # durable, but nothing sent or applied
             return
         self._finish_ready(node, core, rd)
 
     def _finish_ready(self, node: _Node, core: RaftCore, rd: Ready) -> None:
         """Send, apply and advance one Ready whose write is durable."""
+        if rd.snapshot is not None:
+            # The state machine is loaded from the installed snapshot.
+            snap = node.disk.snapshot
+            assert snap is not None and snap[0] == rd.snapshot
+            node.applied, node.sm_hash = rd.snapshot.index, snap[1]
         self._send(rd.messages)
         # With pipelined writes in flight, what a majority made durable may not
         # be durable here yet: the node applies it anyway (it is committed).
@@ -578,8 +513,13 @@ class Simulation:
             )
         if check_durable:
             self.contract.on_apply(node.nid, entries)
+        core = node.core
+        if core is not None:
+            self.checker.check_commit(node.nid, core)  # so the prefix states are known
         self.checker.check_apply(node.nid, entries)
         node.applied = entries[-1].index
+        node.sm_hash = chain(node.sm_hash, entries)
+        self.snapshots.after_apply(node.nid)
         pending = self.pending
         if not pending:
             return
@@ -625,7 +565,11 @@ class Simulation:
         )
 
     def verify_acked(self) -> None:
-        """Every acknowledged proposal is applied, at its index, as committed."""
+        """Every acknowledged proposal is applied, at its index, as committed; and
+        every replica's state machine holds the committed prefix it applied."""
+        for nid in self.ids:
+            node = self.nodes[nid]
+            self.snapshots.check_state(nid, node.applied, node.sm_hash, "ended")
         for data, index in self.acked.items():
             if (
                 index > len(self.checker.committed)

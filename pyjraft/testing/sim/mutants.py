@@ -21,6 +21,7 @@ from typing import Any
 from pyjraft.core import quorum
 from pyjraft.core.messages import (
     AppendEntries,
+    AppendEntriesResponse,
     Heartbeat,
     Message,
     PreVoteRequest,
@@ -28,10 +29,11 @@ from pyjraft.core.messages import (
     VoteRequest,
     VoteResponse,
 )
+from pyjraft.core.progress import Progress
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.raft_log import RaftLog
 from pyjraft.core.ready import Ready
-from pyjraft.core.types import NONE, Entry, Role
+from pyjraft.core.types import NONE, Entry, NodeId, Role, SnapshotMeta
 
 
 class VotesSkipLogCheck(RaftCore):
@@ -211,6 +213,37 @@ class PreVoteResponseChangesTerm(RaftCore):
         super().step(m)
 
 
+class RestoresStaleSnapshot(RaftCore):
+    """Thesis 5.1 broken: a follower restores any snapshot offered, even one at
+    or below its commit index (its state machine and log go back)."""
+
+    def restore(self, leader: NodeId, term: int, snap: SnapshotMeta) -> bool:
+        if self.role is Role.LEADER or term != self.term or leader != self.leader:
+            return False
+        if snap.index > self.log.committed:
+            return super().restore(leader, term, snap)
+        log = self.log
+        log.pending_snapshot = snap
+        log.unstable = []
+        log.unstable_offset = snap.index + 1
+        log.in_progress = snap.index
+        log.committed = log.applying = snap.index
+        self._stable_index = snap.index
+        self._restored = snap
+        self._send(AppendEntriesResponse(self.group, term, self.id, leader, True, snap.index))
+        return True
+
+
+class AppendsPastCompaction(RaftCore):
+    """Thesis 5.1 broken on the leader: a follower that needs compacted entries
+    is sent appends from the first entry still held, as if it had everything
+    before (instead of the snapshot)."""
+
+    def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
+        pr.next = self.log.first_index()
+        self._send_append(peer)
+
+
 @dataclass(frozen=True, slots=True)
 class Mutant:
     """A planted bug: its name, the core class, and what it breaks."""
@@ -232,6 +265,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("accepts-stale-leader", AcceptsStaleLeader, "5.1 reject older-term appends"),
     Mutant("keeps-conflicting-entries", KeepsConflictingEntries, "5.3 delete conflicting suffix"),
     Mutant("pre-vote-elects", PreVoteResponseChangesTerm, "9.6 pre-vote is not a vote"),
+    Mutant("restores-stale-snapshot", RestoresStaleSnapshot, "5.1 restore only past commit"),
+    Mutant("appends-past-compaction", AppendsPastCompaction, "5.1 send a snapshot instead"),
 )
 """Every planted bug the simulator must catch."""
 

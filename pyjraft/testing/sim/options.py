@@ -49,6 +49,9 @@ class SimOptions:
     entries one per message, one message in flight, is slow, not stuck), and
     converge within ``converge_cap_ticks`` of healing in any case."""
     converge_cap_ticks: int = 6000
+    max_events: int = 1_000_000
+    """A run that needs more events than this is a message storm (the cores keep
+    answering each other without progress; correct runs stay under 30,000)."""
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     faults: bool = True
@@ -106,6 +109,17 @@ class Profile:
     appends leave: its new entries then exist on its disk only."""
     crash_mid_ready: float
     propose_every: int
+    snapshot_every: int
+    """Each node snapshots its state machine every this many applied entries
+    (0: never) and compacts its log behind it, keeping ``compact_margin``."""
+    compact_margin: int
+    snapshot_transfer: int
+    """How long streaming a snapshot to a follower takes."""
+    snapshot_fail: float
+    """Chance that a transfer fails (the connection broke, it timed out)."""
+    snapshot_dup: float
+    """Chance that a finished transfer is offered again later (a retried RPC
+    whose first answer was lost): by then usually stale."""
     max_inflight_msgs: int
     max_inflight_bytes: int
     max_entries_per_msg: int
@@ -167,7 +181,7 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         slow_links = frozenset(p for p in pairs if slow and rng.random() < 0.2)
         latencies = [0, 0, 20, 300, 1000] if not slow else [0, 300, 1000, 3000]
         disk_latency = tuple(rng.choice(latencies) for _ in range(n))
-        crash_mid_ready = rng.choice([0.0, 0.002, 0.01, 0.03])
+        crash_mid_ready = rng.choice([0.0, 0.0, 0.001, 0.005])
     else:
         drop = dup = reorder = tail = 0.0
         max_delay, tail_delay = 5, 0
@@ -203,6 +217,7 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         crash_mid_ready = 0.0
     garble = rng.choice([0.0, 0.0, 0.0, 0.01, 0.05]) if faults else 0.0
     tiny_bytes = rng.random() < 0.25
+    snapshot_every = rng.choice([0, 0, 10, 30, 30, 100, 400])
     return Profile(
         regime=regime,
         pre_vote=pre_vote,
@@ -227,6 +242,11 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         garble=garble,
         crash_mid_ready=crash_mid_ready,
         propose_every=rng.choice([2, 10, 40]) * TICK // 10,
+        snapshot_every=snapshot_every,
+        compact_margin=rng.choice([0, 0, 5, 50]),
+        snapshot_transfer=rng.choice([1, 5, 20]) * TICK,
+        snapshot_fail=rng.choice([0.0, 0.1, 0.3]) if faults else 0.0,
+        snapshot_dup=rng.choice([0.0, 0.3, 0.6]) if faults else 0.0,
         max_inflight_msgs=1 if regime == "figure8" else rng.choice([1, 4, 256]),
         max_inflight_bytes=rng.choice([64, 1024]) if tiny_bytes else 64 << 20,
         max_entries_per_msg=1 if kill_new_leaders else rng.choice([1, 8, 4096]),
@@ -251,6 +271,10 @@ class SimResult:
     regime: str = ""
     bad_messages: int = 0
     """Messages the cores dropped as impossible (garbled ones included)."""
+    snapshots_taken: int = 0
+    snapshots_installed: int = 0
+    """Snapshots followers restored from their leader."""
+    snapshot_transfers_failed: int = 0
     garbled: int = 0
     """Garbled copies delivered (each must be among the dropped)."""
     stale_deliveries: Counter[str] = field(default_factory=Counter)
