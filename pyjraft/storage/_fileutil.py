@@ -20,6 +20,7 @@ __all__ = [
     "file_crc",
     "fsync_dir",
     "lock_directory",
+    "make_dirs_durable",
     "pwrite_all",
     "sync_data",
     "sync_file",
@@ -57,6 +58,36 @@ def fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs_durable(directory: str) -> None:
+    """Create ``directory`` and any missing parents, durably: each level created is
+    fsynced in its parent before this returns (a ``mkdir`` is a directory entry in
+    the parent, lost on power failure until the parent is fsynced). Levels that
+    already exist are left alone, except ``directory`` itself, whose entry in its
+    parent is fsynced on every call: a previous run may have created it and died
+    before its own fsync, and a later write in it must not outlive its directory.
+    """
+    directory = os.path.abspath(directory)
+    missing: list[str] = []
+    level = directory
+    while not os.path.isdir(level):
+        missing.append(level)
+        parent = os.path.dirname(level)
+        if parent == level:
+            break
+        level = parent
+    for path in reversed(missing):  # outermost first
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+        fsync_dir(os.path.dirname(path))
+    if not missing:
+        # Best effort: a parent we did not create may not be readable by us.
+        with contextlib.suppress(PermissionError):
+            fsync_dir(os.path.dirname(directory))
 
 
 def atomic_replace(directory: str, name: str, data: bytes) -> None:

@@ -23,7 +23,7 @@ import struct
 import crc32c
 
 from pyjraft.core.types import HardState
-from pyjraft.storage._fileutil import atomic_replace
+from pyjraft.storage._fileutil import atomic_replace, make_dirs_durable
 from pyjraft.storage.api import StorageError
 
 __all__ = ["FileMetaStorage"]
@@ -35,14 +35,18 @@ _MAX_VOTE = 0xFFFF
 
 
 class FileMetaStorage:
-    """A `MetaStorage` backed by ``directory/meta``. The directory is created if missing."""
+    """A `MetaStorage` backed by ``directory/meta``. The directory (and any missing
+    parent) is created if missing, durably: fsynced in its parent."""
 
     FILE_NAME = "meta"
     """Name of the state file inside the directory."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self._dir = os.fspath(directory)
-        os.makedirs(self._dir, exist_ok=True)
+        try:
+            make_dirs_durable(self._dir)
+        except OSError as exc:
+            raise StorageError(f"{self._dir}: cannot create directory: {exc}") from exc
         self._path = os.path.join(self._dir, self.FILE_NAME)
 
     @property

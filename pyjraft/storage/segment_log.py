@@ -154,6 +154,7 @@ from pyjraft.storage._fileutil import (
     file_crc,
     fsync_dir,
     lock_directory,
+    make_dirs_durable,
     pwrite_all,
     sync_data,
     sync_file,
@@ -305,7 +306,8 @@ class SegmentLogStorage:
     """A durable `LogStorage` in a directory of segment files (see the module docstring).
 
     ``SegmentLogStorage(directory)`` and ``SegmentLogStorage.open(directory)`` are the
-    same: they create the directory if needed, lock it, recover it and return a
+    same: they create the directory if needed (and any missing parent, each level
+    fsynced in its parent), lock it, recover it and return a
     ready log. Options:
 
     ``sync``
@@ -369,7 +371,7 @@ class SegmentLogStorage:
         self._failed: str | None = None
         self._lock_fd = -1
         try:
-            os.makedirs(self._dir, exist_ok=True)
+            make_dirs_durable(self._dir)
             self._lock_fd = lock_directory(self._dir)
             self._recover()
         except BaseException as exc:
