@@ -6,15 +6,18 @@ Theory of operation
 Files in the log directory:
 
 ``<first index, 20 digits>.log``
-    A segment: consecutive *batch records*, format version 2 (see
-    `pyjraft.storage.record`): one per `append` call, a 24-byte batch header
-    with one CRC32C over the whole batch, the per-entry headers (term, data
-    length, type) as compact columns, then the data. The first entry of the
-    first batch has the index in the file name. Only the last segment is ever
-    appended to; segments are contiguous (each starts right after the
-    previous one ends). Segments of format version 1 (one record per entry)
-    are refused with `CorruptLogError` naming the format: there is no
-    migration, as no such log was ever deployed.
+    A segment: a 32-byte header holding the file's random *nonce*
+    (`pyjraft.storage.segment_file`), then consecutive *batch records*,
+    format version 3 (see `pyjraft.storage.record`): one per `append` call,
+    a 28-byte batch header with one CRC32C over the whole batch, the
+    per-entry headers (term, data length, type) as compact columns, then the
+    data. Each batch's CRC is bound to its file's nonce and its own offset:
+    it is valid nowhere else. The first entry of the first batch has the
+    index in the file name. Only the last segment is ever appended to;
+    segments are contiguous (each starts right after the previous one ends).
+    Segments of format versions 1 and 2 are refused with `CorruptLogError`
+    naming the format: there is no migration, as no such log was ever
+    deployed.
 ``log_meta``
     The logical start of the log: ``first_index`` and the term of
     ``first_index - 1`` (what a snapshot covers), plus a "reset pending"
@@ -36,9 +39,22 @@ Writing. `append` encodes the whole batch into one batch record (a few
 C-level passes over the entries and one CRC32C call), writes it with one
 ``pwrite`` at the end of the last segment and makes it durable with one
 ``fdatasync`` (group commit). Before a batch, if the last segment has reached
-``segment_bytes``, a new segment named ``last_index + 1`` is created and the
-directory fsynced; a batch never spans two segments, so a segment may exceed
-``segment_bytes`` by at most one batch. The in-memory index holds file
+``segment_bytes`` (or may not be appended to, below), a new segment named
+``last_index + 1`` is created: its header written and fdatasynced, then the
+directory fsynced, before any batch goes into it. A batch never spans two
+segments, so a segment may exceed ``segment_bytes`` by at most one batch.
+
+Every byte of a segment is written once. A segment is appended to only by
+the process that created it, and only until it is truncated: a segment
+found by `open`, or cut by `truncate_suffix`, is never written past its end
+again, the next append starts a new file (an empty one of the same name is
+replaced). So bytes past a truncation point (the batches a leader made us
+cut, a torn batch recovery removed) can never reappear behind a later torn
+append to the same file, where their offsets and nonce would make them
+valid. (The one exception is the journaled rewrite of a cut batch, below.)
+The cost is one more small file per restart.
+
+The in-memory index holds file
 offsets as 32-bit integers, so no batch may start past 4 GiB - 1
 (`MAX_SEGMENT_BYTES`, also the largest ``segment_bytes``): the log also rolls
 before a batch that would end past it. `truncate_prefix` first records the
@@ -107,23 +123,36 @@ the batch's CRC verified, the file mmapped. A sealed segment whose
 whole-file CRC does not match its index is scanned too, so damage is
 reported at the offset of the exact batch. Rules:
 
-* Torn tail: in the *last* segment, an invalid batch (partial header, batch
-  running past the end of the file, CRC mismatch: zero-filled tails and
-  batches whose pages reached the disk in any order included) that is the
-  last batch: no CRC-valid batch with a later index starts anywhere after
-  it. Each batch is written with one ``pwrite`` at the end of the file, and
-  the next only after the previous one's ``fdatasync`` returned, so a crash
-  can damage only the last batch. The file is truncated at its start
-  (ftruncate + fsync) and a warning is logged on ``pyjraft.storage``. That
-  batch was never acknowledged.
+* Torn tail: in the *last* segment, an invalid batch E (partial header,
+  batch running past the end of the file, CRC or tag mismatch: zero-filled
+  tails, stale blocks of older files, and batches whose pages reached the
+  disk in any order included) after which no batch *written later* exists.
+  This is decided by structure, not by whatever happens to parse. Each batch
+  is written with one ``pwrite`` at the end of its file, and the next only
+  after the previous one's ``fdatasync`` returned; so a batch R that is
+  valid at an offset after E, in this file, with a later index, was written
+  there after E was durable: E was acknowledged, and its damage is
+  corruption. Nothing else can pass for such an R: a batch validates only
+  at the offset and in the file it was written to (the nonce and offset
+  bind its CRC), so stale bytes of any older file and batch-shaped bytes
+  anywhere else (E's own data, say) do not; and no byte past a truncation
+  point is ever rewritten (above), so this file's own cut-away batches
+  cannot reappear where they were. Without such an R, E is the last write,
+  never acknowledged: the file is truncated at E's start (ftruncate +
+  fsync) and a warning is logged on ``pyjraft.storage``.
+* Torn creation: a last segment whose header is missing or invalid and
+  that is no longer than a header never held a batch (the header is durable
+  before the first batch is written): it is deleted, with a warning. An
+  invalid header in a longer file, or in any other segment, is damage.
 * Everything else refuses to open with `CorruptLogError` naming the file and
-  offset: an invalid batch followed by a valid one, an invalid batch in any
-  other segment, a CRC-valid batch with an unknown version, set flags or
+  offset: an invalid batch followed by one written after it (above), an
+  invalid batch in any other segment, a CRC-valid batch with an unknown version, set flags or
   reserved bits, no entries, lengths not adding up, an unknown type or an
   unexpected first index (including a segment whose first batch does not
-  match its name), a version-1 segment, a gap or overlap between segments,
+  match its name), a segment of format 1 or 2, a gap or overlap between segments,
   a first segment starting after ``first_index``, a damaged ``log_meta`` or
-  ``truncate_redo``. Nothing is silently dropped.
+  ``truncate_redo``, a segment header naming another first index or an
+  unknown format version. Nothing is silently dropped.
 
 Durability. With ``sync=False`` no fdatasync is issued on appends: this is
 UNSAFE, acknowledged writes may be lost (and the log found corrupt) after a
@@ -175,15 +204,24 @@ from pyjraft.storage.record import (
     MAX_BATCH_START,
     DecodedBlock,
     EncodedBatch,
+    SegmentKey,
     decode_batches,
     encode_batch,
     find_valid_batch,
     looks_like_v1,
+    looks_like_v2,
     scan_batches,
+)
+from pyjraft.storage.segment_file import (
+    SEGMENT_HEADER_SIZE,
+    decode_segment_header,
+    encode_segment_header,
+    new_nonce,
+    segment_name,
 )
 from pyjraft.storage.segment_index import decode_index, encode_index
 
-__all__ = ["MAX_SEGMENT_BYTES", "SegmentLogStorage"]
+__all__ = ["MAX_SEGMENT_BYTES", "SegmentLogStorage", "segment_name"]
 
 logger = logging.getLogger("pyjraft.storage")
 
@@ -226,38 +264,40 @@ MAX_SEGMENT_BYTES = MAX_BATCH_START
 32-bit integers. A segment may still exceed it by one batch (its last)."""
 
 
-def segment_name(first_index: int) -> str:
-    """File name of the segment whose first entry has ``first_index``."""
-    return f"{first_index:020d}.log"
-
-
 class _Segment:
     """One segment file and its in-memory index (see "Reading" in the module doc)."""
 
     __slots__ = (
+        "appendable",
         "block_firsts",
         "block_starts",
         "count",
         "crc",
         "fd",
         "first",
+        "key",
         "path",
         "run_starts",
         "run_terms",
         "size",
     )
 
-    def __init__(self, path: str, fd: int, first: int) -> None:
+    def __init__(self, path: str, fd: int, first: int, key: SegmentKey) -> None:
         self.path = path
         self.fd = fd
         self.first = first
+        self.key = key  # binds the file's batches to it (`pyjraft.storage.record`)
+        # Only a file this process created, and never truncated since, is appended
+        # to: no byte past its end was ever written, so no stale batch of it can
+        # reappear behind a torn append (see "Recovery" in the module doc).
+        self.appendable = False
         self.block_starts: array[int] = array("I")  # file offset of each block
         self.block_firsts: array[int] = array("I")  # first index of each block, minus `first`
         self.count = 0  # entries
         # Terms change rarely: runs (first index, term) cost far less than one per entry.
         self.run_starts: array[int] = array("Q")
         self.run_terms: array[int] = array("Q")
-        self.size = 0  # bytes of valid batches: where the next batch goes
+        self.size = SEGMENT_HEADER_SIZE  # end of the valid batches: the next one goes here
         self.crc = 0  # CRC32C of bytes [0, size): what the sidecar index records
 
     @property
@@ -523,7 +563,7 @@ class SegmentLogStorage:
         """Read the batches in ``[start, end)`` of ``seg`` (``count`` entries from
         ``first``) and verify every one of them."""
         buf = _pread_exact(seg, end - start, start)
-        return decode_batches(buf, seg.path, start, first, count)
+        return decode_batches(buf, seg.path, start, first, count, seg.key)
 
     def _clear_verified(self) -> None:
         self._verified.clear()
@@ -542,22 +582,22 @@ class SegmentLogStorage:
             return
         seg = self._segments[-1] if self._segments else None
         first = self._last + 1
-        roll = seg is None or (seg.count > 0 and seg.size >= self._segment_bytes)
         # Encode (and so validate) before touching any file.
-        enc = encode_batch(entries, first, -1 if roll or seg is None else seg.last_term)
-        if (
-            not roll
-            and seg is not None
-            and seg.count > 0
-            and seg.size + len(enc.buf) > MAX_SEGMENT_BYTES
-        ):
-            # Every batch must start at an offset the 32-bit index can hold.
-            roll = True
-            enc = encode_batch(enc.entries, first, -1)
-        if roll or seg is None:
-            if seg is not None:
+        new_key: SegmentKey | None = None
+        if seg is None or not seg.appendable or (seg.count > 0 and seg.size >= self._segment_bytes):
+            new_key = SegmentKey(new_nonce())
+            enc = encode_batch(entries, first, -1, new_key, SEGMENT_HEADER_SIZE)
+        else:
+            enc = encode_batch(entries, first, seg.last_term, seg.key, seg.size)
+            if seg.count > 0 and seg.size + len(enc.buf) > MAX_SEGMENT_BYTES:
+                # Every batch must start at an offset the 32-bit index can hold.
+                new_key = SegmentKey(new_nonce())
+                enc = encode_batch(enc.entries, first, -1, new_key, SEGMENT_HEADER_SIZE)
+        if new_key is not None:
+            if seg is not None and seg.count > 0:
                 self._write_index(seg)
-            seg = self._new_segment(first)
+            seg = self._new_segment(first, new_key)
+        assert seg is not None
         start = seg.size
         try:
             pwrite_all(seg.fd, enc.buf, start)
@@ -615,7 +655,7 @@ class SegmentLogStorage:
                 keep_block = j > 0 or bfirst < cut
                 if bfirst < cut:
                     kept = block.entries[bfirst - kfirst : cut - kfirst]
-                    rewrite = encode_batch(kept, bfirst, -1)
+                    rewrite = encode_batch(kept, bfirst, -1, seg.key, start)
         if rewrite is not None:
             assert seg is not None
             try:
@@ -642,6 +682,8 @@ class SegmentLogStorage:
                 del seg.run_starts[j:]
                 del seg.run_terms[j:]
                 seg.size = start + (len(rewrite.buf) if rewrite is not None else 0)
+                # Never appended to again: the next append starts a new file.
+                seg.appendable = False
             self._last = last_kept
             self._clear_verified()
             if cut <= self._cache_first:
@@ -791,19 +833,38 @@ class SegmentLogStorage:
         self._failed = reason
         logger.error("%s: %s; refusing further writes", self._dir, reason)
 
-    def _new_segment(self, first: int) -> _Segment:
+    def _new_segment(self, first: int, key: SegmentKey) -> _Segment:
+        """Create the segment file starting at ``first``: its header written and
+        durable, and its directory entry too, before any batch goes into it. An
+        empty last segment of the same name (one not appended to since it was
+        opened) is replaced."""
         path = os.path.join(self._dir, segment_name(first))
+        old = self._segments[-1] if self._segments else None
         try:
+            if old is not None and old.first == first:
+                assert old.count == 0, "only an empty segment is replaced"
+                with self._lock:
+                    del self._segments[-1]
+                    del self._seg_firsts[-1]
+                os.close(old.fd)
+                os.unlink(old.path)
+                unlink_quietly(old.index_path)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
         except OSError as exc:
             self._fail(f"cannot create segment {path}: {exc}")
             raise StorageError(self._failed) from exc
-        seg = _Segment(path, fd, first)
+        seg = _Segment(path, fd, first, key)
+        header = encode_segment_header(first, key.nonce)
         try:
+            pwrite_all(fd, header, 0)
+            sync_data(fd)
             fsync_dir(self._dir)
         except OSError as exc:
-            self._fail(f"fsync of {self._dir} failed: {exc}")
+            os.close(fd)
+            self._fail(f"cannot create segment {path}: {exc}")
             raise StorageError(self._failed) from exc
+        seg.crc = crc32c.crc32c(header)
+        seg.appendable = True
         with self._lock:
             self._segments.append(seg)
             self._seg_firsts.append(first)
@@ -941,6 +1002,8 @@ class SegmentLogStorage:
                     f"{self._segments[-1].last} (missing or overlapping segment)",
                 )
             seg = self._load_segment(path, seg_first, is_last=i == len(names) - 1)
+            if seg is None:
+                break  # the last one, torn while being created: deleted
             self._segments.append(seg)
             self._seg_firsts.append(seg_first)
         # Indexes of deleted segments, of the last segment (it changes), temp files.
@@ -1000,33 +1063,52 @@ class SegmentLogStorage:
         fsync_dir(self._dir)
         return [(n, p) for n, p in names if n <= redo.segment_first]
 
-    def _load_segment(self, path: str, first: int, *, is_last: bool) -> _Segment:
+    def _load_segment(self, path: str, first: int, *, is_last: bool) -> _Segment | None:
+        """Open, verify and index one segment; None if it is a last segment torn
+        while being created (it is deleted). See "Recovery" in the module doc."""
         fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
-        seg = _Segment(path, fd, first)
         try:
             size = os.fstat(fd).st_size
-            if size == 0:
-                return seg
+            head = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
+            header = decode_segment_header(head)
+            if isinstance(header, str):
+                _refuse_older_format(fd, path, size)
+                if not is_last or size > SEGMENT_HEADER_SIZE:
+                    # The header was durable before any batch was written: this is
+                    # damage, not a torn creation.
+                    raise CorruptLogError(path, 0, f"{header} (file of {size} bytes)")
+                logger.warning(
+                    "%s: segment torn while being created (%s): it never held a batch; deleting it",
+                    path,
+                    header,
+                )
+                os.close(fd)
+                fd = -1
+                os.unlink(path)
+                unlink_quietly(path[: -len(".log")] + ".idx")
+                fsync_dir(self._dir)
+                return None
+            if header.first != first:
+                raise CorruptLogError(
+                    path, 0, f"segment header says first index {header.first}, not {first}"
+                )
+            seg = _Segment(path, fd, first, header.key)
             if not is_last and self._use_index(seg, size):
                 return seg
             with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
-                if looks_like_v1(mm, size):
-                    raise CorruptLogError(
-                        path,
-                        0,
-                        "segment in log format version 1 (one record per entry); this "
-                        f"pyjraft reads only format version {FORMAT_VERSION} (batch records) "
-                        "and cannot open this log",
-                    )
-                if size > 4 and mm[4] not in (0, FORMAT_VERSION):
-                    # Not a torn write (those leave zeros or old bytes, never a new
-                    # version byte): a format this code does not know. Never truncate it.
-                    raise CorruptLogError(path, 0, f"unknown batch format version {mm[4]}")
-                res = scan_batches(mm, size, first, self._block_bytes, MAX_SEGMENT_BYTES)
+                res = scan_batches(
+                    mm,
+                    size,
+                    first,
+                    header.key,
+                    SEGMENT_HEADER_SIZE,
+                    self._block_bytes,
+                    MAX_SEGMENT_BYTES,
+                )
                 follower = -1
                 if res.error is not None and not res.corrupt and is_last:
                     next_index = first + res.entry_count
-                    follower = find_valid_batch(mm, res.end + 1, size, next_index)
+                    follower = find_valid_batch(mm, res.end + 1, size, next_index, header.key)
                 with memoryview(mm) as mv:
                     seg.crc = crc32c.crc32c(mv[: res.end])
             seg.block_starts = res.block_starts
@@ -1044,7 +1126,9 @@ class SegmentLogStorage:
                 raise CorruptLogError(path, res.end, res.error + where)
             if follower >= 0:
                 raise CorruptLogError(
-                    path, res.end, f"{res.error}, but a valid batch follows at offset {follower}"
+                    path,
+                    res.end,
+                    f"{res.error}, but a batch written after it follows at offset {follower}",
                 )
             logger.warning(
                 "%s: torn tail at offset %d (%s): truncating %d byte(s); log ends at index %d",
@@ -1058,7 +1142,8 @@ class SegmentLogStorage:
             sync_file(fd)
             return seg
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise
 
     def _use_index(self, seg: _Segment, size: int) -> bool:
@@ -1069,7 +1154,7 @@ class SegmentLogStorage:
                 raw = f.read()
         except OSError:
             return False
-        idx = decode_index(raw, seg.first, size)
+        idx = decode_index(raw, seg.first, size, SEGMENT_HEADER_SIZE)
         if idx is None:
             return False
         if file_crc(seg.fd, size) != idx.seg_crc:
@@ -1082,6 +1167,23 @@ class SegmentLogStorage:
         seg.size = size
         seg.crc = idx.seg_crc
         return True
+
+
+def _refuse_older_format(fd: int, path: str, size: int) -> None:
+    """Raise a clear `CorruptLogError` if the file at ``path`` is a segment of log
+    format 1 or 2 (no segment header): never mistake it for a torn creation."""
+    if size == 0:
+        return
+    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
+        old = 1 if looks_like_v1(mm, size) else 2 if looks_like_v2(mm, size) else 0
+    if old:
+        raise CorruptLogError(
+            path,
+            0,
+            f"segment in log format version {old}; this pyjraft reads only format "
+            f"version {FORMAT_VERSION} (segment header, bound batch records) and cannot "
+            "open this log",
+        )
 
 
 def _pread_exact(seg: _Segment, length: int, offset: int) -> bytes:
