@@ -58,9 +58,13 @@ The in-memory index holds file
 offsets as 32-bit integers, so no batch may start past 4 GiB - 1
 (`MAX_SEGMENT_BYTES`, also the largest ``segment_bytes``): the log also rolls
 before a batch that would end past it. `truncate_prefix` first records the
-new start in ``log_meta``, then unlinks segments lying wholly before it; the
-segment holding the new start keeps its older batches, whose entries are
-simply invisible. `reset` sets the "reset pending" flag in ``log_meta``,
+new start in ``log_meta`` (durably), then unlinks segments lying wholly before
+it; the segment holding the new start keeps its older batches, whose entries
+are simply invisible. Those unlinks may reach the disk in any order: on open,
+any subset of the segments before the new start may be left, and each is
+recognised as wholly before it (it is followed by a segment starting at or
+before the new start, or, if it is the last one, its last entry is before
+it) and deleted. `reset` sets the "reset pending" flag in ``log_meta``,
 unlinks every segment, then clears the flag.
 
 `truncate_suffix` unlinks later segments (newest first) and cuts the segment
@@ -750,6 +754,7 @@ class SegmentLogStorage:
         except OSError as exc:
             self._fail(f"truncate_prefix({first_kept}): writing log_meta failed: {exc}")
             raise StorageError(self._failed) from exc
+        self._crash_point("log_meta_written")
         with self._lock:
             self._first = first_kept
             self._prev_term = prev_term
@@ -974,8 +979,11 @@ class SegmentLogStorage:
             names = []
         if redo is not None:
             names = self._redo_truncate(redo, names)
-        # Finish an interrupted truncate_prefix: segments before the one holding
-        # `first` are wholly compacted away.
+        # Finish an interrupted truncate_prefix. log_meta (durable before any
+        # unlink) says where the log starts; the unlinks may have reached the disk
+        # in any order, so any subset of the compacted segments may be left. Every
+        # segment followed by one starting at or before `first` lies wholly before
+        # it; so may the last of those (below, once its end is known).
         k = bisect.bisect_right([n for n, _ in names], first) - 1
         if k > 0:
             logger.warning("%s: deleting %d segment(s) before first index %d", self._dir, k, first)
@@ -1006,6 +1014,20 @@ class SegmentLogStorage:
                 break  # the last one, torn while being created: deleted
             self._segments.append(seg)
             self._seg_firsts.append(seg_first)
+        if self._segments and self._segments[0].last < first:
+            # It holds nothing from `first` on: everything up to `first` was
+            # compacted, and its unlink had not reached the disk. (A segment after
+            # it would start at or before `first`, and have been chosen instead.)
+            assert len(self._segments) == 1
+            seg = self._segments.pop()
+            self._seg_firsts.pop()
+            logger.warning(
+                "%s: deleting %s, wholly before first index %d", self._dir, seg.path, first
+            )
+            os.close(seg.fd)
+            os.unlink(seg.path)
+            unlink_quietly(seg.index_path)
+            fsync_dir(self._dir)
         # Indexes of deleted segments, of the last segment (it changes), temp files.
         keep = {seg.index_path for seg in self._segments[:-1]}
         for name in os.listdir(self._dir):
@@ -1013,14 +1035,7 @@ class SegmentLogStorage:
             if _INDEX_RE.match(name) and path not in keep:
                 unlink_quietly(path)
         if self._segments:
-            last = self._segments[-1].last
-            if last < first - 1:
-                raise CorruptLogError(
-                    self._segments[-1].path,
-                    self._segments[-1].size,
-                    f"log ends at index {last}, before first index {first} from log_meta",
-                )
-            self._last = last
+            self._last = self._segments[-1].last
 
     def _redo_truncate(
         self, redo: TruncateRedo, names: list[tuple[int, str]]
