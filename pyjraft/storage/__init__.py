@@ -1,6 +1,12 @@
 """Durable state behind small protocols: the log and term/vote metadata."""
 
-from pyjraft.storage.api import CorruptLogError, LogStorage, MetaStorage, StorageError
+from pyjraft.storage.api import (
+    CorruptLogError,
+    LogStorage,
+    MetaStorage,
+    StorageError,
+    TransientStorageError,
+)
 from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
 from pyjraft.storage.meta import FileMetaStorage
 from pyjraft.storage.segment_log import SegmentLogStorage
@@ -14,4 +20,5 @@ __all__ = [
     "MetaStorage",
     "SegmentLogStorage",
     "StorageError",
+    "TransientStorageError",
 ]

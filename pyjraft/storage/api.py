@@ -19,6 +19,17 @@ class StorageError(Exception):
     """Storage is unusable (corruption, IO failure). Fatal for the node using it."""
 
 
+class TransientStorageError(StorageError):
+    """A resource ran out for a moment: the process or the system had no file
+    descriptor left (EMFILE, ENFILE) when storage needed to open a file.
+
+    Retryable: it is raised only before the call changed anything, on disk or
+    in memory, and the storage stays usable; retry the same call after a short
+    backoff (or, for an open, open again: recovery is idempotent). Every other
+    `StorageError` is fatal.
+    """
+
+
 class CorruptLogError(StorageError):
     """The log on disk is damaged in a way that is not a torn tail; names file and offset."""
 

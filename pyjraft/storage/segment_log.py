@@ -185,15 +185,17 @@ from pyjraft.core.log_reader import LogUnavailableError
 from pyjraft.core.types import Entry, count_within, entries_size
 from pyjraft.storage._fileutil import (
     file_crc,
-    fsync_dir,
+    is_fd_exhaustion,
     lock_directory,
     make_dirs_durable,
+    open_dir_fd,
+    open_fd,
     pwrite_all,
     sync_data,
     sync_file,
     unlink_quietly,
 )
-from pyjraft.storage.api import CorruptLogError, StorageError
+from pyjraft.storage.api import CorruptLogError, StorageError, TransientStorageError
 from pyjraft.storage.log_meta import (
     RESET_PENDING,
     TRUNCATE_REDO,
@@ -230,6 +232,7 @@ __all__ = ["MAX_SEGMENT_BYTES", "SegmentLogStorage", "segment_name"]
 logger = logging.getLogger("pyjraft.storage")
 
 _SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
+_SEGMENT_TMP_RE = re.compile(r"^\d{20}\.log\.tmp$")
 _INDEX_RE = re.compile(r"^\d{20}\.idx(\.tmp)?$")
 _MiB = 1 << 20
 _CACHE_COMPACT = 4096
@@ -367,7 +370,12 @@ class SegmentLogStorage:
         a block (a run of whole batches of about this many bytes) at a time.
 
     Raises `CorruptLogError` if the directory holds damage that is not a torn tail,
-    `StorageError` if it cannot be opened (IO error, already open elsewhere).
+    `StorageError` if it cannot be opened (IO error, already open elsewhere),
+    `TransientStorageError` if no file descriptor was left (open again later).
+    Every mutating method raises `TransientStorageError` (retryable: nothing was
+    changed, the log stays usable) when it needs a new file descriptor and none
+    is left, and `StorageError` (fatal: the log refuses further writes) on any
+    other IO failure.
     Threading: one thread may call the mutating methods while others read indices
     the mutation does not touch; `close` only once the writer has stopped.
     """
@@ -414,12 +422,20 @@ class SegmentLogStorage:
         self._closed = False
         self._failed: str | None = None
         self._lock_fd = -1
+        self._dir_fd = -1  # held open: fsyncing the directory never needs a new fd
+        # A reset's final log_meta write that failed for want of a descriptor: it is
+        # retried before any other change (see `_check_writable`).
+        self._meta_pending: tuple[int, int] | None = None
         try:
             make_dirs_durable(self._dir)
             self._lock_fd = lock_directory(self._dir)
+            self._dir_fd = open_dir_fd(self._dir)
             self._recover()
         except BaseException as exc:
             self._close_files()
+            if is_fd_exhaustion(exc):
+                # Recovery is idempotent: opening again is safe.
+                raise TransientStorageError(f"{self._dir}: cannot open log: {exc}") from exc
             if isinstance(exc, OSError):
                 raise StorageError(f"{self._dir}: cannot open log: {exc}") from exc
             raise
@@ -598,9 +614,10 @@ class SegmentLogStorage:
                 new_key = SegmentKey(new_nonce())
                 enc = encode_batch(enc.entries, first, -1, new_key, SEGMENT_HEADER_SIZE)
         if new_key is not None:
-            if seg is not None and seg.count > 0:
-                self._write_index(seg)
+            sealed = seg
             seg = self._new_segment(first, new_key)
+            if sealed is not None and sealed.count > 0:
+                self._write_index(sealed)
         assert seg is not None
         start = seg.size
         try:
@@ -663,7 +680,7 @@ class SegmentLogStorage:
         if rewrite is not None:
             assert seg is not None
             try:
-                write_truncate_redo(self._dir, seg.first, start, bytes(rewrite.buf))
+                write_truncate_redo(self._dir, seg.first, start, bytes(rewrite.buf), self._dir_fd)
             except OSError as exc:
                 self._fail(f"truncate_suffix({last_kept}): writing {TRUNCATE_REDO} failed: {exc}")
                 raise StorageError(self._failed) from exc
@@ -715,7 +732,7 @@ class SegmentLogStorage:
                 os.close(d.fd)
                 os.unlink(d.path)
                 unlink_quietly(d.index_path)
-                fsync_dir(self._dir)
+                self._fsync_dir()
             self._crash_point("segments_unlinked")
             if seg is not None:
                 unlink_quietly(seg.index_path)  # it is the last segment now
@@ -730,7 +747,7 @@ class SegmentLogStorage:
             if rewrite is not None:
                 self._crash_point("synced")
                 os.unlink(os.path.join(self._dir, TRUNCATE_REDO))
-                fsync_dir(self._dir)
+                self._fsync_dir()
         except OSError as exc:
             self._fail(f"truncate_suffix({last_kept}) failed: {exc}")
             raise StorageError(self._failed) from exc
@@ -808,11 +825,22 @@ class SegmentLogStorage:
             self._clear_cache(next_index)
             self._clear_verified()
         self._unlink_segments(doomed, f"reset({next_index})")
+        # Until this write lands, the "reset pending" flag would make the next open
+        # delete every segment: no other change may happen before it.
+        self._meta_pending = (next_index, prev_term)
+        self._finish_meta()
+
+    def _finish_meta(self) -> None:
+        """Clear the "reset pending" flag of a reset whose last step has not been
+        done; `TransientStorageError` leaves it pending, to be retried first."""
+        assert self._meta_pending is not None
+        next_index, prev_term = self._meta_pending
         try:
             self._write_log_meta(next_index, prev_term, 0)
         except OSError as exc:
             self._fail(f"reset: writing log_meta failed: {exc}")
             raise StorageError(self._failed) from exc
+        self._meta_pending = None
 
     def close(self) -> None:
         """Release files and the directory lock. Further calls raise `ValueError`."""
@@ -833,6 +861,11 @@ class SegmentLogStorage:
         self._check_open()
         if self._failed is not None:
             raise StorageError(f"log storage failed earlier: {self._failed}")
+        if self._meta_pending is not None:
+            self._finish_meta()
+
+    def _fsync_dir(self) -> None:
+        os.fsync(self._dir_fd)
 
     def _fail(self, reason: str) -> None:
         self._failed = reason
@@ -842,19 +875,20 @@ class SegmentLogStorage:
         """Create the segment file starting at ``first``: its header written and
         durable, and its directory entry too, before any batch goes into it. An
         empty last segment of the same name (one not appended to since it was
-        opened) is replaced."""
+        opened) is replaced atomically: the new file is prepared as
+        ``<name>.tmp`` and renamed over it. `TransientStorageError` if no
+        descriptor is left: nothing was changed."""
         path = os.path.join(self._dir, segment_name(first))
         old = self._segments[-1] if self._segments else None
+        if old is not None and old.first != first:
+            old = None
+        if old is not None:
+            assert old.count == 0, "only an empty segment is replaced"
+            target, flags = path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC
+        else:
+            target, flags = path, os.O_RDWR | os.O_CREAT | os.O_EXCL
         try:
-            if old is not None and old.first == first:
-                assert old.count == 0, "only an empty segment is replaced"
-                with self._lock:
-                    del self._segments[-1]
-                    del self._seg_firsts[-1]
-                os.close(old.fd)
-                os.unlink(old.path)
-                unlink_quietly(old.index_path)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+            fd = open_fd(target, flags)
         except OSError as exc:
             self._fail(f"cannot create segment {path}: {exc}")
             raise StorageError(self._failed) from exc
@@ -863,7 +897,9 @@ class SegmentLogStorage:
         try:
             pwrite_all(fd, header, 0)
             sync_data(fd)
-            fsync_dir(self._dir)
+            if old is not None:
+                os.replace(target, path)
+            self._fsync_dir()
         except OSError as exc:
             os.close(fd)
             self._fail(f"cannot create segment {path}: {exc}")
@@ -871,8 +907,13 @@ class SegmentLogStorage:
         seg.crc = crc32c.crc32c(header)
         seg.appendable = True
         with self._lock:
+            if old is not None:
+                del self._segments[-1]
+                del self._seg_firsts[-1]
             self._segments.append(seg)
             self._seg_firsts.append(first)
+        if old is not None:
+            os.close(old.fd)
         return seg
 
     def _unlink_segments(self, doomed: list[_Segment], what: str) -> None:
@@ -883,7 +924,7 @@ class SegmentLogStorage:
                 os.close(d.fd)
                 os.unlink(d.path)
                 unlink_quietly(d.index_path)
-            fsync_dir(self._dir)
+            self._fsync_dir()
         except OSError as exc:
             self._fail(f"{what}: deleting segments failed: {exc}")
             raise StorageError(self._failed) from exc
@@ -945,12 +986,15 @@ class SegmentLogStorage:
                 os.close(seg.fd)
         self._segments = []
         self._seg_firsts = []
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
 
     def _write_log_meta(self, first: int, prev_term: int, flags: int) -> None:
-        write_log_meta(self._dir, first, prev_term, flags)
+        write_log_meta(self._dir, first, prev_term, flags, self._dir_fd)
 
     def _recover(self) -> None:
         first, prev_term, flags = read_log_meta(self._dir)
@@ -958,6 +1002,10 @@ class SegmentLogStorage:
         unlink_quietly(os.path.join(self._dir, TRUNCATE_REDO + ".tmp"))
         names: list[tuple[int, str]] = []
         for name in os.listdir(self._dir):
+            if _SEGMENT_TMP_RE.match(name):
+                # A replacement segment prepared but not renamed into place.
+                unlink_quietly(os.path.join(self._dir, name))
+                continue
             if not name.endswith(".log"):
                 continue  # log_meta, journals, temp files, the lock, other components' files
             m = _SEGMENT_RE.match(name)
@@ -974,7 +1022,7 @@ class SegmentLogStorage:
             if redo is not None:
                 os.unlink(os.path.join(self._dir, TRUNCATE_REDO))
                 redo = None
-            fsync_dir(self._dir)
+            self._fsync_dir()
             self._write_log_meta(first, prev_term, 0)
             names = []
         if redo is not None:
@@ -989,7 +1037,7 @@ class SegmentLogStorage:
             logger.warning("%s: deleting %d segment(s) before first index %d", self._dir, k, first)
             for _, path in names[:k]:
                 os.unlink(path)
-            fsync_dir(self._dir)
+            self._fsync_dir()
             names = names[k:]
         if names and names[0][0] > first:
             raise CorruptLogError(
@@ -1027,7 +1075,7 @@ class SegmentLogStorage:
             os.close(seg.fd)
             os.unlink(seg.path)
             unlink_quietly(seg.index_path)
-            fsync_dir(self._dir)
+            self._fsync_dir()
         # Indexes of deleted segments, of the last segment (it changes), temp files.
         keep = {seg.index_path for seg in self._segments[:-1]}
         for name in os.listdir(self._dir):
@@ -1061,7 +1109,7 @@ class SegmentLogStorage:
             os.unlink(p)
             unlink_quietly(p[: -len(".log")] + ".idx")
         if later:
-            fsync_dir(self._dir)
+            self._fsync_dir()
         fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
@@ -1075,7 +1123,7 @@ class SegmentLogStorage:
         finally:
             os.close(fd)
         os.unlink(journal)
-        fsync_dir(self._dir)
+        self._fsync_dir()
         return [(n, p) for n, p in names if n <= redo.segment_first]
 
     def _load_segment(self, path: str, first: int, *, is_last: bool) -> _Segment | None:
@@ -1101,7 +1149,7 @@ class SegmentLogStorage:
                 fd = -1
                 os.unlink(path)
                 unlink_quietly(path[: -len(".log")] + ".idx")
-                fsync_dir(self._dir)
+                self._fsync_dir()
                 return None
             if header.first != first:
                 raise CorruptLogError(
