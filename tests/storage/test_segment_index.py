@@ -11,7 +11,7 @@ import crc32c
 import pytest
 
 from pyjraft.core.types import Entry, EntryType
-from pyjraft.storage import CorruptLogError, SegmentLogStorage
+from pyjraft.storage import CorruptLogError, SegmentLogStorage, segment_recovery
 from pyjraft.storage import segment_log as segment_log_module
 from pyjraft.storage.record import (
     BATCH_HEADER_SIZE,
@@ -132,7 +132,7 @@ def test_version_2_index_is_ignored_and_rewritten(
         scanned.append(int(args[2]))  # type: ignore[call-overload]
         return real_scan(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("pyjraft.storage.segment_log.scan_batches", spy)
+    monkeypatch.setattr("pyjraft.storage.segment_recovery.scan_batches", spy)
     assert _read_all(tmp_path) == entries
     # Only the segment with the old index and the last one were scanned ...
     last_first = int(os.path.basename(segs[-1])[:20])
@@ -229,7 +229,7 @@ def test_segment_with_a_batch_past_the_offset_limit_is_refused(
     log.close()
     (seg,) = segments(str(tmp_path))
     size = os.path.getsize(seg)
-    monkeypatch.setattr(segment_log_module, "MAX_SEGMENT_BYTES", 300)
+    monkeypatch.setattr(segment_recovery, "MAX_SEGMENT_BYTES", 300)
     with pytest.raises(CorruptLogError, match="past the largest segment offset") as info:
         SegmentLogStorage(tmp_path, segment_bytes=200, sync=False)
     assert info.value.path == seg and 300 < info.value.offset < size
