@@ -1,7 +1,9 @@
-"""Durable state behind small protocols: the log and term/vote metadata."""
+"""Durable state behind small protocols: the log, term/vote metadata, snapshots."""
 
 from pyjraft.storage.api import (
     CorruptLogError,
+    CorruptSnapshotError,
+    InvalidSnapshotError,
     LogStorage,
     MetaStorage,
     StorageError,
@@ -10,15 +12,33 @@ from pyjraft.storage.api import (
 from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
 from pyjraft.storage.meta import FileMetaStorage
 from pyjraft.storage.segment_log import SegmentLogStorage
+from pyjraft.storage.snapshot import SnapshotReader, SnapshotStorage
+from pyjraft.storage.snapshot_meta import (
+    SnapshotFile,
+    SnapshotMeta,
+    decode_snapshot_meta,
+    encode_snapshot_meta,
+)
+from pyjraft.storage.snapshot_session import SnapshotInstallSession, SnapshotWriteSession
 
 __all__ = [
     "CorruptLogError",
+    "CorruptSnapshotError",
     "FileMetaStorage",
+    "InvalidSnapshotError",
     "LogStorage",
     "MemoryLogStorage",
     "MemoryMetaStorage",
     "MetaStorage",
     "SegmentLogStorage",
+    "SnapshotFile",
+    "SnapshotInstallSession",
+    "SnapshotMeta",
+    "SnapshotReader",
+    "SnapshotStorage",
+    "SnapshotWriteSession",
     "StorageError",
     "TransientStorageError",
+    "decode_snapshot_meta",
+    "encode_snapshot_meta",
 ]

@@ -40,6 +40,22 @@ class CorruptLogError(StorageError):
         super().__init__(f"{path}: offset {offset}: {reason}")
 
 
+class CorruptSnapshotError(StorageError):
+    """A snapshot on disk does not match its metadata, or its metadata is damaged;
+    names the file. That snapshot must not be loaded (an older one may be)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class InvalidSnapshotError(ValueError):
+    """Snapshot metadata or data that is not acceptable (malformed or hostile
+    metadata, a chunk out of order, data not matching its metadata): refused,
+    nothing is published."""
+
+
 class LogStorage(LogReader, Protocol):
     """A durable, append-only log of `Entry` values, compacted from the front."""
 
