@@ -1,4 +1,5 @@
-"""Durable state behind small protocols: the log, term/vote metadata, snapshots."""
+"""Durable state behind small protocols: the log, term/vote metadata, snapshots,
+and the identity of a data directory."""
 
 from pyjraft.storage.api import (
     CorruptLogError,
@@ -8,6 +9,14 @@ from pyjraft.storage.api import (
     MetaStorage,
     StorageError,
     TransientStorageError,
+)
+from pyjraft.storage.identity import (
+    DataDirIdentity,
+    IdentityMismatchError,
+    MemberRegistry,
+    bootstrap_identity,
+    check_identity,
+    load_identity,
 )
 from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
 from pyjraft.storage.meta import FileMetaStorage
@@ -24,10 +33,13 @@ from pyjraft.storage.snapshot_session import SnapshotInstallSession, SnapshotWri
 __all__ = [
     "CorruptLogError",
     "CorruptSnapshotError",
+    "DataDirIdentity",
     "FileMetaStorage",
+    "IdentityMismatchError",
     "InvalidSnapshotError",
     "LogStorage",
     "MemoryLogStorage",
+    "MemberRegistry",
     "MemoryMetaStorage",
     "MetaStorage",
     "SegmentLogStorage",
@@ -39,6 +51,9 @@ __all__ = [
     "SnapshotWriteSession",
     "StorageError",
     "TransientStorageError",
+    "bootstrap_identity",
+    "check_identity",
     "decode_snapshot_meta",
     "encode_snapshot_meta",
+    "load_identity",
 ]
