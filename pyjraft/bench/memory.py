@@ -17,8 +17,9 @@ million entries on two cores take one to two minutes.
    no-op of term 1, every other entry holds ``--payload`` bytes, ``--batch``
    entries per batch record (1: as written at concurrency 1, the largest
    in-memory index; 1000: as written under 1,000 in-flight writes). The
-   segment files are written directly, batch records made by
-   `pyjraft.storage.record.encode_batch` (the same bytes `append` writes),
+   segment files are written directly (`pyjraft.storage.segment_file`
+   headers, batch records made by `pyjraft.storage.record.encode_batch`: the
+   same bytes `append` writes),
    then opened once by `SegmentLogStorage`, which verifies every batch and
    writes the sealed segments' sidecar indexes, as a log that was appended
    normally has them. The directory is copied to nodes 1 and 2, and each
@@ -81,7 +82,7 @@ GOAL_RSS_MIB = 300
 _MiB = 1 << 20
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _FIRST = struct.Struct("<Q")  # batch header: the first index, at offset 16
-_CRC = struct.Struct("<I")  # batch header: the CRC32C of bytes [4, end), at offset 0
+_CRC = struct.Struct("<I")  # batch header: the bound CRC32C of bytes [4, end), at offset 0
 
 
 def parse_size(text: str) -> int:
@@ -119,16 +120,20 @@ def build_log(
     microsecond per batch. The result is only trusted once `seal_log` has
     opened it with `SegmentLogStorage`, which verifies every batch.
     """
-    from pyjraft.storage.record import encode_batch
-    from pyjraft.storage.segment_log import segment_name
+    from pyjraft.storage.record import SegmentKey, encode_batch
+    from pyjraft.storage.segment_file import (
+        SEGMENT_HEADER_SIZE,
+        encode_segment_header,
+        new_nonce,
+        segment_name,
+    )
 
     os.makedirs(directory)
     data = os.urandom(payload)
     normal = int(EntryType.NORMAL)
     head = [Entry(1, 1, int(EntryType.NOOP), b"")]
     head += [Entry(1, i, normal, data) for i in range(2, batch + 1)]
-    first_buf = bytes(encode_batch(head, 1, -1).buf)
-    template = bytes(encode_batch([Entry(1, k, normal, data) for k in range(batch)], 0, -1).buf)
+    body = [Entry(1, k, normal, data) for k in range(batch)]
     crc = crc32c.crc32c
     pack_first = _FIRST.pack_into
     pack_crc = _CRC.pack_into
@@ -139,16 +144,20 @@ def build_log(
     t0 = time.perf_counter()
     while total < log_bytes:
         segments += 1
-        size = 0
+        key = SegmentKey(new_nonce())
+        # Every batch of a segment carries its tag and a CRC bound to its offset.
+        template = bytes(encode_batch(body, 0, -1, key, 0).buf)
+        size = SEGMENT_HEADER_SIZE
         with open(os.path.join(directory, segment_name(nxt)), "wb", buffering=8 * _MiB) as f:
+            f.write(encode_segment_header(nxt, key.nonce))
             while size < segment_bytes and total + size < log_bytes:
                 if nxt == 1:
-                    buf = first_buf
+                    buf = bytes(encode_batch(head, 1, -1, key, size).buf)
                 else:
                     rec = bytearray(template)
                     pack_first(rec, 16, nxt)
                     with memoryview(rec) as mv:
-                        pack_crc(rec, 0, crc(mv[4:]))
+                        pack_crc(rec, 0, crc(mv[4:], key.seed(size)))
                     buf = bytes(rec)
                 f.write(buf)
                 size += len(buf)

@@ -19,6 +19,17 @@ class StorageError(Exception):
     """Storage is unusable (corruption, IO failure). Fatal for the node using it."""
 
 
+class TransientStorageError(StorageError):
+    """A resource ran out for a moment: the process or the system had no file
+    descriptor left (EMFILE, ENFILE) when storage needed to open a file.
+
+    Retryable: it is raised only before the call changed anything, on disk or
+    in memory, and the storage stays usable; retry the same call after a short
+    backoff (or, for an open, open again: recovery is idempotent). Every other
+    `StorageError` is fatal.
+    """
+
+
 class CorruptLogError(StorageError):
     """The log on disk is damaged in a way that is not a torn tail; names file and offset."""
 
@@ -27,6 +38,22 @@ class CorruptLogError(StorageError):
         self.offset = offset
         self.reason = reason
         super().__init__(f"{path}: offset {offset}: {reason}")
+
+
+class CorruptSnapshotError(StorageError):
+    """A snapshot on disk does not match its metadata, or its metadata is damaged;
+    names the file. That snapshot must not be loaded (an older one may be)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class InvalidSnapshotError(ValueError):
+    """Snapshot metadata or data that is not acceptable (malformed or hostile
+    metadata, a chunk out of order, data not matching its metadata): refused,
+    nothing is published."""
 
 
 class LogStorage(LogReader, Protocol):

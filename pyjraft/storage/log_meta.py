@@ -61,11 +61,13 @@ _VERSION = 1
 _FORMAT = struct.Struct("<4sIBBHQQ")
 
 
-def write_log_meta(directory: str, first: int, prev_term: int, flags: int) -> None:
-    """Durably replace ``directory/log_meta``."""
+def write_log_meta(
+    directory: str, first: int, prev_term: int, flags: int, dir_fd: int = -1
+) -> None:
+    """Durably replace ``directory/log_meta`` (``dir_fd``: see `atomic_replace`)."""
     raw = _FORMAT.pack(_MAGIC, 0, _VERSION, flags, 0, first, prev_term)
     crc = crc32c.crc32c(raw[8:])
-    atomic_replace(directory, LOG_META, raw[:4] + struct.pack("<I", crc) + raw[8:])
+    atomic_replace(directory, LOG_META, raw[:4] + struct.pack("<I", crc) + raw[8:], dir_fd)
 
 
 def read_log_meta(directory: str) -> tuple[int, int, int]:
@@ -100,12 +102,15 @@ class TruncateRedo(NamedTuple):
     batch: bytes
 
 
-def write_truncate_redo(directory: str, segment_first: int, offset: int, batch: bytes) -> None:
-    """Durably create ``directory/truncate_redo`` (temp file, fsync, rename, fsync dir)."""
+def write_truncate_redo(
+    directory: str, segment_first: int, offset: int, batch: bytes, dir_fd: int = -1
+) -> None:
+    """Durably create ``directory/truncate_redo`` (temp file, fsync, rename, fsync dir;
+    ``dir_fd``: see `atomic_replace`)."""
     head = _REDO.pack(_REDO_MAGIC, 0, _REDO_VERSION, segment_first, offset, len(batch))
     crc = crc32c.crc32c(batch, crc32c.crc32c(head[8:]))
     raw = head[:4] + struct.pack("<I", crc) + head[8:] + bytes(batch)
-    atomic_replace(directory, TRUNCATE_REDO, raw)
+    atomic_replace(directory, TRUNCATE_REDO, raw, dir_fd)
 
 
 def read_truncate_redo(directory: str) -> TruncateRedo | None:

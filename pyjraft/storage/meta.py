@@ -23,8 +23,13 @@ import struct
 import crc32c
 
 from pyjraft.core.types import HardState
-from pyjraft.storage._fileutil import atomic_replace
-from pyjraft.storage.api import StorageError
+from pyjraft.storage._fileutil import (
+    atomic_replace,
+    is_fd_exhaustion,
+    make_dirs_durable,
+    open_fd,
+)
+from pyjraft.storage.api import StorageError, TransientStorageError
 
 __all__ = ["FileMetaStorage"]
 
@@ -35,14 +40,20 @@ _MAX_VOTE = 0xFFFF
 
 
 class FileMetaStorage:
-    """A `MetaStorage` backed by ``directory/meta``. The directory is created if missing."""
+    """A `MetaStorage` backed by ``directory/meta``. The directory (and any missing
+    parent) is created if missing, durably: fsynced in its parent."""
 
     FILE_NAME = "meta"
     """Name of the state file inside the directory."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self._dir = os.fspath(directory)
-        os.makedirs(self._dir, exist_ok=True)
+        try:
+            make_dirs_durable(self._dir)
+        except OSError as exc:
+            if is_fd_exhaustion(exc):  # creating directories again is harmless
+                raise TransientStorageError(f"{self._dir}: cannot open: {exc}") from exc
+            raise StorageError(f"{self._dir}: cannot create directory: {exc}") from exc
         self._path = os.path.join(self._dir, self.FILE_NAME)
 
     @property
@@ -53,10 +64,11 @@ class FileMetaStorage:
     def load(self) -> HardState:
         """The last saved state; ``HardState()`` if nothing was ever saved.
 
-        Raises `StorageError` naming the file if it is damaged or of an unknown version.
+        Raises `StorageError` naming the file if it is damaged or of an unknown version,
+        `TransientStorageError` (retryable) if no file descriptor was left to open it.
         """
         try:
-            with open(self._path, "rb") as f:
+            with os.fdopen(open_fd(self._path, os.O_RDONLY), "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
             return HardState()
@@ -82,7 +94,12 @@ class FileMetaStorage:
         return HardState(term=term, vote=vote)
 
     def save(self, state: HardState) -> None:
-        """Replace the saved state; durable on return. Raises `StorageError` on IO failure."""
+        """Replace the saved state; durable on return.
+
+        Raises `TransientStorageError` if no file descriptor was left (EMFILE,
+        ENFILE): nothing was changed, the previous state is still the saved one,
+        and the save may be retried. Raises `StorageError` on any other IO failure
+        (fatal: the saved state is then unknown until the next `load`)."""
         vote = state.vote.encode("utf-8")
         if len(vote) > _MAX_VOTE:
             raise ValueError(f"vote too long ({len(vote)} bytes)")

@@ -1,29 +1,46 @@
-"""The on-disk batch format of the segmented log (format version 2), and its codec.
+"""The on-disk batch format of the segmented log (format version 3), and its codec.
 
 One `SegmentLogStorage.append` call writes exactly one *batch record*:
-a fixed 24-byte batch header, a compact struct-of-arrays of per-entry headers,
+a fixed 28-byte batch header, a compact struct-of-arrays of per-entry headers,
 then the entries' data back to back. Little-endian::
 
     offset          size     field
-    0               4        crc        CRC32C of bytes [4, batch end): every header
-                                        field after the crc, the entry headers, the data
-    4               1        version    batch format version, currently 2
+    0               4        crc        CRC32C, seeded with the record's binding
+                                        (below), of bytes [4, batch end): every
+                                        header field after the crc, the entry
+                                        headers, the data
+    4               1        version    batch format version, currently 3
     5               1        flags      must be 0
     6               2        reserved   must be 0
     8               4        count      number of entries, >= 1
     12              4        data_len   total data bytes of the batch
     16              8        first      index of the first entry (the others follow
                                         without gaps: entry k has index first + k)
-    24              8*count  terms      term of each entry (u64)
-    24+8c           4*count  lengths    data length of each entry (u32)
-    24+12c          count    types      `EntryType` of each entry (u8)
-    24+13c          data_len data       the entries' data, concatenated
+    24              4        tag        low 32 bits of the segment file's nonce
+    28              8*count  terms      term of each entry (u64)
+    28+8c           4*count  lengths    data length of each entry (u32)
+    28+12c          count    types      `EntryType` of each entry (u8)
+    28+13c          data_len data       the entries' data, concatenated
 
-A batch is ``24 + 13 * count + data_len`` bytes. The per-entry headers are
+A batch is ``28 + 13 * count + data_len`` bytes. The per-entry headers are
 stored column by column so that encoding and decoding are a handful of C-level
 ``array`` operations per batch rather than a ``struct`` call per entry, and the
 whole batch is covered by ONE CRC32C call: appending costs a few hundred
 nanoseconds of Python per entry, and the CRC runs at memory speed.
+
+Binding. Every segment file starts with a header holding a random 64-bit
+*nonce* chosen when the file is created (`pyjraft.storage.segment_file`). A
+batch's CRC is seeded with ``crc32c(nonce || offset)`` (both u64), where
+``offset`` is where the batch starts in its file, and the batch stores the
+nonce's low 32 bits as its ``tag``. A batch is therefore valid only at the
+offset it was written at, in the file it was written to: stale bytes of an
+older file (a recycled disk block, a deleted segment of the same name), and
+a copy of a batch anywhere else (inside an entry's data, say) never parse as
+a record of this file, whatever they contain. Recovery relies on this to
+tell a torn tail from damage (see `pyjraft.storage.segment_log`). The seed
+of a given offset differs for every other offset of the same file (offsets
+are under 2**32 and CRC32C detects every burst of up to 32 bits) and, with
+the tag, for every other nonce but an exact 64-bit match.
 
 The crc comes first so that one contiguous CRC covers everything else,
 version and lengths included: a flipped count, length or version bit is
@@ -32,15 +49,16 @@ full (crc, version, flags, count, lengths summing to ``data_len``, types,
 expected first index) before any entry of it is returned.
 
 Scanning distinguishes two kinds of bad batches: *invalid* ones (partial
-header, batch running past the end of the file, CRC mismatch: what a torn
-write leaves behind) and *corrupt* ones (CRC-valid but meaningless: unknown
-version, flags or reserved bits set, zero count, lengths not adding up,
-unknown type, wrong first index). Only invalid batches can be a torn tail;
-the caller decides (see `pyjraft.storage.segment_log`).
+header, batch running past the end of the file, CRC or tag mismatch: what a
+torn write or stale bytes leave behind) and *corrupt* ones (CRC-valid but
+meaningless: unknown version, flags or reserved bits set, zero count,
+lengths not adding up, unknown type, wrong first index). Only invalid
+batches can be a torn tail; the caller decides.
 
-Version 1 (one record per entry, a 28-byte header each) is not read by this
-code: `looks_like_v1` lets the log refuse such a segment with a clear error
-instead of mistaking it for a torn tail.
+Formats 1 (one record per entry) and 2 (batches without a segment header or
+binding) are not read by this code: `looks_like_v1` and `looks_like_v2` let
+the log refuse such a segment with a clear error instead of mistaking it for
+a torn tail.
 """
 
 from __future__ import annotations
@@ -66,21 +84,23 @@ __all__ = [
     "DecodedBlock",
     "EncodedBatch",
     "ScanResult",
+    "SegmentKey",
     "batch_size",
     "decode_batches",
     "encode_batch",
     "find_valid_batch",
     "looks_like_v1",
+    "looks_like_v2",
     "scan_batches",
 ]
 
-FORMAT_VERSION = 2
-"""Format version written into every batch header."""
+FORMAT_VERSION = 3
+"""Format version written into every batch header (and every segment header)."""
 
-_HEADER = struct.Struct("<IBBHIIQ")
+_HEADER = struct.Struct("<IBBHIIQI")
 BATCH_HEADER_SIZE = _HEADER.size
 """Bytes of the fixed batch header."""
-assert BATCH_HEADER_SIZE == 24
+assert BATCH_HEADER_SIZE == 28
 ENTRY_HEADER_SIZE = 13
 """Bytes of per-entry header (term u64, length u32, type u8) inside a batch."""
 
@@ -90,6 +110,30 @@ _BIG_ENDIAN = sys.byteorder != "little"
 # Entry.size counts len(data) + 16.
 _ENTRY_OVERHEAD = 16
 _V1_HEADER = struct.Struct("<IBBHIQQ")
+_V2_HEADER = struct.Struct("<IBBHIIQ")
+_U64 = struct.Struct("<Q")
+_TAG_MASK = 0xFFFFFFFF
+
+
+class SegmentKey:
+    """What binds a batch to its segment file: the file's nonce, the ``tag`` each of
+    its batches stores, and the CRC seed of each offset (see "Binding" above)."""
+
+    __slots__ = ("_base", "nonce", "tag")
+
+    def __init__(self, nonce: int) -> None:
+        self.nonce = nonce
+        """The segment file's random 64-bit nonce."""
+        self.tag = nonce & _TAG_MASK
+        """Stored in every batch of the file."""
+        self._base = crc32c.crc32c(_U64.pack(nonce))
+
+    def seed(self, offset: int) -> int:
+        """CRC32C seed of a batch starting at ``offset`` in the file."""
+        return int(crc32c.crc32c(_U64.pack(offset), self._base))
+
+    def __repr__(self) -> str:
+        return f"SegmentKey({self.nonce:#018x})"
 
 
 def batch_size(count: int, data_len: int) -> int:
@@ -121,22 +165,27 @@ class EncodedBatch(NamedTuple):
     """Sum of `Entry.size` over the batch."""
 
 
-def encode_batch(entries: Sequence[Entry], first_index: int, last_term: int) -> EncodedBatch:
+def encode_batch(
+    entries: Sequence[Entry], first_index: int, last_term: int, key: SegmentKey, offset: int
+) -> EncodedBatch:
     """Encode ``entries`` (indices must run from ``first_index``) as one batch
-    record following an entry of term ``last_term`` (-1: none).
+    record following an entry of term ``last_term`` (-1: none), to be written at
+    ``offset`` of the segment file whose key is ``key``.
 
     Raises `ValueError` on an empty batch, an index gap or overlap, an unknown
     entry type, or a field that does not fit the format. The per-entry work is
     a few C-level passes (``zip``, ``array``, ``map``) and one ``join``.
     """
     if len(entries) == 1:
-        one = _encode_one(entries[0], first_index, last_term)
+        one = _encode_one(entries[0], first_index, last_term, key.tag, key.seed(offset))
         if one is not None:
             return one
-    return _encode_many(entries, first_index, last_term)
+    return _encode_many(entries, first_index, last_term, key.tag, key.seed(offset))
 
 
-def _encode_many(entries: Sequence[Entry], first_index: int, last_term: int) -> EncodedBatch:
+def _encode_many(
+    entries: Sequence[Entry], first_index: int, last_term: int, tag: int, seed: int
+) -> EncodedBatch:
     count = len(entries)
     if count == 0:
         raise ValueError("append: empty batch")
@@ -162,7 +211,7 @@ def _encode_many(entries: Sequence[Entry], first_index: int, last_term: int) -> 
     # All parts as bytes: join has a fast path for those only (arrays would cost
     # ~100 ns per entry more).
     parts = [
-        _HEADER.pack(0, FORMAT_VERSION, 0, 0, count, data_len, first_index),
+        _HEADER.pack(0, FORMAT_VERSION, 0, 0, count, data_len, first_index, tag),
         (_le(array("Q", terms)) if _BIG_ENDIAN else terms).tobytes(),
         (_le(array("I", lengths)) if _BIG_ENDIAN else lengths).tobytes(),
         types,
@@ -173,7 +222,7 @@ def _encode_many(entries: Sequence[Entry], first_index: int, last_term: int) -> 
     except TypeError as exc:
         raise ValueError(f"append: entry data is not bytes-like: {exc}") from None
     with memoryview(buf) as mv:
-        _CRC.pack_into(buf, 0, crc32c.crc32c(mv[4:]))
+        _CRC.pack_into(buf, 0, crc32c.crc32c(mv[4:], seed))
     run_starts: array[int] = array("Q")
     run_terms: array[int] = array("Q")
     t0 = terms[0]
@@ -197,10 +246,12 @@ def _encode_many(entries: Sequence[Entry], first_index: int, last_term: int) -> 
     )
 
 
-_ONE_HEAD = struct.Struct("<IBBHIIQQIB")  # the batch header, then one entry's term, length, type
+_ONE_HEAD = struct.Struct("<IBBHIIQIQIB")  # the batch header, then one entry's term, length, type
 
 
-def _encode_one(entry: Entry, first_index: int, last_term: int) -> EncodedBatch | None:
+def _encode_one(
+    entry: Entry, first_index: int, last_term: int, tag: int, seed: int
+) -> EncodedBatch | None:
     """`encode_batch` of one plain entry (int fields, bytes data) in a few calls
     (the latency path: one write in flight costs a batch of one per node); None
     for anything else, which the general path encodes or refuses."""
@@ -218,10 +269,10 @@ def _encode_one(entry: Entry, first_index: int, last_term: int) -> EncodedBatch 
     ):
         return None
     n = len(data)
-    buf = bytearray(_ONE_HEAD.pack(0, FORMAT_VERSION, 0, 0, 1, n, index, term, n, etype))
+    buf = bytearray(_ONE_HEAD.pack(0, FORMAT_VERSION, 0, 0, 1, n, index, tag, term, n, etype))
     buf += data
     with memoryview(buf) as mv:
-        _CRC.pack_into(buf, 0, crc32c.crc32c(mv[4:]))
+        _CRC.pack_into(buf, 0, crc32c.crc32c(mv[4:], seed))
     starts: array[int] = array("Q")
     terms: array[int] = array("Q")
     if term != last_term:
@@ -293,11 +344,14 @@ def scan_batches(
     buf: bytes | mmap.mmap,
     size: int,
     first_index: int,
+    key: SegmentKey,
+    start: int,
     block_bytes: int = 1,
     max_start: int = MAX_BATCH_START,
 ) -> ScanResult:
-    """Validate the batches of a whole segment (``buf[:size]``) whose first entry
-    must have index ``first_index``; stop at the first bad batch.
+    """Validate the batches of a whole segment (``buf[start:size]``, the part
+    after the segment header) whose first entry must have index ``first_index``
+    and whose key is ``key``; stop at the first bad batch.
 
     The batches are grouped into *blocks*: a batch starts a new block when it
     starts at least ``block_bytes`` after the start of the current block (so
@@ -305,8 +359,8 @@ def scan_batches(
     ``max_start`` is refused as corrupt (the index could not address it).
 
     This loop bounds the time to open a log: per batch one ``unpack_from``, one
-    CRC over the batch and a few ``array`` calls; nothing per entry in Python
-    unless the term changes inside a batch.
+    CRC over the batch (and one over 8 bytes for its seed) and a few ``array``
+    calls; nothing per entry in Python unless the term changes inside a batch.
     """
     block_starts: array[int] = array("I")
     block_firsts: array[int] = array("I")
@@ -314,10 +368,12 @@ def scan_batches(
     run_terms: array[int] = array("Q")
     unpack = _HEADER.unpack_from
     crc = crc32c.crc32c
+    seed = key.seed
+    tag = key.tag
     expect = first_index
     cur = -1
-    pos = 0
-    block = -block_bytes  # start of the current block
+    pos = start
+    block = start - block_bytes  # start of the current block
 
     def result(error: str | None, corrupt: bool) -> ScanResult:
         return ScanResult(
@@ -335,11 +391,13 @@ def scan_batches(
         while pos < size:
             if size - pos < BATCH_HEADER_SIZE:
                 return result("partial batch header", False)
-            c, ver, flags, res, count, data_len, first = unpack(mv, pos)
+            c, ver, flags, res, count, data_len, first, t = unpack(mv, pos)
             end = pos + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * count + data_len
             if end > size:
                 return result("batch runs past end of file", False)
-            if crc(mv[pos + 4 : end]) != c:
+            if t != tag:
+                return result("batch of another segment file (tag mismatch)", False)
+            if crc(mv[pos + 4 : end], seed(pos)) != c:
                 return result("CRC mismatch", False)
             if ver != FORMAT_VERSION or flags or res or count == 0 or first != expect:
                 return result(_why_bad_header(ver, flags, res, count, first, expect), True)
@@ -373,19 +431,27 @@ def scan_batches(
     return result(None, False)
 
 
-def find_valid_batch(buf: bytes | mmap.mmap, start: int, size: int, after_index: int) -> int:
-    """Offset of the first CRC-valid batch starting in ``buf[start:size]`` whose
-    first index is greater than ``after_index``, or -1.
+def find_valid_batch(
+    buf: bytes | mmap.mmap, start: int, size: int, after_index: int, key: SegmentKey
+) -> int:
+    """Offset of the first batch in ``buf[start:size]`` that is valid *where it
+    lies* in the segment file whose key is ``key`` and whose first index is
+    greater than ``after_index``, or -1.
 
-    Used to tell a torn tail from damage in the middle of the log: a batch is
-    written with one ``pwrite`` and the next one only after it was made durable,
-    so after a crash nothing valid with a later index can follow a torn batch.
-    Only positions whose version, flags and reserved bytes are right, with a
-    plausible count and first index, are CRC-checked, so zero-filled and
-    garbage tails are skipped at C speed.
+    Used to tell a torn tail from damage in the middle of the log. A batch is
+    written with one ``pwrite`` at the end of its file, and the next one only
+    after it was made durable; a batch validates only at the offset of the file
+    it was written to (see "Binding"), and a segment is never written again
+    past a point it was truncated at. So such a batch is proof that it was
+    written, at that offset, after everything before it was durable: damage
+    before it is damage to acknowledged data, not a torn write. Stale bytes and
+    copies of batches (inside a torn batch's own data, say) never qualify.
+    Only positions whose version, flags, reserved bytes and tag are right are
+    CRC-checked, so zero-filled and garbage tails are skipped at C speed.
     """
     marker = bytes([FORMAT_VERSION, 0, 0, 0])
     unpack = _HEADER.unpack_from
+    tag = key.tag
     with memoryview(buf) as mv:
         p = start
         while True:
@@ -394,13 +460,14 @@ def find_valid_batch(buf: bytes | mmap.mmap, start: int, size: int, after_index:
                 return -1
             r = j - 4
             if r + BATCH_HEADER_SIZE <= size:
-                c, _ver, _flags, _res, count, data_len, first = unpack(mv, r)
+                c, _ver, _flags, _res, count, data_len, first, t = unpack(mv, r)
                 end = r + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * count + data_len
                 if (
-                    count > 0
-                    and after_index < first <= after_index + size
+                    t == tag
+                    and count > 0
+                    and after_index < first
                     and end <= size
-                    and crc32c.crc32c(mv[r + 4 : end]) == c
+                    and crc32c.crc32c(mv[r + 4 : end], key.seed(r)) == c
                 ):
                     return r
             p = r + 1
@@ -415,6 +482,16 @@ def looks_like_v1(buf: bytes | mmap.mmap, size: int) -> bool:
     return bool(ver == 1 and end <= size and crc32c.crc32c(bytes(buf[4:end])) == c)
 
 
+def looks_like_v2(buf: bytes | mmap.mmap, size: int) -> bool:
+    """True if ``buf`` starts with a CRC-valid batch of format version 2 (no
+    segment header, no binding)."""
+    if size < _V2_HEADER.size:
+        return False
+    c, ver, _flags, _res, count, data_len, _first = _V2_HEADER.unpack_from(buf, 0)
+    end = _V2_HEADER.size + ENTRY_HEADER_SIZE * count + data_len
+    return bool(ver == 2 and end <= size and crc32c.crc32c(bytes(buf[4:end])) == c)
+
+
 class DecodedBlock(NamedTuple):
     """The consecutive batches of one buffer, decoded and verified."""
 
@@ -427,11 +504,12 @@ class DecodedBlock(NamedTuple):
 
 
 def decode_batches(
-    buf: bytes, path: str, offset: int, first_index: int, count: int
+    buf: bytes, path: str, offset: int, first_index: int, count: int, key: SegmentKey
 ) -> DecodedBlock:
     """Decode and fully validate the consecutive batches that exactly fill ``buf``
-    (read from ``path`` at ``offset``), which must hold ``count`` entries from
-    ``first_index``. Every batch is verified before anything is returned.
+    (read from ``path``, whose key is ``key``, at ``offset``), which must hold
+    ``count`` entries from ``first_index``. Every batch is verified before
+    anything is returned.
 
     Raises `pyjraft.storage.api.CorruptLogError` naming the file offset of the
     first bad batch.
@@ -450,13 +528,15 @@ def decode_batches(
             where = offset + pos
             if size - pos < BATCH_HEADER_SIZE:
                 raise CorruptLogError(path, where, "short read of batch header")
-            c, ver, flags, res, n, data_len, first = _HEADER.unpack_from(buf, pos)
+            c, ver, flags, res, n, data_len, first, tag = _HEADER.unpack_from(buf, pos)
             end = pos + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * n + data_len
             if end > size:
                 raise CorruptLogError(
                     path, where, f"batch is {end - pos} bytes, only {size - pos} expected"
                 )
-            if crc32c.crc32c(mv[pos + 4 : end]) != c:
+            if tag != key.tag:
+                raise CorruptLogError(path, where, "batch of another segment file (tag mismatch)")
+            if crc32c.crc32c(mv[pos + 4 : end], key.seed(where)) != c:
                 raise CorruptLogError(path, where, "CRC mismatch")
             if ver != FORMAT_VERSION or flags or res or n == 0 or first != expect:
                 raise CorruptLogError(

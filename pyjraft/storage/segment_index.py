@@ -102,9 +102,10 @@ def _increasing(a: array[int]) -> bool:
     return all(map(operator.lt, a, islice(a, 1, None)))
 
 
-def decode_index(raw: bytes, first: int, seg_size: int) -> SegmentIndex | None:
+def decode_index(raw: bytes, first: int, seg_size: int, data_start: int) -> SegmentIndex | None:
     """The index in ``raw`` if it is intact and describes a segment starting at
-    ``first`` of ``seg_size`` bytes; None otherwise (the caller then scans)."""
+    ``first`` of ``seg_size`` bytes whose first batch is at ``data_start`` (right
+    after the segment header); None otherwise (the caller then scans)."""
     if len(raw) < _HEADER.size:
         return None
     magic, crc, version, order, _res, ifirst, count, blocks, runs, size, seg_crc, _pad = (
@@ -131,7 +132,7 @@ def decode_index(raw: bytes, first: int, seg_size: int) -> SegmentIndex | None:
             pos += width * n
     block_starts, block_firsts, run_starts, run_terms = arrays
     if count and (
-        block_starts[0] != 0
+        block_starts[0] != data_start
         or block_starts[-1] >= seg_size
         or block_firsts[0] != 0
         or block_firsts[-1] >= count

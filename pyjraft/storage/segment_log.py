@@ -6,15 +6,18 @@ Theory of operation
 Files in the log directory:
 
 ``<first index, 20 digits>.log``
-    A segment: consecutive *batch records*, format version 2 (see
-    `pyjraft.storage.record`): one per `append` call, a 24-byte batch header
-    with one CRC32C over the whole batch, the per-entry headers (term, data
-    length, type) as compact columns, then the data. The first entry of the
-    first batch has the index in the file name. Only the last segment is ever
-    appended to; segments are contiguous (each starts right after the
-    previous one ends). Segments of format version 1 (one record per entry)
-    are refused with `CorruptLogError` naming the format: there is no
-    migration, as no such log was ever deployed.
+    A segment: a 32-byte header holding the file's random *nonce*
+    (`pyjraft.storage.segment_file`), then consecutive *batch records*,
+    format version 3 (see `pyjraft.storage.record`): one per `append` call,
+    a 28-byte batch header with one CRC32C over the whole batch, the
+    per-entry headers (term, data length, type) as compact columns, then the
+    data. Each batch's CRC is bound to its file's nonce and its own offset:
+    it is valid nowhere else. The first entry of the first batch has the
+    index in the file name. Only the last segment is ever appended to;
+    segments are contiguous (each starts right after the previous one ends).
+    Segments of format versions 1 and 2 are refused with `CorruptLogError`
+    naming the format: there is no migration, as no such log was ever
+    deployed.
 ``log_meta``
     The logical start of the log: ``first_index`` and the term of
     ``first_index - 1`` (what a snapshot covers), plus a "reset pending"
@@ -36,15 +39,32 @@ Writing. `append` encodes the whole batch into one batch record (a few
 C-level passes over the entries and one CRC32C call), writes it with one
 ``pwrite`` at the end of the last segment and makes it durable with one
 ``fdatasync`` (group commit). Before a batch, if the last segment has reached
-``segment_bytes``, a new segment named ``last_index + 1`` is created and the
-directory fsynced; a batch never spans two segments, so a segment may exceed
-``segment_bytes`` by at most one batch. The in-memory index holds file
+``segment_bytes`` (or may not be appended to, below), a new segment named
+``last_index + 1`` is created: its header written and fdatasynced, then the
+directory fsynced, before any batch goes into it. A batch never spans two
+segments, so a segment may exceed ``segment_bytes`` by at most one batch.
+
+Every byte of a segment is written once. A segment is appended to only by
+the process that created it, and only until it is truncated: a segment
+found by `open`, or cut by `truncate_suffix`, is never written past its end
+again, the next append starts a new file (an empty one of the same name is
+replaced). So bytes past a truncation point (the batches a leader made us
+cut, a torn batch recovery removed) can never reappear behind a later torn
+append to the same file, where their offsets and nonce would make them
+valid. (The one exception is the journaled rewrite of a cut batch, below.)
+The cost is one more small file per restart.
+
+The in-memory index holds file
 offsets as 32-bit integers, so no batch may start past 4 GiB - 1
 (`MAX_SEGMENT_BYTES`, also the largest ``segment_bytes``): the log also rolls
 before a batch that would end past it. `truncate_prefix` first records the
-new start in ``log_meta``, then unlinks segments lying wholly before it; the
-segment holding the new start keeps its older batches, whose entries are
-simply invisible. `reset` sets the "reset pending" flag in ``log_meta``,
+new start in ``log_meta`` (durably), then unlinks segments lying wholly before
+it; the segment holding the new start keeps its older batches, whose entries
+are simply invisible. Those unlinks may reach the disk in any order: on open,
+any subset of the segments before the new start may be left, and each is
+recognised as wholly before it (it is followed by a segment starting at or
+before the new start, or, if it is the last one, its last entry is before
+it) and deleted. `reset` sets the "reset pending" flag in ``log_meta``,
 unlinks every segment, then clears the flag.
 
 `truncate_suffix` unlinks later segments (newest first) and cuts the segment
@@ -72,58 +92,28 @@ always either in B on disk, or in the journal, or in B' made durable: at no
 point is it only in memory. (With ``sync=False`` steps 2, 4 and 5 still
 fsync, so this holds there too.)
 
-Reading and concurrency. The in-memory index of a segment does not grow with
-its number of entries or batches. The batches are grouped into *blocks*: a
-batch starts a new block when it starts at least ``block_bytes`` (32 KiB)
-after the current block's start, so a block is one batch of 32 KiB or more,
-or a run of smaller batches of at most 32 KiB plus one batch. Each segment
-keeps, in ``array('I')``\\s, the file offset and first index (relative to
-the segment's) of every block, its entry count, and its terms as runs (first
-index, term): a 1 GiB log costs well under a megabyte whatever its batch
-sizes (the per-batch offsets and per-entry lengths this replaced took 150
-MiB for 1 GiB of one 100-byte entry per batch, 36 MiB with 1,000 per batch).
-Recently appended entries are also kept in a cache bounded in bytes of
-memory (data plus `CACHED_ENTRY_OVERHEAD` per entry for its Python
-objects), a contiguous suffix of the log. Older entries are read
-with ``pread`` a whole block at a time, and every batch of the block is
-CRC-verified in full before any entry of it is returned; ``max_bytes``
-budgets are applied to the decoded entries. A small LRU of recently
-verified, decoded blocks (8 MiB, counting an estimate of the decoded
-objects' size) serves repeated reads of one block (a follower catching up in
-``max_bytes`` pieces). One writer thread calls the mutating
-methods while another thread reads indices the write does not touch: a
-`threading.Lock` guards the in-memory index, and is never held across a
-write, an fsync or an unlink, so reads are never blocked by an fsync. (Reads
-from disk ``pread`` under the lock, so a segment's fd cannot be closed and
-reused underneath them.)
+Reading and concurrency. Each segment keeps a small in-memory index that
+does not grow with its number of entries: block offsets, term runs
+(`pyjraft.storage.segment_file`); a 1 GiB log costs well under a megabyte
+whatever its batch sizes. Recently appended entries are also kept in a
+cache bounded in bytes of memory (data plus `CACHED_ENTRY_OVERHEAD` per
+entry for its Python objects), a contiguous suffix of the log
+(`pyjraft.storage.entry_cache`). Older entries are read with ``pread`` a
+whole block at a time, and every batch of the block is CRC-verified in full
+before any entry of it is returned; ``max_bytes`` budgets are applied to
+the decoded entries. A small LRU of recently verified, decoded blocks
+serves repeated reads of one block (a follower catching up in ``max_bytes``
+pieces). One writer thread calls the mutating methods while another thread
+reads indices the write does not touch: a `threading.Lock` guards the
+in-memory index, and is never held across a write, an fsync or an unlink,
+so reads are never blocked by an fsync. (Reads from disk ``pread`` under
+the lock, so a segment's fd cannot be closed and reused underneath them.)
 
-Recovery on open. A pending ``truncate_redo`` is applied first (see above).
-Every byte of every segment is CRC-checked. A sealed segment with a valid
-sidecar index is verified with one CRC32C over the whole file (read in
-chunks; GB/s, no per-batch Python work); any other segment (the last one
-always, and a sealed one whose index is missing, stale or damaged: it is
-then rewritten) is scanned batch by batch: header parsed with ``struct``,
-the batch's CRC verified, the file mmapped. A sealed segment whose
-whole-file CRC does not match its index is scanned too, so damage is
-reported at the offset of the exact batch. Rules:
-
-* Torn tail: in the *last* segment, an invalid batch (partial header, batch
-  running past the end of the file, CRC mismatch: zero-filled tails and
-  batches whose pages reached the disk in any order included) that is the
-  last batch: no CRC-valid batch with a later index starts anywhere after
-  it. Each batch is written with one ``pwrite`` at the end of the file, and
-  the next only after the previous one's ``fdatasync`` returned, so a crash
-  can damage only the last batch. The file is truncated at its start
-  (ftruncate + fsync) and a warning is logged on ``pyjraft.storage``. That
-  batch was never acknowledged.
-* Everything else refuses to open with `CorruptLogError` naming the file and
-  offset: an invalid batch followed by a valid one, an invalid batch in any
-  other segment, a CRC-valid batch with an unknown version, set flags or
-  reserved bits, no entries, lengths not adding up, an unknown type or an
-  unexpected first index (including a segment whose first batch does not
-  match its name), a version-1 segment, a gap or overlap between segments,
-  a first segment starting after ``first_index``, a damaged ``log_meta`` or
-  ``truncate_redo``. Nothing is silently dropped.
+Recovery on open (`pyjraft.storage.segment_recovery`) finishes any
+interrupted operation, verifies every byte of every segment, cuts a torn
+tail and refuses anything else that is wrong with `CorruptLogError` naming
+the file and offset. A torn tail is told from damage by structure: see
+there.
 
 Durability. With ``sync=False`` no fdatasync is issued on appends: this is
 UNSAFE, acknowledged writes may be lost (and the log found corrupt) after a
@@ -138,12 +128,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
-import mmap
 import os
-import re
 import threading
-from array import array
-from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 import crc32c
@@ -152,160 +138,62 @@ from pyjraft.core.log_reader import LogUnavailableError
 from pyjraft.core.types import Entry, count_within, entries_size
 from pyjraft.storage._fileutil import (
     file_crc,
-    fsync_dir,
+    is_fd_exhaustion,
     lock_directory,
+    make_dirs_durable,
+    open_dir_fd,
     pwrite_all,
     sync_data,
     sync_file,
     unlink_quietly,
 )
-from pyjraft.storage.api import CorruptLogError, StorageError
+from pyjraft.storage.api import StorageError, TransientStorageError
+from pyjraft.storage.entry_cache import (
+    CACHED_ENTRY_OVERHEAD,
+    EntryCache,
+    VerifiedBlocks,
+    cached_cost,
+)
 from pyjraft.storage.log_meta import (
     RESET_PENDING,
     TRUNCATE_REDO,
-    TruncateRedo,
-    read_log_meta,
-    read_truncate_redo,
     write_log_meta,
     write_truncate_redo,
 )
-from pyjraft.storage.record import (
-    FORMAT_VERSION,
-    MAX_BATCH_START,
-    DecodedBlock,
-    EncodedBatch,
-    decode_batches,
-    encode_batch,
-    find_valid_batch,
-    looks_like_v1,
-    scan_batches,
+from pyjraft.storage.record import EncodedBatch, SegmentKey, encode_batch
+from pyjraft.storage.segment_file import (
+    MAX_SEGMENT_BYTES,
+    SEGMENT_HEADER_SIZE,
+    Segment,
+    create_segment,
+    new_nonce,
+    read_block,
+    segment_name,
+    write_index,
 )
-from pyjraft.storage.segment_index import decode_index, encode_index
+from pyjraft.storage.segment_recovery import recover_log
 
-__all__ = ["MAX_SEGMENT_BYTES", "SegmentLogStorage"]
+__all__ = [
+    "CACHED_ENTRY_OVERHEAD",
+    "MAX_SEGMENT_BYTES",
+    "SegmentLogStorage",
+    "cached_cost",
+    "segment_name",
+]
 
 logger = logging.getLogger("pyjraft.storage")
 
-_SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
-_INDEX_RE = re.compile(r"^\d{20}\.idx(\.tmp)?$")
 _MiB = 1 << 20
-_CACHE_COMPACT = 4096
-# Evicted entries still at the head of the cache list, as a fraction of the list,
-# beyond which the list is compacted (each compaction moves every pointer once).
-_CACHE_SLACK = 8
-# Budget of the LRU of verified blocks read from disk, counted as the block's bytes
-# plus an estimate of the Python objects each decoded entry adds (its Entry tuple,
-# index int, bytes header and list slot: about 140 bytes on 64-bit CPython).
-_VERIFIED_BYTES = 8 * _MiB
-_DECODED_ENTRY_OVERHEAD = 128
 _BLOCK_BYTES = 32 << 10  # default granularity of the in-memory index
 _ENTRY_OVERHEAD = 16  # Entry.size = len(data) + 16
-# What a cached entry costs beyond its data, in Python objects: its Entry tuple
-# (with the GC header), its index int, its bytes header and its list slot. The
-# cache budget counts this, so that ``cache_bytes`` is memory, not payload
-# (measured with tracemalloc on 64-bit CPython 3.11: 153 bytes).
-CACHED_ENTRY_OVERHEAD = 152
-
-
-def cached_cost(entries: Sequence[Entry]) -> int:
-    """Bytes ``entries`` count for against the entry cache's budget."""
-    return _cost(entries_size(entries), len(entries))
-
-
-def _cost(entry_bytes: int, count: int) -> int:
-    # `cached_cost` of ``count`` entries whose `Entry.size` sums to ``entry_bytes``.
-    return entry_bytes + (CACHED_ENTRY_OVERHEAD - _ENTRY_OVERHEAD) * count
-
-
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-assert array("I").itemsize == 4, "the index needs a 32-bit array('I')"
-
-MAX_SEGMENT_BYTES = MAX_BATCH_START
-"""Largest accepted ``segment_bytes`` (4 GiB - 1): segment offsets are indexed as
-32-bit integers. A segment may still exceed it by one batch (its last)."""
-
-
-def segment_name(first_index: int) -> str:
-    """File name of the segment whose first entry has ``first_index``."""
-    return f"{first_index:020d}.log"
-
-
-class _Segment:
-    """One segment file and its in-memory index (see "Reading" in the module doc)."""
-
-    __slots__ = (
-        "block_firsts",
-        "block_starts",
-        "count",
-        "crc",
-        "fd",
-        "first",
-        "path",
-        "run_starts",
-        "run_terms",
-        "size",
-    )
-
-    def __init__(self, path: str, fd: int, first: int) -> None:
-        self.path = path
-        self.fd = fd
-        self.first = first
-        self.block_starts: array[int] = array("I")  # file offset of each block
-        self.block_firsts: array[int] = array("I")  # first index of each block, minus `first`
-        self.count = 0  # entries
-        # Terms change rarely: runs (first index, term) cost far less than one per entry.
-        self.run_starts: array[int] = array("Q")
-        self.run_terms: array[int] = array("Q")
-        self.size = 0  # bytes of valid batches: where the next batch goes
-        self.crc = 0  # CRC32C of bytes [0, size): what the sidecar index records
-
-    @property
-    def index_path(self) -> str:
-        """Path of this segment's sidecar index (see `pyjraft.storage.segment_index`)."""
-        return self.path[: -len(".log")] + ".idx"
-
-    @property
-    def last(self) -> int:
-        return self.first + self.count - 1
-
-    def term(self, index: int) -> int:
-        """Term of the entry at ``index`` (which this segment must hold)."""
-        return self.run_terms[bisect.bisect_right(self.run_starts, index) - 1]
-
-    @property
-    def last_term(self) -> int:
-        """Term of the last entry, -1 if empty."""
-        return self.run_terms[-1] if self.run_terms else -1
-
-    def block_of(self, index: int) -> int:
-        """Number of the block holding ``index`` (which this segment must hold)."""
-        return bisect.bisect_right(self.block_firsts, index - self.first) - 1
-
-    def block_span(self, k: int) -> tuple[int, int, int, int]:
-        """``(offset, end offset, first index, entry count)`` of block number ``k``."""
-        nk = k + 1
-        if nk < len(self.block_starts):
-            end, nxt = self.block_starts[nk], self.block_firsts[nk]
-        else:
-            end, nxt = self.size, self.count
-        first = self.block_firsts[k]
-        return self.block_starts[k], end, self.first + first, nxt - first
-
-    def add_batch(self, start: int, first: int, block_bytes: int) -> None:
-        """Index a batch appended at ``start`` whose first index is ``first``: it
-        starts a new block if it starts ``block_bytes`` or more after the last block
-        (the rule `pyjraft.storage.record.scan_batches` follows too)."""
-        starts = self.block_starts
-        if not starts or start - starts[-1] >= block_bytes:
-            starts.append(start)
-            self.block_firsts.append(first - self.first)
 
 
 class SegmentLogStorage:
     """A durable `LogStorage` in a directory of segment files (see the module docstring).
 
     ``SegmentLogStorage(directory)`` and ``SegmentLogStorage.open(directory)`` are the
-    same: they create the directory if needed, lock it, recover it and return a
+    same: they create the directory if needed (and any missing parent, each level
+    fsynced in its parent), lock it, recover it and return a
     ready log. Options:
 
     ``sync``
@@ -321,7 +209,12 @@ class SegmentLogStorage:
         a block (a run of whole batches of about this many bytes) at a time.
 
     Raises `CorruptLogError` if the directory holds damage that is not a torn tail,
-    `StorageError` if it cannot be opened (IO error, already open elsewhere).
+    `StorageError` if it cannot be opened (IO error, already open elsewhere),
+    `TransientStorageError` if no file descriptor was left (open again later).
+    Every mutating method raises `TransientStorageError` (retryable: nothing was
+    changed, the log stays usable) when it needs a new file descriptor and none
+    is left, and `StorageError` (fatal: the log refuses further writes) on any
+    other IO failure.
     Threading: one thread may call the mutating methods while others read indices
     the mutation does not touch; `close` only once the writer has stopped.
     """
@@ -349,35 +242,39 @@ class SegmentLogStorage:
         self._cache_bytes = cache_bytes
         self._block_bytes = block_bytes
         self._lock = threading.Lock()
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._seg_firsts: list[int] = []  # parallel to _segments, for bisect
         self._first = 1
         self._prev_term = 0
         self._last = 0
-        # Cache: entries [_cache_first, _last] are _cache[_cache_head:].
-        self._cache: list[Entry] = []
-        self._cache_head = 0
-        self._cache_first = 1
-        self._cache_size = 0
-        # The cache as appended batches, oldest first: [entry count, bytes] each, so
-        # that eviction costs O(1) per batch instead of a Python step per entry.
-        self._cache_runs: deque[list[int]] = deque()
-        # LRU of blocks read from disk and verified: (segment first, offset) -> entries.
-        self._verified: OrderedDict[tuple[int, int], tuple[list[Entry], int]] = OrderedDict()
-        self._verified_bytes = 0
+        self._cache = EntryCache(cache_bytes, 1)  # entries [cache.first, _last]
+        self._verified = VerifiedBlocks()
         self._closed = False
         self._failed: str | None = None
         self._lock_fd = -1
+        self._dir_fd = -1  # held open: fsyncing the directory never needs a new fd
+        # A reset's final log_meta write that failed for want of a descriptor: it is
+        # retried before any other change (see `_check_writable`).
+        self._meta_pending: tuple[int, int] | None = None
         try:
-            os.makedirs(self._dir, exist_ok=True)
+            make_dirs_durable(self._dir)
             self._lock_fd = lock_directory(self._dir)
-            self._recover()
+            self._dir_fd = open_dir_fd(self._dir)
+            recovered = recover_log(self._dir, self._dir_fd, block_bytes)
         except BaseException as exc:
             self._close_files()
+            if is_fd_exhaustion(exc):
+                # Recovery is idempotent: opening again is safe.
+                raise TransientStorageError(f"{self._dir}: cannot open log: {exc}") from exc
             if isinstance(exc, OSError):
                 raise StorageError(f"{self._dir}: cannot open log: {exc}") from exc
             raise
-        self._cache_first = self._last + 1
+        self._first = recovered.first
+        self._prev_term = recovered.prev_term
+        self._segments = recovered.segments
+        self._seg_firsts = [seg.first for seg in self._segments]
+        self._last = self._segments[-1].last if self._segments else self._first - 1
+        self._cache.clear(self._last + 1)
 
     @classmethod
     def open(
@@ -432,8 +329,9 @@ class SegmentLogStorage:
                 raise LogUnavailableError(
                     f"term({index}): log holds {self._first - 1}..{self._last}"
                 )
-            if index >= self._cache_first:
-                return self._cache[self._cache_head + index - self._cache_first].term
+            cache = self._cache
+            if index >= cache.first:
+                return cache.entries[cache.head + index - cache.first].term
             return self._segment_of(index).term(index)
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
@@ -450,15 +348,16 @@ class SegmentLogStorage:
                 )
             out: list[Entry] = []
             used = 0
-            if lo < self._cache_first:
-                end = min(hi, self._cache_first)
+            cache = self._cache
+            if lo < cache.first:
+                end = min(hi, cache.first)
                 used = self._read_disk(lo, end, max_bytes, out)
                 if used < 0:
                     return out  # max_bytes reached
                 lo = end
             if lo < hi:
-                base = self._cache_head - self._cache_first
-                chunk = self._cache[base + lo : base + hi]
+                base = cache.head - cache.first
+                chunk = cache.entries[base + lo : base + hi]
                 if max_bytes is None:
                     out.extend(chunk)
                 else:
@@ -492,42 +391,19 @@ class SegmentLogStorage:
             i += 1
         return used
 
-    def _load_block(self, seg: _Segment, k: int) -> tuple[list[Entry], int]:
+    def _load_block(self, seg: Segment, k: int) -> tuple[list[Entry], int]:
         """The entries of block ``k`` of ``seg`` and the first one's index, read and
         verified in full (or from the LRU of verified blocks). Called with the lock
         held."""
         start, end, first, count = seg.block_span(k)
         key = (seg.first, start)
-        hit = self._verified.get(key)
-        if hit is not None:
-            if len(hit[0]) == count:
-                self._verified.move_to_end(key)
-                return hit[0], first
-            # The block has grown (it is the last one and batches joined it since).
-            del self._verified[key]
-            self._verified_bytes -= hit[1]
-        got = self._read_block(seg, start, end, first, count).entries
-        cost = end - start + _DECODED_ENTRY_OVERHEAD * count
-        self._verified[key] = (got, cost)
-        self._verified_bytes += cost
-        while self._verified_bytes > _VERIFIED_BYTES and len(self._verified) > 1:
-            _key, (_old, nbytes) = self._verified.popitem(last=False)
-            self._verified_bytes -= nbytes
+        got = self._verified.get(key, count)
+        if got is None:
+            got = read_block(seg, start, end, first, count).entries
+            self._verified.put(key, got, end - start)
         return got, first
 
-    def _read_block(
-        self, seg: _Segment, start: int, end: int, first: int, count: int
-    ) -> DecodedBlock:
-        """Read the batches in ``[start, end)`` of ``seg`` (``count`` entries from
-        ``first``) and verify every one of them."""
-        buf = _pread_exact(seg, end - start, start)
-        return decode_batches(buf, seg.path, start, first, count)
-
-    def _clear_verified(self) -> None:
-        self._verified.clear()
-        self._verified_bytes = 0
-
-    def _segment_of(self, index: int) -> _Segment:
+    def _segment_of(self, index: int) -> Segment:
         return self._segments[bisect.bisect_right(self._seg_firsts, index) - 1]
 
     # ----------------------------------------------------------------- writes
@@ -540,22 +416,23 @@ class SegmentLogStorage:
             return
         seg = self._segments[-1] if self._segments else None
         first = self._last + 1
-        roll = seg is None or (seg.count > 0 and seg.size >= self._segment_bytes)
         # Encode (and so validate) before touching any file.
-        enc = encode_batch(entries, first, -1 if roll or seg is None else seg.last_term)
-        if (
-            not roll
-            and seg is not None
-            and seg.count > 0
-            and seg.size + len(enc.buf) > MAX_SEGMENT_BYTES
-        ):
-            # Every batch must start at an offset the 32-bit index can hold.
-            roll = True
-            enc = encode_batch(enc.entries, first, -1)
-        if roll or seg is None:
-            if seg is not None:
-                self._write_index(seg)
-            seg = self._new_segment(first)
+        new_key: SegmentKey | None = None
+        if seg is None or not seg.appendable or (seg.count > 0 and seg.size >= self._segment_bytes):
+            new_key = SegmentKey(new_nonce())
+            enc = encode_batch(entries, first, -1, new_key, SEGMENT_HEADER_SIZE)
+        else:
+            enc = encode_batch(entries, first, seg.last_term, seg.key, seg.size)
+            if seg.count > 0 and seg.size + len(enc.buf) > MAX_SEGMENT_BYTES:
+                # Every batch must start at an offset the 32-bit index can hold.
+                new_key = SegmentKey(new_nonce())
+                enc = encode_batch(enc.entries, first, -1, new_key, SEGMENT_HEADER_SIZE)
+        if new_key is not None:
+            sealed = seg
+            seg = self._new_segment(first, new_key)
+            if sealed is not None and sealed.count > 0:
+                write_index(sealed)
+        assert seg is not None
         start = seg.size
         try:
             pwrite_all(seg.fd, enc.buf, start)
@@ -575,11 +452,7 @@ class SegmentLogStorage:
             seg.run_terms.extend(enc.run_terms)
             seg.size = start + len(enc.buf)
             self._last += len(enc.entries)
-            self._cache.extend(enc.entries)
-            cost = _cost(enc.entry_bytes, len(enc.entries))
-            self._cache_size += cost
-            self._cache_runs.append([len(enc.entries), cost])
-            self._evict_cache()
+            self._cache.add(enc.entries, enc.entry_bytes)
 
     def truncate_suffix(self, last_kept: int) -> None:
         """Drop every entry after ``last_kept``, durably. Raises `ValueError` if
@@ -597,7 +470,7 @@ class SegmentLogStorage:
         rewrite: EncodedBatch | None = None
         with self._lock:
             i = bisect.bisect_right(self._seg_firsts, cut) - 1
-            seg: _Segment | None = self._segments[i]
+            seg: Segment | None = self._segments[i]
             assert seg is not None
             k = 0
             start = 0  # offset of the batch holding the cut
@@ -606,18 +479,18 @@ class SegmentLogStorage:
                 k = seg.block_of(cut)
                 kstart, kend, kfirst, kcount = seg.block_span(k)
                 # Verified read: the kept prefix is rewritten from checked bytes only.
-                block = self._read_block(seg, kstart, kend, kfirst, kcount)
+                block = read_block(seg, kstart, kend, kfirst, kcount)
                 j = bisect.bisect_right(block.firsts, cut) - 1
                 start = kstart + block.offsets[j]
                 bfirst = block.firsts[j]
                 keep_block = j > 0 or bfirst < cut
                 if bfirst < cut:
                     kept = block.entries[bfirst - kfirst : cut - kfirst]
-                    rewrite = encode_batch(kept, bfirst, -1)
+                    rewrite = encode_batch(kept, bfirst, -1, seg.key, start)
         if rewrite is not None:
             assert seg is not None
             try:
-                write_truncate_redo(self._dir, seg.first, start, bytes(rewrite.buf))
+                write_truncate_redo(self._dir, seg.first, start, bytes(rewrite.buf), self._dir_fd)
             except OSError as exc:
                 self._fail(f"truncate_suffix({last_kept}): writing {TRUNCATE_REDO} failed: {exc}")
                 raise StorageError(self._failed) from exc
@@ -640,34 +513,18 @@ class SegmentLogStorage:
                 del seg.run_starts[j:]
                 del seg.run_terms[j:]
                 seg.size = start + (len(rewrite.buf) if rewrite is not None else 0)
+                # Never appended to again: the next append starts a new file.
+                seg.appendable = False
             self._last = last_kept
-            self._clear_verified()
-            if cut <= self._cache_first:
-                self._clear_cache(cut)
-            else:
-                keep = self._cache_head + cut - self._cache_first
-                drop = len(self._cache) - keep
-                del self._cache[keep:]
-                runs = self._cache_runs
-                while drop > 0:
-                    run = runs[-1]
-                    if run[0] <= drop:
-                        runs.pop()
-                        drop -= run[0]
-                        self._cache_size -= run[1]
-                    else:
-                        run[0] -= drop
-                        left = cached_cost(self._cache[len(self._cache) - run[0] :])
-                        self._cache_size -= run[1] - left
-                        run[1] = left
-                        drop = 0
+            self._verified.clear()
+            self._cache.drop_from(cut)
         try:
             # Newest first, so a crash in the middle leaves a contiguous (shorter) log.
             for d in reversed(doomed):
                 os.close(d.fd)
                 os.unlink(d.path)
                 unlink_quietly(d.index_path)
-                fsync_dir(self._dir)
+                self._fsync_dir()
             self._crash_point("segments_unlinked")
             if seg is not None:
                 unlink_quietly(seg.index_path)  # it is the last segment now
@@ -682,7 +539,7 @@ class SegmentLogStorage:
             if rewrite is not None:
                 self._crash_point("synced")
                 os.unlink(os.path.join(self._dir, TRUNCATE_REDO))
-                fsync_dir(self._dir)
+                self._fsync_dir()
         except OSError as exc:
             self._fail(f"truncate_suffix({last_kept}) failed: {exc}")
             raise StorageError(self._failed) from exc
@@ -706,6 +563,7 @@ class SegmentLogStorage:
         except OSError as exc:
             self._fail(f"truncate_prefix({first_kept}): writing log_meta failed: {exc}")
             raise StorageError(self._failed) from exc
+        self._crash_point("log_meta_written")
         with self._lock:
             self._first = first_kept
             self._prev_term = prev_term
@@ -715,26 +573,8 @@ class SegmentLogStorage:
             doomed = self._segments[:n]
             del self._segments[:n]
             del self._seg_firsts[:n]
-            self._clear_verified()
-            if self._cache_first < first_kept:
-                drop = first_kept - self._cache_first
-                self._cache_head += drop
-                runs = self._cache_runs
-                while drop > 0:
-                    run = runs[0]
-                    if run[0] <= drop:
-                        runs.popleft()
-                        drop -= run[0]
-                        self._cache_size -= run[1]
-                    else:
-                        run[0] -= drop
-                        head = self._cache_head
-                        left = cached_cost(self._cache[head : head + run[0]])
-                        self._cache_size -= run[1] - left
-                        run[1] = left
-                        drop = 0
-                self._cache_first = first_kept
-                self._compact_cache()
+            self._verified.clear()
+            self._cache.drop_before(first_kept)
         self._unlink_segments(doomed, f"truncate_prefix({first_kept})")
 
     def reset(self, next_index: int, prev_term: int) -> None:
@@ -756,14 +596,25 @@ class SegmentLogStorage:
             self._first = next_index
             self._prev_term = prev_term
             self._last = next_index - 1
-            self._clear_cache(next_index)
-            self._clear_verified()
+            self._cache.clear(next_index)
+            self._verified.clear()
         self._unlink_segments(doomed, f"reset({next_index})")
+        # Until this write lands, the "reset pending" flag would make the next open
+        # delete every segment: no other change may happen before it.
+        self._meta_pending = (next_index, prev_term)
+        self._finish_meta()
+
+    def _finish_meta(self) -> None:
+        """Clear the "reset pending" flag of a reset whose last step has not been
+        done; `TransientStorageError` leaves it pending, to be retried first."""
+        assert self._meta_pending is not None
+        next_index, prev_term = self._meta_pending
         try:
             self._write_log_meta(next_index, prev_term, 0)
         except OSError as exc:
             self._fail(f"reset: writing log_meta failed: {exc}")
             raise StorageError(self._failed) from exc
+        self._meta_pending = None
 
     def close(self) -> None:
         """Release files and the directory lock. Further calls raise `ValueError`."""
@@ -771,7 +622,7 @@ class SegmentLogStorage:
             if self._closed:
                 return
             self._closed = True
-            self._clear_cache(self._last + 1)
+            self._cache.clear(self._last + 1)
             self._close_files()
 
     # -------------------------------------------------------------- internals
@@ -784,30 +635,39 @@ class SegmentLogStorage:
         self._check_open()
         if self._failed is not None:
             raise StorageError(f"log storage failed earlier: {self._failed}")
+        if self._meta_pending is not None:
+            self._finish_meta()
+
+    def _fsync_dir(self) -> None:
+        os.fsync(self._dir_fd)
 
     def _fail(self, reason: str) -> None:
         self._failed = reason
         logger.error("%s: %s; refusing further writes", self._dir, reason)
 
-    def _new_segment(self, first: int) -> _Segment:
-        path = os.path.join(self._dir, segment_name(first))
+    def _new_segment(self, first: int, key: SegmentKey) -> Segment:
+        """Create the segment starting at ``first`` (`create_segment`), replacing an
+        empty last segment of the same name (one not appended to since it was
+        opened). `TransientStorageError` if no descriptor is left: nothing changed."""
+        old = self._segments[-1] if self._segments else None
+        replace = old is not None and old.first == first
+        assert not replace or (old is not None and old.count == 0), "only an empty one"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+            seg = create_segment(self._dir, self._dir_fd, first, key, replace=replace)
         except OSError as exc:
-            self._fail(f"cannot create segment {path}: {exc}")
-            raise StorageError(self._failed) from exc
-        seg = _Segment(path, fd, first)
-        try:
-            fsync_dir(self._dir)
-        except OSError as exc:
-            self._fail(f"fsync of {self._dir} failed: {exc}")
+            self._fail(f"cannot create segment {segment_name(first)}: {exc}")
             raise StorageError(self._failed) from exc
         with self._lock:
+            if replace:
+                del self._segments[-1]
+                del self._seg_firsts[-1]
             self._segments.append(seg)
             self._seg_firsts.append(first)
+        if replace and old is not None:
+            os.close(old.fd)
         return seg
 
-    def _unlink_segments(self, doomed: list[_Segment], what: str) -> None:
+    def _unlink_segments(self, doomed: list[Segment], what: str) -> None:
         if not doomed:
             return
         try:
@@ -815,285 +675,24 @@ class SegmentLogStorage:
                 os.close(d.fd)
                 os.unlink(d.path)
                 unlink_quietly(d.index_path)
-            fsync_dir(self._dir)
+            self._fsync_dir()
         except OSError as exc:
             self._fail(f"{what}: deleting segments failed: {exc}")
             raise StorageError(self._failed) from exc
 
-    def _write_index(self, seg: _Segment) -> None:
-        """Write the sidecar index of a segment that is being sealed. Best effort:
-        without it, the next open scans the segment instead."""
-        raw = encode_index(
-            seg.first,
-            seg.size,
-            seg.crc,
-            seg.count,
-            seg.block_starts,
-            seg.block_firsts,
-            seg.run_starts,
-            seg.run_terms,
-        )
-        tmp = seg.index_path + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(raw)
-            os.replace(tmp, seg.index_path)
-        except OSError as exc:
-            logger.warning("%s: cannot write index (%s); next open will scan", seg.path, exc)
-            unlink_quietly(tmp)
-
-    def _evict_cache(self) -> None:
-        # Whole batches at a time: the cache may hold up to one batch less than its
-        # budget, never more than the budget.
-        runs = self._cache_runs
-        head = self._cache_head
-        while self._cache_size > self._cache_bytes and runs:
-            n, nbytes = runs.popleft()
-            head += n
-            self._cache_size -= nbytes
-        self._cache_first += head - self._cache_head
-        self._cache_head = head
-        self._compact_cache()
-
-    def _compact_cache(self) -> None:
-        # Amortised O(1) eviction: drop the evicted head once it exceeds an eighth of
-        # the list (moving about 7 pointers per evicted entry), so evicted entries
-        # never keep more than a seventh of the cache's size alive on top of it.
-        if self._cache_head > _CACHE_COMPACT and _CACHE_SLACK * self._cache_head > len(self._cache):
-            del self._cache[: self._cache_head]
-            self._cache_head = 0
-
-    def _clear_cache(self, next_index: int) -> None:
-        self._cache = []
-        self._cache_head = 0
-        self._cache_size = 0
-        self._cache_runs = deque()
-        self._cache_first = next_index
-
     def _close_files(self) -> None:
-        self._clear_verified()
+        self._verified.clear()
         for seg in self._segments:
             with contextlib.suppress(OSError):
                 os.close(seg.fd)
         self._segments = []
         self._seg_firsts = []
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
 
     def _write_log_meta(self, first: int, prev_term: int, flags: int) -> None:
-        write_log_meta(self._dir, first, prev_term, flags)
-
-    def _recover(self) -> None:
-        first, prev_term, flags = read_log_meta(self._dir)
-        redo = read_truncate_redo(self._dir)
-        unlink_quietly(os.path.join(self._dir, TRUNCATE_REDO + ".tmp"))
-        names: list[tuple[int, str]] = []
-        for name in os.listdir(self._dir):
-            if not name.endswith(".log"):
-                continue  # log_meta, journals, temp files, the lock, other components' files
-            m = _SEGMENT_RE.match(name)
-            if m is None:
-                raise CorruptLogError(
-                    os.path.join(self._dir, name), 0, "not a segment name (20 digits + .log)"
-                )
-            names.append((int(m.group(1)), os.path.join(self._dir, name)))
-        names.sort()
-        if flags & RESET_PENDING:
-            logger.warning("%s: finishing an interrupted reset(%d)", self._dir, first)
-            for _, path in names:
-                os.unlink(path)
-            if redo is not None:
-                os.unlink(os.path.join(self._dir, TRUNCATE_REDO))
-                redo = None
-            fsync_dir(self._dir)
-            self._write_log_meta(first, prev_term, 0)
-            names = []
-        if redo is not None:
-            names = self._redo_truncate(redo, names)
-        # Finish an interrupted truncate_prefix: segments before the one holding
-        # `first` are wholly compacted away.
-        k = bisect.bisect_right([n for n, _ in names], first) - 1
-        if k > 0:
-            logger.warning("%s: deleting %d segment(s) before first index %d", self._dir, k, first)
-            for _, path in names[:k]:
-                os.unlink(path)
-            fsync_dir(self._dir)
-            names = names[k:]
-        if names and names[0][0] > first:
-            raise CorruptLogError(
-                names[0][1],
-                0,
-                f"log starts at index {first} (log_meta) but the first segment starts at "
-                f"{names[0][0]}",
-            )
-        self._first = first
-        self._prev_term = prev_term
-        self._last = first - 1
-        for i, (seg_first, path) in enumerate(names):
-            if self._segments and seg_first != self._segments[-1].last + 1:
-                raise CorruptLogError(
-                    path,
-                    0,
-                    f"segment starts at index {seg_first} but the previous one ends at "
-                    f"{self._segments[-1].last} (missing or overlapping segment)",
-                )
-            seg = self._load_segment(path, seg_first, is_last=i == len(names) - 1)
-            self._segments.append(seg)
-            self._seg_firsts.append(seg_first)
-        # Indexes of deleted segments, of the last segment (it changes), temp files.
-        keep = {seg.index_path for seg in self._segments[:-1]}
-        for name in os.listdir(self._dir):
-            path = os.path.join(self._dir, name)
-            if _INDEX_RE.match(name) and path not in keep:
-                unlink_quietly(path)
-        if self._segments:
-            last = self._segments[-1].last
-            if last < first - 1:
-                raise CorruptLogError(
-                    self._segments[-1].path,
-                    self._segments[-1].size,
-                    f"log ends at index {last}, before first index {first} from log_meta",
-                )
-            self._last = last
-
-    def _redo_truncate(
-        self, redo: TruncateRedo, names: list[tuple[int, str]]
-    ) -> list[tuple[int, str]]:
-        """Finish an interrupted mid-batch `truncate_suffix` from its journal; return
-        the segments left. Idempotent: a crash in here is redone by the next open."""
-        journal = os.path.join(self._dir, TRUNCATE_REDO)
-        path = os.path.join(self._dir, segment_name(redo.segment_first))
-        if path not in {p for _, p in names}:
-            raise CorruptLogError(
-                journal, 0, f"names segment {path}, which does not exist (cannot redo the cut)"
-            )
-        later = [p for n, p in names if n > redo.segment_first]
-        logger.warning(
-            "%s: finishing an interrupted truncate_suffix: %s cut at offset %d, "
-            "%d later segment(s) deleted",
-            self._dir,
-            path,
-            redo.offset,
-            len(later),
-        )
-        for p in reversed(later):
-            os.unlink(p)
-            unlink_quietly(p[: -len(".log")] + ".idx")
-        if later:
-            fsync_dir(self._dir)
-        fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size
-            if size < redo.offset:
-                raise CorruptLogError(
-                    path, size, f"{TRUNCATE_REDO} cuts at offset {redo.offset}, past the end"
-                )
-            os.ftruncate(fd, redo.offset)
-            pwrite_all(fd, redo.batch, redo.offset)
-            sync_file(fd)
-        finally:
-            os.close(fd)
-        os.unlink(journal)
-        fsync_dir(self._dir)
-        return [(n, p) for n, p in names if n <= redo.segment_first]
-
-    def _load_segment(self, path: str, first: int, *, is_last: bool) -> _Segment:
-        fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
-        seg = _Segment(path, fd, first)
-        try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                return seg
-            if not is_last and self._use_index(seg, size):
-                return seg
-            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
-                if looks_like_v1(mm, size):
-                    raise CorruptLogError(
-                        path,
-                        0,
-                        "segment in log format version 1 (one record per entry); this "
-                        f"pyjraft reads only format version {FORMAT_VERSION} (batch records) "
-                        "and cannot open this log",
-                    )
-                if size > 4 and mm[4] not in (0, FORMAT_VERSION):
-                    # Not a torn write (those leave zeros or old bytes, never a new
-                    # version byte): a format this code does not know. Never truncate it.
-                    raise CorruptLogError(path, 0, f"unknown batch format version {mm[4]}")
-                res = scan_batches(mm, size, first, self._block_bytes, MAX_SEGMENT_BYTES)
-                follower = -1
-                if res.error is not None and not res.corrupt and is_last:
-                    next_index = first + res.entry_count
-                    follower = find_valid_batch(mm, res.end + 1, size, next_index)
-                with memoryview(mm) as mv:
-                    seg.crc = crc32c.crc32c(mv[: res.end])
-            seg.block_starts = res.block_starts
-            seg.block_firsts = res.block_firsts
-            seg.count = res.entry_count
-            seg.run_starts = res.run_starts
-            seg.run_terms = res.run_terms
-            seg.size = res.end
-            if res.error is None:
-                if not is_last:
-                    self._write_index(seg)  # so the next open need not scan it
-                return seg
-            if res.corrupt or not is_last:
-                where = "" if is_last else " (not the last segment)"
-                raise CorruptLogError(path, res.end, res.error + where)
-            if follower >= 0:
-                raise CorruptLogError(
-                    path, res.end, f"{res.error}, but a valid batch follows at offset {follower}"
-                )
-            logger.warning(
-                "%s: torn tail at offset %d (%s): truncating %d byte(s); log ends at index %d",
-                path,
-                res.end,
-                res.error,
-                size - res.end,
-                seg.last,
-            )
-            os.ftruncate(fd, res.end)
-            sync_file(fd)
-            return seg
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def _use_index(self, seg: _Segment, size: int) -> bool:
-        """Load ``seg``'s index from its sidecar file if that proves valid for the
-        segment's exact current bytes (read in chunks: no mapping of the whole file)."""
-        try:
-            with open(seg.index_path, "rb") as f:
-                raw = f.read()
-        except OSError:
-            return False
-        idx = decode_index(raw, seg.first, size)
-        if idx is None:
-            return False
-        if file_crc(seg.fd, size) != idx.seg_crc:
-            return False  # the scan will find and name the damage
-        seg.block_starts = idx.block_starts
-        seg.block_firsts = idx.block_firsts
-        seg.count = idx.entry_count
-        seg.run_starts = idx.run_starts
-        seg.run_terms = idx.run_terms
-        seg.size = size
-        seg.crc = idx.seg_crc
-        return True
-
-
-def _pread_exact(seg: _Segment, length: int, offset: int) -> bytes:
-    buf = os.pread(seg.fd, length, offset)
-    if len(buf) == length:
-        return buf
-    parts = [buf]
-    got = len(buf)
-    while got < length:
-        more = os.pread(seg.fd, length - got, offset + got)
-        if not more:
-            raise CorruptLogError(
-                seg.path, offset + got, f"file ends early: wanted {length} bytes at {offset}"
-            )
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
+        write_log_meta(self._dir, first, prev_term, flags, self._dir_fd)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import struct
+from pathlib import Path
+
+import crc32c
 
 from pyjraft.core.types import Entry, EntryType
+from pyjraft.storage.record import BATCH_HEADER_SIZE, ENTRY_HEADER_SIZE, SegmentKey
+from pyjraft.storage.segment_file import SEGMENT_HEADER_SIZE, decode_segment_header
 
 
 def payload(index: int) -> bytes:
@@ -35,3 +41,31 @@ def flip_bit(path: str, offset: int, bit: int = 0) -> None:
         b = f.read(1)[0]
         f.seek(offset)
         f.write(bytes([b ^ (1 << bit)]))
+
+
+def segment_key(path: str) -> SegmentKey:
+    """The key (nonce) in the header of the segment file at ``path``."""
+    header = decode_segment_header(Path(path).read_bytes()[:SEGMENT_HEADER_SIZE])
+    assert not isinstance(header, str), header
+    return header.key
+
+
+def batch_spans(path: str) -> list[tuple[int, int, int]]:
+    """(offset, end offset, entry count) of each batch in the segment at ``path``."""
+    raw = Path(path).read_bytes()
+    spans, pos = [], SEGMENT_HEADER_SIZE
+    while pos < len(raw):
+        count, data_len = struct.unpack_from("<II", raw, pos + 8)
+        end = pos + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * count + data_len
+        spans.append((pos, end, count))
+        pos = end
+    return spans
+
+
+def reseal(raw: bytearray, offset: int, key: SegmentKey) -> None:
+    """Recompute the CRC of the batch at ``offset`` of ``raw`` (a segment file's
+    bytes) as the writer of the file whose key is ``key`` would have."""
+    count, data_len = struct.unpack_from("<II", raw, offset + 8)
+    end = offset + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * count + data_len
+    crc = crc32c.crc32c(bytes(raw[offset + 4 : end]), key.seed(offset))
+    struct.pack_into("<I", raw, offset, crc)

@@ -14,8 +14,9 @@ import pytest
 
 from pyjraft.core.types import Entry, EntryType
 from pyjraft.storage import CorruptLogError, SegmentLogStorage
-from pyjraft.storage.record import BATCH_HEADER_SIZE, ENTRY_HEADER_SIZE
-from tests.storage.helpers import batch, flip_bit, segments
+from pyjraft.storage.record import BATCH_HEADER_SIZE
+from pyjraft.storage.segment_file import SEGMENT_HEADER_SIZE, encode_segment_header
+from tests.storage.helpers import batch, batch_spans, flip_bit, reseal, segment_key, segments
 
 SEG = 600
 
@@ -34,18 +35,6 @@ def build(path: Path, batches: list[int]) -> tuple[list[Entry], list[tuple[str, 
         marks.append((seg, os.path.getsize(seg), len(entries)))
     log.close()
     return entries, marks
-
-
-def batch_spans(path: str) -> list[tuple[int, int, int]]:
-    """(offset, end offset, entry count) of each batch in the segment at ``path``."""
-    raw = Path(path).read_bytes()
-    spans, pos = [], 0
-    while pos < len(raw):
-        count, data_len = struct.unpack_from("<II", raw, pos + 8)
-        end = pos + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * count + data_len
-        spans.append((pos, end, count))
-        pos = end
-    return spans
 
 
 def record_offsets(path: str) -> list[int]:
@@ -79,7 +68,7 @@ def test_torn_tail_at_every_byte_is_recovered_to_the_acknowledged_prefix(
     seed = 1234
     rng = random.Random(seed)
     src = tmp_path / "src"
-    entries, marks = build(src, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 2, 1, 1, 2, 1, 2])
+    entries, marks = build(src, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 2, 1, 1, 2, 1, 2, 2, 1, 1, 2])
     last_seg, _, _ = marks[-1]
     pristine = Path(last_seg).read_bytes()
     spans = batch_spans(last_seg)
@@ -138,16 +127,65 @@ def test_torn_tail_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     )
 
 
-def test_torn_write_of_a_whole_new_segment_is_recovered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tail", ["zeros", "garbage"])
+def test_torn_first_batch_of_a_new_segment_is_recovered(tmp_path: Path, tail: str) -> None:
+    """Created (header durable), extended by the first batch's write, never written."""
     _entries, _marks = build(tmp_path, [20, 20, 20])
-    segs = segments(str(tmp_path))
-    last = segs[-1]
+    last = segments(str(tmp_path))[-1]
     first = int(os.path.basename(last)[:20])
-    Path(last).write_bytes(b"\0" * 4096)  # created, extended, never written
+    header = Path(last).read_bytes()[:SEGMENT_HEADER_SIZE]
+    junk = b"\0" * 4096 if tail == "zeros" else random.Random(7).randbytes(4096)
+    Path(last).write_bytes(header + junk)
+    old_key = segment_key(last)
     log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
     assert log.last_index() == first - 1
+    assert os.path.getsize(last) == SEGMENT_HEADER_SIZE
+    # The truncated file is never written again: the append replaces it.
     log.append(batch(first, 1, term=9))
     log.close()
+    assert segment_key(last).nonce != old_key.nonce
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert log.entries(first, first + 1) == batch(first, 1, term=9)
+    log.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 20, SEGMENT_HEADER_SIZE])
+def test_segment_torn_while_being_created_is_deleted(tmp_path: Path, size: int) -> None:
+    """Its header never became durable, so it never held a batch: recovery removes it."""
+    entries, _marks = build(tmp_path, [20, 20, 20])
+    n = len(entries)
+    path = tmp_path / f"{n + 1:020d}.log"
+    path.write_bytes(b"\0" * size)
+    log = SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert log.last_index() == n
+    assert not path.exists()
+    log.append(batch(n + 1, 2, term=9))
+    assert log.entries(1, n + 3) == entries + batch(n + 1, 2, term=9)
+    log.close()
+
+
+def test_invalid_header_in_a_file_longer_than_a_header_is_refused(tmp_path: Path) -> None:
+    """The header is durable before any batch is written: a damaged header in a
+    file holding more is damage, never a torn creation."""
+    build(tmp_path, [20, 20, 20])
+    last = segments(str(tmp_path))[-1]
+    flip_bit(last, 20)  # inside the nonce
+    size = os.path.getsize(last)
+    with pytest.raises(CorruptLogError, match="segment header CRC mismatch") as info:
+        SegmentLogStorage(tmp_path, segment_bytes=SEG)
+    assert (info.value.path, info.value.offset) == (last, 0)
+    assert os.path.getsize(last) == size
+
+
+def test_segment_header_naming_another_first_index_is_refused(tmp_path: Path) -> None:
+    build(tmp_path, [20, 20, 20])
+    last = segments(str(tmp_path))[-1]
+    raw = Path(last).read_bytes()
+    first = int(os.path.basename(last)[:20])
+    key = segment_key(last)
+    Path(last).write_bytes(encode_segment_header(first + 1, key.nonce) + raw[SEGMENT_HEADER_SIZE:])
+    with pytest.raises(CorruptLogError, match="segment header says first index"):
+        SegmentLogStorage(tmp_path, segment_bytes=SEG)
 
 
 def test_bit_flip_in_a_non_last_segment_is_refused(tmp_path: Path) -> None:
@@ -237,14 +275,13 @@ def _rewrite_batch(path: str, offset: int, **fields: int) -> None:
         pos = offset + BATCH_HEADER_SIZE + 8 * count
         n0 = struct.unpack_from("<I", raw, pos)[0]
         struct.pack_into("<I", raw, pos, n0 + fields["len"])
-    end = offset + BATCH_HEADER_SIZE + ENTRY_HEADER_SIZE * count + data_len
-    struct.pack_into("<I", raw, offset, crc32c.crc32c(bytes(raw[offset + 4 : end])))
+    reseal(raw, offset, segment_key(path))
     Path(path).write_bytes(bytes(raw))
 
 
 @pytest.mark.parametrize(
     "fields",
-    [{"ver": 3}, {"typ": 9}, {"res": 1}, {"flags": 1}, {"index": 10**6}, {"len": 1}],
+    [{"ver": 4}, {"typ": 9}, {"res": 1}, {"flags": 1}, {"index": 10**6}, {"len": 1}],
     ids=str,
 )
 @pytest.mark.parametrize("which", ["first", "middle", "last"])

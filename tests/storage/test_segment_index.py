@@ -11,14 +11,16 @@ import crc32c
 import pytest
 
 from pyjraft.core.types import Entry, EntryType
-from pyjraft.storage import CorruptLogError, SegmentLogStorage
+from pyjraft.storage import CorruptLogError, SegmentLogStorage, segment_recovery
 from pyjraft.storage import segment_log as segment_log_module
 from pyjraft.storage.record import (
     BATCH_HEADER_SIZE,
     ENTRY_HEADER_SIZE,
+    SegmentKey,
     encode_batch,
     scan_batches,
 )
+from pyjraft.storage.segment_file import SEGMENT_HEADER_SIZE
 from pyjraft.storage.segment_index import INDEX_VERSION, decode_index, encode_index
 from tests.storage.helpers import batch, segments
 
@@ -50,7 +52,7 @@ def _read_all(path: Path, **kw: int) -> list[Entry]:
 
 def _arrays() -> tuple[array[int], array[int], array[int], array[int]]:
     return (
-        array("I", [0, 700, 1500]),
+        array("I", [32, 700, 1500]),
         array("I", [0, 9, 20]),
         array("Q", [5, 12]),
         array("Q", [1, 2]),
@@ -61,29 +63,30 @@ def test_index_round_trip_and_rejections() -> None:
     starts, firsts, runs, terms = _arrays()
     raw = encode_index(5, 2000, 0xABCD, 30, starts, firsts, runs, terms)
     assert raw[8] == INDEX_VERSION == 3
-    idx = decode_index(raw, 5, 2000)
+    idx = decode_index(raw, 5, 2000, 32)
     assert idx is not None
     assert (idx.block_starts, idx.block_firsts, idx.entry_count) == (starts, firsts, 30)
     assert (idx.run_starts, idx.run_terms, idx.seg_crc) == (runs, terms, 0xABCD)
     assert idx.block_starts.itemsize == idx.block_firsts.itemsize == 4
     # Another segment (first index or size), a damaged byte, a short file.
-    assert decode_index(raw, 6, 2000) is None
-    assert decode_index(raw, 5, 2001) is None
+    assert decode_index(raw, 5, 2000, 0) is None
+    assert decode_index(raw, 6, 2000, 32) is None
+    assert decode_index(raw, 5, 2001, 32) is None
     for pos in (9, len(raw) // 2, len(raw) - 1):
         bad = bytearray(raw)
         bad[pos] ^= 0x10
-        assert decode_index(bytes(bad), 5, 2000) is None, pos
-    assert decode_index(raw[:-4], 5, 2000) is None
+        assert decode_index(bytes(bad), 5, 2000, 32) is None, pos
+    assert decode_index(raw[:-4], 5, 2000, 32) is None
     # CRC-valid but malformed: blocks out of order, a block past the segment's end.
     for bad_starts, bad_firsts in (
-        (array("I", [0, 1500, 700]), firsts),
+        (array("I", [32, 1500, 700]), firsts),
         (starts, array("I", [0, 20, 9])),
-        (array("I", [0, 700, 2000]), firsts),
+        (array("I", [32, 700, 2000]), firsts),
         (starts, array("I", [0, 9, 30])),
-        (array("I", [4, 700, 1500]), firsts),
+        (array("I", [0, 700, 1500]), firsts),  # not right after the segment header
     ):
         bad_raw = encode_index(5, 2000, 0xABCD, 30, bad_starts, bad_firsts, runs, terms)
-        assert decode_index(bad_raw, 5, 2000) is None
+        assert decode_index(bad_raw, 5, 2000, 32) is None
 
 
 def _version_2_index(seg_path: str, first: int) -> bytes:
@@ -92,7 +95,7 @@ def _version_2_index(seg_path: str, first: int) -> bytes:
     raw = Path(seg_path).read_bytes()
     starts, firsts, lengths = array("Q"), array("Q"), array("I")
     run_starts, run_terms = array("Q"), array("Q")
-    pos, cur = 0, -1
+    pos, cur = SEGMENT_HEADER_SIZE, -1
     while pos < len(raw):
         count, data_len, bfirst = struct.unpack_from("<IIQ", raw, pos + 8)
         a = pos + BATCH_HEADER_SIZE
@@ -129,7 +132,7 @@ def test_version_2_index_is_ignored_and_rewritten(
         scanned.append(int(args[2]))  # type: ignore[call-overload]
         return real_scan(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("pyjraft.storage.segment_log.scan_batches", spy)
+    monkeypatch.setattr("pyjraft.storage.segment_recovery.scan_batches", spy)
     assert _read_all(tmp_path) == entries
     # Only the segment with the old index and the last one were scanned ...
     last_first = int(os.path.basename(segs[-1])[:20])
@@ -187,23 +190,24 @@ def test_segment_bytes_above_the_offset_limit_is_refused(tmp_path: Path) -> None
 def test_rolls_before_a_batch_would_end_past_the_offset_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(segment_log_module, "MAX_SEGMENT_BYTES", 300)
-    log = SegmentLogStorage(tmp_path, segment_bytes=250, sync=False, cache_bytes=0)
-    big = [Entry(1, i, 0, b"y" * 60) for i in range(1, 6)]  # one batch of 389 bytes
-    log.append(big)  # larger than the limit, alone in its segment: starts at 0
-    a = [Entry(1, 6, 0, b"a" * 160)]  # 197 bytes
-    log.append(a)  # rolls: the segment reached segment_bytes
-    b = [Entry(1, 7, 0, b"b" * 60)]  # 97 bytes
-    log.append(b)  # 197 < segment_bytes, but would end at 294: stays
-    c = [Entry(1, 8, 0, b"c" * 10)]  # 47 bytes
-    log.append(c)  # 294 >= segment_bytes: rolls anyway
+    monkeypatch.setattr(segment_log_module, "MAX_SEGMENT_BYTES", 340)
+    log = SegmentLogStorage(tmp_path, segment_bytes=280, sync=False, cache_bytes=0)
+    # Every segment starts with a 32-byte header.
+    big = [Entry(1, i, 0, b"y" * 60) for i in range(1, 6)]  # one batch of 393 bytes
+    log.append(big)  # larger than the limit, alone in its segment: ends at 425
+    a = [Entry(1, 6, 0, b"a" * 160)]  # 201 bytes
+    log.append(a)  # rolls: the segment reached segment_bytes; ends at 233
+    b = [Entry(1, 7, 0, b"b" * 60)]  # 101 bytes
+    log.append(b)  # 233 < segment_bytes, but would end at 334 <= 340: stays
+    c = [Entry(1, 8, 0, b"c" * 10)]  # 51 bytes
+    log.append(c)  # 334 >= segment_bytes: rolls anyway; ends at 83
     d = [Entry(1, 9, 0, b"d" * 10)]
-    log.append(d)  # 47 + 47 <= 300 and 47 < 250: stays
-    e = [Entry(1, 10, 0, b"e" * 200)]
-    log.append(e)  # would end at 331 > 300: rolls
+    log.append(d)  # 83 < 280 and would end at 134 <= 340: stays
+    e = [Entry(1, 10, 0, b"e" * 200)]  # 241 bytes
+    log.append(e)  # would end at 375 > 340: rolls
     want = big + a + b + c + d + e
     sizes = [os.path.getsize(p) for p in segments(str(tmp_path))]
-    assert sizes == [389, 294, 94, 237]
+    assert sizes == [425, 334, 134, 273]
     # Each segment's runs start fresh: terms answer from memory and after reopening.
     assert [log.term(i) for i in range(1, 11)] == [1] * 10
     assert log.entries(1, 11) == want
@@ -225,7 +229,7 @@ def test_segment_with_a_batch_past_the_offset_limit_is_refused(
     log.close()
     (seg,) = segments(str(tmp_path))
     size = os.path.getsize(seg)
-    monkeypatch.setattr(segment_log_module, "MAX_SEGMENT_BYTES", 300)
+    monkeypatch.setattr(segment_recovery, "MAX_SEGMENT_BYTES", 300)
     with pytest.raises(CorruptLogError, match="past the largest segment offset") as info:
         SegmentLogStorage(tmp_path, segment_bytes=200, sync=False)
     assert info.value.path == seg and 300 < info.value.offset < size
@@ -233,19 +237,20 @@ def test_segment_with_a_batch_past_the_offset_limit_is_refused(
 
 
 def test_scan_groups_batches_into_blocks() -> None:
-    buf = bytearray()
+    key = SegmentKey(0xFEEDFACE12345678)
+    buf = bytearray(SEGMENT_HEADER_SIZE)  # the header is not the scan's business
     offsets = []
     for i in range(1, 21):
         offsets.append(len(buf))
-        buf += encode_batch([Entry(1, i, 0, b"z" * 40)], i, -1).buf
-    data = bytes(buf)  # 20 batches of 77 bytes
-    per_batch = scan_batches(data, len(data), 1, 1)
+        buf += encode_batch([Entry(1, i, 0, b"z" * 40)], i, -1, key, len(buf)).buf
+    data = bytes(buf)  # 20 batches of 81 bytes from offset 32
+    per_batch = scan_batches(data, len(data), 1, key, SEGMENT_HEADER_SIZE, 1)
     assert list(per_batch.block_starts) == offsets
     assert list(per_batch.block_firsts) == list(range(20))
-    grouped = scan_batches(data, len(data), 1, 200)
+    grouped = scan_batches(data, len(data), 1, key, SEGMENT_HEADER_SIZE, 200)
     # A new block at the first batch starting >= 200 bytes after the block's start.
-    assert list(grouped.block_starts) == [0, 231, 462, 693, 924, 1155, 1386]
+    assert list(grouped.block_starts) == [32, 275, 518, 761, 1004, 1247, 1490]
     assert list(grouped.block_firsts) == [0, 3, 6, 9, 12, 15, 18]
     assert grouped.entry_count == 20 and grouped.error is None
-    capped = scan_batches(data, len(data), 1, 1, max_start=500)
-    assert capped.corrupt and capped.end == 539 and capped.entry_count == 7
+    capped = scan_batches(data, len(data), 1, key, SEGMENT_HEADER_SIZE, 1, max_start=500)
+    assert capped.corrupt and capped.end == 518 and capped.entry_count == 6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -301,10 +302,9 @@ def test_one_write_and_one_fdatasync_per_batch(
 ) -> None:
     log = open_log(tmp_path, segment_bytes=1 << 20)
     log.append(batch(1, 1))
-    calls = {"pwrite": 0, "write": 0, "sync": 0, "dir": 0}
-    real_pwrite, real_write = os.pwrite, os.write
+    calls = {"pwrite": 0, "write": 0, "sync": 0, "fsync": 0}
+    real_pwrite, real_write, real_fsync = os.pwrite, os.write, os.fsync
     real_sync = segment_log_module.sync_data  # type: ignore[attr-defined]
-    real_dir = segment_log_module.fsync_dir  # type: ignore[attr-defined]
 
     def pwrite(fd: int, data: bytes, offset: int) -> int:
         calls["pwrite"] += 1
@@ -318,16 +318,16 @@ def test_one_write_and_one_fdatasync_per_batch(
         calls["sync"] += 1
         real_sync(fd)
 
-    def fsync_dir(d: str) -> None:
-        calls["dir"] += 1
-        real_dir(d)
+    def fsync(fd: int) -> None:  # of a file or of the directory
+        calls["fsync"] += 1
+        real_fsync(fd)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
     monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(segment_log_module, "sync_data", sync)
-    monkeypatch.setattr(segment_log_module, "fsync_dir", fsync_dir)
     log.append(batch(2, 500))
-    assert calls == {"pwrite": 1, "write": 0, "sync": 1, "dir": 0}
+    assert calls == {"pwrite": 1, "write": 0, "sync": 1, "fsync": 0}
     monkeypatch.undo()
     log.close()
 
@@ -338,13 +338,14 @@ def test_a_new_segment_is_made_durable_in_its_directory(
     log = open_log(tmp_path, segment_bytes=100)
     log.append(batch(1, 5))
     dirs: list[str] = []
-    real_dir = segment_log_module.fsync_dir  # type: ignore[attr-defined]
+    real_fsync = os.fsync
 
-    def fsync_dir(d: str) -> None:
-        dirs.append(d)
-        real_dir(d)
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            dirs.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
 
-    monkeypatch.setattr(segment_log_module, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(os, "fsync", fsync)
     log.append(batch(6, 5))  # the first segment is over 100 bytes: roll
     assert dirs == [str(tmp_path)]
     assert len(segments(str(tmp_path))) == 2

@@ -108,14 +108,12 @@ class LogMachine(RuleBasedStateMachine):
 
     @invariant()
     def cache_accounting(self) -> None:
-        log = self.log
-        cached = log._cache[log._cache_head :]
-        assert log._cache_size == cached_cost(cached) <= CACHE_BYTES
-        assert sum(n for n, _ in log._cache_runs) == len(cached)
-        assert sum(b for _, b in log._cache_runs) == log._cache_size
-        assert [e.index for e in cached] == list(
-            range(log._cache_first, log._cache_first + len(cached))
-        )
+        cache = self.log._cache
+        cached = cache.entries[cache.head :]
+        assert cache.size == cached_cost(cached) <= CACHE_BYTES
+        assert sum(n for n, _ in cache.runs) == len(cached)
+        assert sum(b for _, b in cache.runs) == cache.size
+        assert [e.index for e in cached] == list(range(cache.first, cache.first + len(cached)))
         if cached:
             assert cached[-1].index == self.model.last_index()
 

@@ -18,6 +18,7 @@ from pyjraft.core.types import Entry
 from pyjraft.storage import CorruptLogError, SegmentLogStorage
 from pyjraft.storage.log_meta import TRUNCATE_REDO, read_truncate_redo
 from pyjraft.storage.record import batch_size
+from pyjraft.storage.segment_file import SEGMENT_HEADER_SIZE
 from tests.storage.helpers import batch, flip_bit, segments
 
 SEG = 600
@@ -104,7 +105,7 @@ def test_mid_batch_cut_keeps_exactly_the_prefix(
     seg_first = int(os.path.basename(seg)[:20])
     bfirst = 1 + (last_kept - 1) // 6 * 6
     kept = entries[bfirst - 1 : last_kept]
-    before = sum(
+    before = SEGMENT_HEADER_SIZE + sum(
         batch_size(6, sum(len(e.data) for e in entries[lo - 1 : lo + 5]))
         for lo in range(seg_first, bfirst, 6)
     )
@@ -231,7 +232,9 @@ def test_disk_reads_are_verified_whole_blocks(tmp_path: Path) -> None:
     seg = segs[1]
     first = int(os.path.basename(seg)[:20])
     # Damage the second batch of that segment after open: a read of it must fail.
-    size0 = batch_size(6, sum(len(e.data) for e in entries[first - 1 : first + 5]))
+    size0 = SEGMENT_HEADER_SIZE + batch_size(
+        6, sum(len(e.data) for e in entries[first - 1 : first + 5])
+    )
     flip_bit(seg, size0 + 40)
     if BLOCK_BYTES == 1:
         # The first batch is a block of its own: intact, returned.
@@ -248,6 +251,6 @@ def test_disk_reads_are_verified_whole_blocks(tmp_path: Path) -> None:
     seg2 = segs[2]
     first2 = int(os.path.basename(seg2)[:20])
     assert log.entries(first2, first2 + 1) == entries[first2 - 1 : first2]
-    flip_bit(seg2, 30)
+    flip_bit(seg2, SEGMENT_HEADER_SIZE + 30)
     assert log.entries(first2, first2 + 6) == entries[first2 - 1 : first2 + 5]
     log.close()
