@@ -22,11 +22,11 @@ from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
 from pyjraft.storage.meta import FileMetaStorage
 from pyjraft.storage.segment_log import SegmentLogStorage
 from pyjraft.storage.snapshot import SnapshotReader, SnapshotStorage
-from pyjraft.storage.snapshot_meta import (
+from pyjraft.storage.snapshot_manifest import (
     SnapshotFile,
-    SnapshotMeta,
-    decode_snapshot_meta,
-    encode_snapshot_meta,
+    SnapshotManifest,
+    decode_snapshot_manifest,
+    encode_snapshot_manifest,
 )
 from pyjraft.storage.snapshot_session import SnapshotInstallSession, SnapshotWriteSession
 
@@ -45,7 +45,7 @@ __all__ = [
     "SegmentLogStorage",
     "SnapshotFile",
     "SnapshotInstallSession",
-    "SnapshotMeta",
+    "SnapshotManifest",
     "SnapshotReader",
     "SnapshotStorage",
     "SnapshotWriteSession",
@@ -53,7 +53,7 @@ __all__ = [
     "TransientStorageError",
     "bootstrap_identity",
     "check_identity",
-    "decode_snapshot_meta",
-    "encode_snapshot_meta",
+    "decode_snapshot_manifest",
+    "encode_snapshot_manifest",
     "load_identity",
 ]

@@ -6,7 +6,7 @@ Theory of operation
 Layout of the snapshot root (one per raft group)::
 
     snapshot-<index, 20 digits>/      a published snapshot
-        meta                          its metadata (`pyjraft.storage.snapshot_meta`)
+        meta                          its metadata (`pyjraft.storage.snapshot_manifest`)
         data/                         the state machine's files (flat, regular files)
     tmp-<index>-<random>/             a snapshot being written or received
     trash-<...>/                      a snapshot being deleted
@@ -66,13 +66,13 @@ from pyjraft.storage._fileutil import (
     open_fd,
 )
 from pyjraft.storage.api import CorruptSnapshotError, InvalidSnapshotError, StorageError
-from pyjraft.storage.snapshot_meta import (
+from pyjraft.storage.snapshot_manifest import (
     MAX_META_BYTES,
-    SnapshotMeta,
+    SnapshotManifest,
     check_file_name,
-    check_snapshot_meta,
-    decode_snapshot_meta,
-    encode_snapshot_meta,
+    check_snapshot_manifest,
+    decode_snapshot_manifest,
+    encode_snapshot_manifest,
 )
 from pyjraft.storage.snapshot_session import (
     SnapshotInstallSession,
@@ -144,20 +144,20 @@ class SnapshotStorage:
         """Start writing the snapshot of the state at ``index`` (of term ``term``, with
         configuration ``conf``): write its files into the session's ``directory``,
         then `SnapshotWriteSession.commit` (or ``abort``)."""
-        check_snapshot_meta(SnapshotMeta(index, term, conf, ()))
+        check_snapshot_manifest(SnapshotManifest(index, term, conf, ()))
         return SnapshotWriteSession(self, self._new_tmp(index), index, term, conf)
 
-    def begin_install(self, meta: SnapshotMeta) -> SnapshotInstallSession:
+    def begin_install(self, meta: SnapshotManifest) -> SnapshotInstallSession:
         """Start receiving the snapshot a leader described with ``meta``: pass its
         chunks to `SnapshotInstallSession.write_chunk`, then ``finish`` (or
         ``abort``). `InvalidSnapshotError` if ``meta`` is not acceptable (hostile
         file names, counts or sizes out of range, a bad configuration)."""
-        check_snapshot_meta(meta)
+        check_snapshot_manifest(meta)
         return SnapshotInstallSession(self, self._new_tmp(meta.index), meta)
 
     # ---------------------------------------------------------------- reading
 
-    def list(self) -> builtins.list[SnapshotMeta]:
+    def list(self) -> builtins.list[SnapshotManifest]:
         """Every snapshot whose metadata is valid and whose files are all present with
         their recorded sizes, oldest first. Others are skipped with a warning."""
         out = []
@@ -168,7 +168,7 @@ class SnapshotStorage:
                     out.append(meta)
         return out
 
-    def latest(self) -> SnapshotMeta | None:
+    def latest(self) -> SnapshotManifest | None:
         """The newest snapshot `list` would return, or None."""
         with self._lock:
             for index in reversed(self._indexes()):
@@ -177,7 +177,7 @@ class SnapshotStorage:
                     return meta
         return None
 
-    def open(self, meta: SnapshotMeta) -> SnapshotReader:
+    def open(self, meta: SnapshotManifest) -> SnapshotReader:
         """A reader of the published snapshot ``meta`` describes; it pins the snapshot
         (pruning skips it) until closed. `StorageError` if it is not published."""
         self._check_open()
@@ -201,7 +201,7 @@ class SnapshotStorage:
                     return SnapshotReader(self, meta, path)
         return None
 
-    def verify(self, meta: SnapshotMeta) -> None:
+    def verify(self, meta: SnapshotManifest) -> None:
         """Re-read every file of the snapshot and check its size and CRC32C against
         ``meta``; `CorruptSnapshotError` naming the first file that is missing,
         different, or not listed in ``meta``."""
@@ -289,7 +289,7 @@ class SnapshotStorage:
                 found.append(int(m.group(1)))
         return sorted(found)
 
-    def _read_meta(self, index: int) -> SnapshotMeta:
+    def _read_meta(self, index: int) -> SnapshotManifest:
         """The metadata of the published snapshot at ``index``, checked against the
         directory (its name, its files' presence and sizes); `CorruptSnapshotError`."""
         snap = os.path.join(self._dir, snapshot_dir_name(index))
@@ -300,7 +300,7 @@ class SnapshotStorage:
         except OSError as exc:
             raise CorruptSnapshotError(path, f"cannot read: {exc}") from exc
         try:
-            meta = decode_snapshot_meta(raw)
+            meta = decode_snapshot_manifest(raw)
         except InvalidSnapshotError as exc:
             raise CorruptSnapshotError(path, str(exc)) from None
         if meta.index != index:
@@ -315,7 +315,7 @@ class SnapshotStorage:
                 raise CorruptSnapshotError(fpath, f"{st.st_size} bytes, the metadata says {f.size}")
         return meta
 
-    def _try_meta(self, index: int) -> SnapshotMeta | None:
+    def _try_meta(self, index: int) -> SnapshotManifest | None:
         try:
             return self._read_meta(index)
         except CorruptSnapshotError as exc:
@@ -337,11 +337,11 @@ class SnapshotStorage:
         next open)."""
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def _publish(self, tmp: str, meta: SnapshotMeta) -> SnapshotMeta:
+    def _publish(self, tmp: str, meta: SnapshotManifest) -> SnapshotManifest:
         """Steps 2 to 5 of the contract in the module docstring; the caller did 1."""
         target = os.path.join(self._dir, snapshot_dir_name(meta.index))
         try:
-            raw = encode_snapshot_meta(meta)
+            raw = encode_snapshot_manifest(meta)
             fd = open_fd(os.path.join(tmp, _META), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
                 view = memoryview(raw)
@@ -380,7 +380,7 @@ class SnapshotStorage:
         )
         return meta
 
-    def _existing(self, target: str, index: int) -> SnapshotMeta | None:
+    def _existing(self, target: str, index: int) -> SnapshotManifest | None:
         """A valid snapshot already at ``target`` (kept: the new copy is discarded), or
         None after moving a damaged one aside. Called with the lock held."""
         try:
@@ -450,7 +450,7 @@ class SnapshotReader:
     them (for sending to a follower) come from `read_chunk`. Close it (or use it as
     a context manager) to unpin it. Used by one thread at a time."""
 
-    def __init__(self, storage: SnapshotStorage, meta: SnapshotMeta, directory: str) -> None:
+    def __init__(self, storage: SnapshotStorage, meta: SnapshotManifest, directory: str) -> None:
         self._storage = storage
         self._meta = meta
         self._directory = directory
@@ -460,7 +460,7 @@ class SnapshotReader:
         self._closed = False
 
     @property
-    def meta(self) -> SnapshotMeta:
+    def meta(self) -> SnapshotManifest:
         """The snapshot's metadata."""
         return self._meta
 

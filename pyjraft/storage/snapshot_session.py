@@ -35,12 +35,12 @@ import crc32c
 from pyjraft.core.types import ConfState
 from pyjraft.storage._fileutil import open_dir_fd, open_fd, pwrite_all
 from pyjraft.storage.api import InvalidSnapshotError, StorageError
-from pyjraft.storage.snapshot_meta import (
+from pyjraft.storage.snapshot_manifest import (
     MAX_SNAPSHOT_FILES,
     SnapshotFile,
-    SnapshotMeta,
+    SnapshotManifest,
     check_file_name,
-    check_snapshot_meta,
+    check_snapshot_manifest,
 )
 
 __all__ = ["SnapshotInstallSession", "SnapshotWriteSession", "checksum_fd", "fsync_directory"]
@@ -51,7 +51,7 @@ _CHUNK = 1 << 20  # bytes read at a time when checksumming
 class _Publisher(Protocol):
     """What a session needs of its `SnapshotStorage`."""
 
-    def _publish(self, tmp: str, meta: SnapshotMeta) -> SnapshotMeta: ...
+    def _publish(self, tmp: str, meta: SnapshotManifest) -> SnapshotManifest: ...
 
     def _discard(self, tmp: str) -> None: ...
 
@@ -110,7 +110,7 @@ class _Session:
     def _close_files(self) -> None:
         """Release any descriptor the session holds."""
 
-    def _publish(self, meta: SnapshotMeta) -> SnapshotMeta:
+    def _publish(self, meta: SnapshotManifest) -> SnapshotManifest:
         fsync_directory(self._directory)
         try:
             published = self._storage._publish(self._tmp, meta)
@@ -151,7 +151,7 @@ class SnapshotWriteSession(_Session):
     def __enter__(self) -> SnapshotWriteSession:
         return self
 
-    def commit(self, user_meta: bytes = b"") -> SnapshotMeta:
+    def commit(self, user_meta: bytes = b"") -> SnapshotManifest:
         """Publish the files written into `directory` as the snapshot at `index`, with
         ``user_meta``; durable and visible on return. Returns its metadata (that of
         an existing valid snapshot at the same index instead, if there is one).
@@ -174,8 +174,8 @@ class SnapshotWriteSession(_Session):
                 check_file_name(name)
                 if not stat.S_ISREG(os.lstat(path).st_mode):
                     raise InvalidSnapshotError(f"{path}: not a regular file")
-            meta = SnapshotMeta(self.index, self.term, self.conf, (), user_meta)
-            check_snapshot_meta(meta)
+            meta = SnapshotManifest(self.index, self.term, self.conf, (), user_meta)
+            check_snapshot_manifest(meta)
             for name in names:
                 path = os.path.join(self._directory, name)
                 fd = open_fd(path, os.O_RDONLY)
@@ -186,7 +186,7 @@ class SnapshotWriteSession(_Session):
                     os.close(fd)
                 files.append(SnapshotFile(name, size, crc))
             self._storage._crash_point("files_synced")
-            meta = SnapshotMeta(self.index, self.term, self.conf, tuple(files), user_meta)
+            meta = SnapshotManifest(self.index, self.term, self.conf, tuple(files), user_meta)
             return self._publish(meta)
         except OSError as exc:
             self.abort()
@@ -196,8 +196,8 @@ class SnapshotWriteSession(_Session):
 class SnapshotInstallSession(_Session):
     """A leader's snapshot being received (see the module docstring)."""
 
-    def __init__(self, storage: _Publisher, tmp: str, meta: SnapshotMeta) -> None:
-        check_snapshot_meta(meta)
+    def __init__(self, storage: _Publisher, tmp: str, meta: SnapshotManifest) -> None:
+        check_snapshot_manifest(meta)
         super().__init__(storage, tmp)
         self.meta = meta
         """The leader's metadata: what the received files must be."""
@@ -255,7 +255,7 @@ class SnapshotInstallSession(_Session):
             self.abort()
             raise StorageError(f"{self._tmp}: cannot write {name!r}: {exc}") from exc
 
-    def finish(self) -> SnapshotMeta:
+    def finish(self) -> SnapshotManifest:
         """Check that every file arrived whole with the leader's size and CRC32C, then
         publish the snapshot (durable and visible on return). `InvalidSnapshotError`
         naming the first file that does not match (the session stays open: abort

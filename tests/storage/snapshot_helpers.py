@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from pyjraft.core.types import ConfState
-from pyjraft.storage import SnapshotMeta, SnapshotStorage
+from pyjraft.storage import SnapshotManifest, SnapshotStorage
 
 CONF = ConfState(voters=("n1", "n2", "n3"), learners=("n4",))
 
@@ -25,7 +25,7 @@ def contents(index: int) -> dict[str, bytes]:
 
 def write_snapshot(
     storage: SnapshotStorage, index: int, term: int = 3, user_meta: bytes = b"um"
-) -> SnapshotMeta:
+) -> SnapshotManifest:
     """Write and commit the snapshot at ``index``."""
     session = storage.begin(index, term, CONF)
     for name, data in contents(index).items():

@@ -11,21 +11,23 @@ import pytest
 from pyjraft.storage import (
     InvalidSnapshotError,
     SnapshotFile,
-    SnapshotMeta,
+    SnapshotManifest,
     SnapshotStorage,
-    decode_snapshot_meta,
-    encode_snapshot_meta,
+    decode_snapshot_manifest,
+    encode_snapshot_manifest,
 )
-from pyjraft.storage.snapshot_meta import MAX_SNAPSHOT_FILES
+from pyjraft.storage.snapshot_manifest import MAX_SNAPSHOT_FILES
 from tests.storage.snapshot_helpers import CONF, contents, files_of, snapshot_dirs, write_snapshot
 
 
-def leader_snapshot(tmp_path: Path, index: int = 40) -> tuple[SnapshotStorage, SnapshotMeta]:
+def leader_snapshot(tmp_path: Path, index: int = 40) -> tuple[SnapshotStorage, SnapshotManifest]:
     leader = SnapshotStorage(tmp_path / "leader")
     return leader, write_snapshot(leader, index)
 
 
-def chunks(leader: SnapshotStorage, meta: SnapshotMeta, size: int) -> list[tuple[str, int, bytes]]:
+def chunks(
+    leader: SnapshotStorage, meta: SnapshotManifest, size: int
+) -> list[tuple[str, int, bytes]]:
     """Every chunk of the snapshot, file by file, as a leader would send them."""
     out = []
     with leader.open(meta) as reader:
@@ -42,7 +44,7 @@ def chunks(leader: SnapshotStorage, meta: SnapshotMeta, size: int) -> list[tuple
 def test_install_in_chunks_publishes_the_leaders_snapshot(tmp_path: Path, chunk: int) -> None:
     leader, meta = leader_snapshot(tmp_path)
     follower = SnapshotStorage(tmp_path / "follower")
-    wire = decode_snapshot_meta(encode_snapshot_meta(meta))  # as received
+    wire = decode_snapshot_manifest(encode_snapshot_manifest(meta))  # as received
     session = follower.begin_install(wire)
     assert (session.bytes_done, session.bytes_total) == (0, meta.total_size)
     for name, offset, data in chunks(leader, meta, chunk):
@@ -143,11 +145,11 @@ def test_an_interrupted_install_is_never_loaded(tmp_path: Path) -> None:
 
 def test_empty_files_and_an_empty_snapshot_install(tmp_path: Path) -> None:
     follower = SnapshotStorage(tmp_path)
-    meta = SnapshotMeta(9, 2, CONF, (SnapshotFile("empty", 0, 0),), b"u")
+    meta = SnapshotManifest(9, 2, CONF, (SnapshotFile("empty", 0, 0),), b"u")
     session = follower.begin_install(meta)
     assert session.finish() == meta
     follower.verify(meta)
-    none = SnapshotMeta(10, 2, CONF, ())
+    none = SnapshotManifest(10, 2, CONF, ())
     follower.begin_install(none).finish()
     follower.verify(none)
     assert [m.index for m in follower.list()] == [9, 10]
@@ -158,7 +160,7 @@ def test_empty_files_and_an_empty_snapshot_install(tmp_path: Path) -> None:
 )
 def test_hostile_metadata_is_refused_before_anything_is_created(tmp_path: Path, name: str) -> None:
     follower = SnapshotStorage(tmp_path)
-    meta = SnapshotMeta(9, 2, CONF, (SnapshotFile(name, 1, 0),))
+    meta = SnapshotManifest(9, 2, CONF, (SnapshotFile(name, 1, 0),))
     with pytest.raises(InvalidSnapshotError):
         follower.begin_install(meta)
     assert snapshot_dirs(tmp_path) == []
@@ -167,7 +169,7 @@ def test_hostile_metadata_is_refused_before_anything_is_created(tmp_path: Path, 
 def test_huge_counts_and_bad_coordinates_are_refused(tmp_path: Path) -> None:
     follower = SnapshotStorage(tmp_path)
     many = tuple(SnapshotFile(f"f{i}", 0, 0) for i in range(MAX_SNAPSHOT_FILES + 1))
-    good = SnapshotMeta(9, 2, CONF, ())
+    good = SnapshotManifest(9, 2, CONF, ())
     for bad in (
         dataclasses.replace(good, files=many),
         dataclasses.replace(good, index=0),

@@ -12,23 +12,23 @@ from pyjraft.core.types import ConfState
 from pyjraft.storage import (
     InvalidSnapshotError,
     SnapshotFile,
-    SnapshotMeta,
-    decode_snapshot_meta,
-    encode_snapshot_meta,
+    SnapshotManifest,
+    decode_snapshot_manifest,
+    encode_snapshot_manifest,
 )
-from pyjraft.storage.snapshot_meta import (
+from pyjraft.storage.snapshot_manifest import (
     MAX_FILE_NAME_BYTES,
     MAX_SNAPSHOT_FILES,
     MAX_SNAPSHOT_MEMBERS,
     MAX_USER_META_BYTES,
     check_file_name,
-    check_snapshot_meta,
+    check_snapshot_manifest,
     decode_conf_state,
     encode_conf_state,
 )
 
 CONF = ConfState(voters=("a:1", "b:2", "c:3"), learners=("d:4",), voters_outgoing=("a:1", "e:5"))
-META = SnapshotMeta(
+META = SnapshotManifest(
     index=1234,
     term=7,
     conf=CONF,
@@ -46,7 +46,7 @@ def reframe(body: object) -> bytes:
     return head[:4] + struct.pack("<I", crc) + head[8:] + packed
 
 
-def body_of(meta: SnapshotMeta) -> dict[str, object]:
+def body_of(meta: SnapshotManifest) -> dict[str, object]:
     return {
         "index": meta.index,
         "term": meta.term,
@@ -57,9 +57,9 @@ def body_of(meta: SnapshotMeta) -> dict[str, object]:
 
 
 def test_round_trip() -> None:
-    raw = encode_snapshot_meta(META)
+    raw = encode_snapshot_manifest(META)
     assert raw[:4] == b"PJSM" and raw[8] == 1  # magic, version byte
-    assert decode_snapshot_meta(raw) == META
+    assert decode_snapshot_manifest(raw) == META
     assert reframe(body_of(META)) == raw
     assert META.total_size == 10_000
     assert META.file("empty").size == 0
@@ -97,7 +97,7 @@ def test_bad_configurations_are_refused(conf: dict[str, object]) -> None:
         decode_conf_state(conf)
     body = dict(body_of(META), conf=conf)
     with pytest.raises(InvalidSnapshotError):
-        decode_snapshot_meta(reframe(body))
+        decode_snapshot_manifest(reframe(body))
 
 
 @pytest.mark.parametrize(
@@ -127,10 +127,10 @@ def test_hostile_file_names_are_refused(name: object) -> None:
     with pytest.raises(InvalidSnapshotError):
         check_file_name(name)
     if name == "\udcff":
-        return  # msgpack cannot carry it: only reachable through a SnapshotMeta built here
+        return  # msgpack cannot carry it: only reachable through a SnapshotManifest built here
     body = dict(body_of(META), files=[[name, 1, 1]])
     with pytest.raises(InvalidSnapshotError):
-        decode_snapshot_meta(reframe(body))
+        decode_snapshot_manifest(reframe(body))
 
 
 @pytest.mark.parametrize("name", ["state.db", "x" * MAX_FILE_NAME_BYTES, "é-ü", ".hidden", "a..b"])
@@ -162,39 +162,39 @@ def test_plain_file_names_are_accepted(name: str) -> None:
 def test_out_of_range_metadata_is_refused(change: dict[str, object]) -> None:
     body = dict(body_of(META), **change)
     with pytest.raises(InvalidSnapshotError):
-        decode_snapshot_meta(reframe(body))
+        decode_snapshot_manifest(reframe(body))
 
 
 def test_huge_file_counts_are_refused_before_anything_is_built() -> None:
     files = [[f"f{i}", 0, 0] for i in range(MAX_SNAPSHOT_FILES + 1)]
     with pytest.raises(InvalidSnapshotError):
-        decode_snapshot_meta(reframe(dict(body_of(META), files=files)))
-    meta = SnapshotMeta(5, 1, CONF, tuple(SnapshotFile(f"f{i}", 0, 0) for i in range(10_001)))
+        decode_snapshot_manifest(reframe(dict(body_of(META), files=files)))
+    meta = SnapshotManifest(5, 1, CONF, tuple(SnapshotFile(f"f{i}", 0, 0) for i in range(10_001)))
     with pytest.raises(InvalidSnapshotError, match="at most"):
-        check_snapshot_meta(meta)
+        check_snapshot_manifest(meta)
 
 
 def test_every_flipped_bit_and_every_truncation_is_refused() -> None:
-    raw = encode_snapshot_meta(META)
+    raw = encode_snapshot_manifest(META)
     for pos in range(len(raw)):
         for bit in (0, 5):
             bad = bytearray(raw)
             bad[pos] ^= 1 << bit
             with pytest.raises(InvalidSnapshotError):
-                decode_snapshot_meta(bytes(bad))
+                decode_snapshot_manifest(bytes(bad))
     for n in range(len(raw)):
         with pytest.raises(InvalidSnapshotError):
-            decode_snapshot_meta(raw[:n])
+            decode_snapshot_manifest(raw[:n])
     with pytest.raises(InvalidSnapshotError, match="length"):
-        decode_snapshot_meta(raw + b"\x00")
+        decode_snapshot_manifest(raw + b"\x00")
 
 
 def test_another_version_is_refused_with_its_number() -> None:
-    raw = bytearray(encode_snapshot_meta(META))
+    raw = bytearray(encode_snapshot_manifest(META))
     raw[8] = 2
     struct.pack_into("<I", raw, 4, crc32c.crc32c(bytes(raw[8:])))
     with pytest.raises(InvalidSnapshotError, match="unknown metadata version 2"):
-        decode_snapshot_meta(bytes(raw))
+        decode_snapshot_manifest(bytes(raw))
 
 
 def test_body_that_is_not_msgpack_is_refused() -> None:
@@ -203,4 +203,4 @@ def test_body_that_is_not_msgpack_is_refused() -> None:
     crc = crc32c.crc32c(body, crc32c.crc32c(head[8:]))
     raw = head[:4] + struct.pack("<I", crc) + head[8:] + body
     with pytest.raises(InvalidSnapshotError, match="not valid msgpack"):
-        decode_snapshot_meta(raw)
+        decode_snapshot_manifest(raw)

@@ -3,7 +3,7 @@
 A snapshot is the state machine's files (a flat directory of regular files)
 plus one small metadata file describing them: the last included index and
 term, the configuration at that index, the size and CRC32C of every file,
-and opaque bytes the state machine may set (`SnapshotMeta`).
+and opaque bytes the state machine may set (`SnapshotManifest`).
 
 Format of the metadata file (and of the metadata a leader sends with an
 install: the same bytes), little-endian::
@@ -14,7 +14,7 @@ install: the same bytes), little-endian::
 The body is a msgpack map with exactly the keys ``index``, ``term``,
 ``conf`` (`encode_conf_state`), ``files`` (a list of ``[name, size,
 crc32c]``) and ``user_meta`` (bytes). Decoding refuses anything else, and
-checks every value against `check_snapshot_meta`: metadata may come from a
+checks every value against `check_snapshot_manifest`: metadata may come from a
 leader, and a file name from it becomes a path on this machine, so names
 with ``/``, ``\\``, NUL or other control characters, ``.``, ``..``, empty
 or over 255 bytes, duplicates, and counts or sizes past the limits below
@@ -30,7 +30,7 @@ from typing import Any
 import crc32c
 import msgpack  # type: ignore[import-untyped]
 
-from pyjraft.core.types import ConfState
+from pyjraft.core.types import ConfState, SnapshotMeta
 from pyjraft.storage.api import InvalidSnapshotError
 
 __all__ = [
@@ -43,13 +43,13 @@ __all__ = [
     "META_VERSION",
     "InvalidSnapshotError",
     "SnapshotFile",
-    "SnapshotMeta",
+    "SnapshotManifest",
     "check_file_name",
-    "check_snapshot_meta",
+    "check_snapshot_manifest",
     "decode_conf_state",
-    "decode_snapshot_meta",
+    "decode_snapshot_manifest",
     "encode_conf_state",
-    "encode_snapshot_meta",
+    "encode_snapshot_manifest",
 ]
 
 META_VERSION = 1
@@ -83,7 +83,7 @@ class SnapshotFile:
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotMeta:
+class SnapshotManifest:
     """What a snapshot holds: the state after applying every entry up to ``index``
     (of term ``term``), the configuration then, its files, and the state
     machine's opaque ``user_meta``."""
@@ -98,6 +98,11 @@ class SnapshotMeta:
     def total_size(self) -> int:
         """Bytes of all the files."""
         return sum(f.size for f in self.files)
+
+    @property
+    def core_meta(self) -> SnapshotMeta:
+        """What the raft core knows of this snapshot (index, term, configuration)."""
+        return SnapshotMeta(self.index, self.term, self.conf)
 
     def file(self, name: str) -> SnapshotFile:
         """The file called ``name``; `KeyError` if the snapshot has none."""
@@ -184,7 +189,7 @@ def check_file_name(name: object) -> str:
     return name
 
 
-def check_snapshot_meta(meta: SnapshotMeta) -> None:
+def check_snapshot_manifest(meta: SnapshotManifest) -> None:
     """Refuse metadata no correct snapshot has, with `InvalidSnapshotError` saying why:
     index or term out of range, a bad configuration, a bad or duplicate file name,
     a size or CRC out of range, too many files, oversized user metadata."""
@@ -213,10 +218,10 @@ def check_snapshot_meta(meta: SnapshotMeta) -> None:
         raise InvalidSnapshotError(f"user metadata must be at most {MAX_USER_META_BYTES} bytes")
 
 
-def encode_snapshot_meta(meta: SnapshotMeta) -> bytes:
+def encode_snapshot_manifest(meta: SnapshotManifest) -> bytes:
     """The metadata file's bytes (see the module docstring); `InvalidSnapshotError`
-    if ``meta`` does not pass `check_snapshot_meta`."""
-    check_snapshot_meta(meta)
+    if ``meta`` does not pass `check_snapshot_manifest`."""
+    check_snapshot_manifest(meta)
     body: bytes = msgpack.packb(
         {
             "index": meta.index,
@@ -232,7 +237,7 @@ def encode_snapshot_meta(meta: SnapshotMeta) -> bytes:
     return head[:4] + struct.pack("<I", crc) + head[8:] + body
 
 
-def decode_snapshot_meta(raw: bytes) -> SnapshotMeta:
+def decode_snapshot_manifest(raw: bytes) -> SnapshotManifest:
     """The metadata in ``raw``; `InvalidSnapshotError` saying what is wrong if it is
     truncated, damaged, of another version, or not acceptable metadata."""
     if len(raw) < _HEADER.size:
@@ -268,14 +273,14 @@ def decode_snapshot_meta(raw: bytes) -> SnapshotMeta:
     files = body["files"]
     if not isinstance(files, list):
         raise InvalidSnapshotError("metadata files: not a list")
-    meta = SnapshotMeta(
+    meta = SnapshotManifest(
         index=body["index"],
         term=body["term"],
         conf=decode_conf_state(body["conf"]),
         files=tuple(_decode_file(f) for f in files),
         user_meta=body["user_meta"],
     )
-    check_snapshot_meta(meta)
+    check_snapshot_manifest(meta)
     return meta
 
 
