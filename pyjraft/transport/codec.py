@@ -534,13 +534,32 @@ def decode_payload(payload: bytes | memoryview) -> Any:
 
 
 def decode_request(body: bytes | memoryview) -> tuple[int, str, Any]:
-    """Decode a REQUEST body into ``(rpc_id, service, request)``."""
-    rpc_id, service, pos = split_request(body)
-    view = memoryview(body)
+    """Decode a whole REQUEST body into ``(rpc_id, service, request)``, with
+    the limits of `decode_payload`: for a body no larger than any service's
+    request limit (the transport's fast path: one msgpack call, no Python
+    parsing of the head); others go through `split_request` first."""
+    n = len(body)
     try:
-        return rpc_id, service, decode_payload(view[pos:])
-    finally:
-        view.release()
+        raw = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=False,
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n >> 1,
+            max_ext_len=n,
+        )
+    except Exception as e:
+        raise _malformed(e) from None
+    if type(raw) is not list or len(raw) != 3:
+        raise ProtocolError("request: expected an array of 3")
+    rpc_id, service, request = raw
+    if _bad_int(rpc_id):
+        raise ProtocolError(f"request: invalid rpc id {rpc_id!r:.80}")
+    if type(service) is not str or len(service) > MAX_ID_LEN:
+        raise ProtocolError(f"request: invalid service name {service!r:.80}")
+    return rpc_id, service, request
 
 
 def decode_response(body: bytes | memoryview) -> tuple[int, bool, Any]:

@@ -52,12 +52,16 @@ class ServerLimits:
     """File descriptors kept free for storage and outbound connections: the
     server stops accepting while fewer than this many are left under
     ``RLIMIT_NOFILE`` and resumes once connections close."""
-    max_frames_per_turn: int = 128
-    """Frames one connection may handle in one callback; past it the
-    connection stops reading until the event loop has run everything else
-    once (timers, other connections), so a flood cannot starve heartbeats."""
-    max_bytes_per_turn: int = 4 << 20
-    """Frame bytes one connection may handle in one callback (same rule)."""
+    max_frames_per_turn: int = 2048
+    """Frames handled per turn of the event loop, all connections together;
+    past it a connection stops reading and carries on in the next turn,
+    after the loop has run its timers (heartbeats) and other ready
+    callbacks, so a flood cannot make one turn long. Large enough that a
+    busy leader's turn (say a thousand pipelined requests) is not split,
+    which would split its batches."""
+    max_bytes_per_turn: int = 8 << 20
+    """Frame bytes handled per turn of the event loop (same rule; one frame
+    is always handled, however large)."""
     max_requests_per_connection: int = 1024
     """Requests of one connection being served at once; past it the server
     stops reading that connection until one is answered."""

@@ -26,11 +26,12 @@ spend is bounded, each bound checked where it is cheapest:
   connection that sends no frame for too long, or whose incomplete frame is
   not finished by its deadline (``read_timeout + size / min_read_rate``).
   The hot path only counts frames; the clock is read when buffering starts.
-* *Work per turn*: past ``max_frames_per_turn`` frames or
-  ``max_bytes_per_turn`` bytes in one callback, the connection stops
-  reading, keeps the rest in ``buf`` and carries on in a callback of its
-  own, after the event loop has run whatever else was ready (timers,
-  heartbeats, other connections).
+* *Work per turn*: once ``max_frames_per_turn`` frames or
+  ``max_bytes_per_turn`` bytes were handled in this turn of the event loop
+  (all connections together: `TcpTransport._turn_budget`), a connection
+  stops reading, keeps the rest in ``buf`` and carries on in a callback of
+  its own, after the loop has run whatever else was ready (timers,
+  heartbeats).
 * *Requests in flight*: past ``max_requests_per_connection`` requests or
   ``max_request_bytes_in_flight`` bytes being served, the connection stops
   reading until one is answered.
@@ -48,6 +49,7 @@ from pyjraft.transport.codec import (
     MAX_REQUEST_HEAD,
     decode_messages,
     decode_payload,
+    decode_request,
     encode_response,
     split_request,
 )
@@ -230,8 +232,10 @@ class ServerConnection(asyncio.Protocol):
         pos = 0
         count = 0
         self.partial = None
-        max_frames = t._limits.max_frames_per_turn
-        max_bytes = t._limits.max_bytes_per_turn
+        if not t._turn_started:
+            t._new_turn_soon()
+        max_frames = t._turn_frames_left
+        max_bytes = t._turn_bytes_left
         # Frame bodies are decoded from views of ``src``: msgpack copies out
         # what it keeps, so nothing is copied for the frame itself.
         view = memoryview(src)
@@ -242,7 +246,9 @@ class ServerConnection(asyncio.Protocol):
                     # instead of growing our task set.
                     self._pause_reading()
                     break
-                if count >= max_frames or pos >= max_bytes:
+                if (count >= max_frames or pos >= max_bytes) and (
+                    count or max_frames <= 0 or max_bytes <= 0  # one frame goes, however large
+                ):
                     self._yield_turn()
                     break
                 kind, body_len = parse_header_at(src, pos, t._max_frame_size)
@@ -280,10 +286,21 @@ class ServerConnection(asyncio.Protocol):
         finally:
             view.release()
             self.frames += count
+            t._turn_frames_left -= count
+            t._turn_bytes_left -= pos
         return pos
 
     def _request(self, body: memoryview) -> None:
         t = self.t
+        if len(body) <= t._min_request_limit:
+            # Within every service's limit: decode it all at once.
+            rpc_id, service, request = decode_request(body)
+            t.stats.requests_in += 1
+            if service in t._services:
+                self._serve(rpc_id, service, request, len(body))
+            else:
+                self._answer_error(rpc_id, f"unknown service {service!r}")
+            return
         rpc_id, service, off = split_request(body)
         t.stats.requests_in += 1
         size = len(body) - off

@@ -167,6 +167,7 @@ class TcpTransport(HandlerRegistry):
         )
         HandlerRegistry.__init__(self)
         self._max_request_body = DEFAULT_MAX_REQUEST_BYTES + MAX_REQUEST_HEAD
+        self._min_request_limit = DEFAULT_MAX_REQUEST_BYTES
         self._peers: dict[str, Peer] = {}
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
@@ -180,6 +181,10 @@ class TcpTransport(HandlerRegistry):
         self._handshakes: set[asyncio.Task[None]] = set()
         self._buffered = 0  # bytes reserved by incomplete frames, all connections
         self._sweeper: asyncio.TimerHandle | None = None
+        # What connections may still handle in this turn of the event loop.
+        self._turn_started = False
+        self._turn_frames_left = self._limits.max_frames_per_turn
+        self._turn_bytes_left = self._limits.max_bytes_per_turn
         self._rpc = RpcClient(tls=tls, max_frame_size=max_frame_size, stats=self.stats)
         self._closed = False
 
@@ -284,8 +289,11 @@ class TcpTransport(HandlerRegistry):
     def _update_request_limit(self) -> None:
         # No request frame may exceed the largest limit of any service: the
         # header alone refuses it.
-        largest = max(self._service_limits.values(), default=DEFAULT_MAX_REQUEST_BYTES)
+        limits = self._service_limits.values()
+        largest = max(limits, default=DEFAULT_MAX_REQUEST_BYTES)
         self._max_request_body = min(largest + MAX_REQUEST_HEAD, self._max_frame_size - 2)
+        # A body this small is within every service's limit, whatever it is for.
+        self._min_request_limit = min(limits, default=0)
 
     # -- sending --------------------------------------------------------------
     def send(self, msgs: Sequence[Message]) -> None:
@@ -490,6 +498,21 @@ class TcpTransport(HandlerRegistry):
                     c.close_for(f"idle for {lim.idle_timeout} s", "timed_out_connections")
         if self._conns or self._handshakes:
             self._schedule_sweep()
+
+    def _new_turn_soon(self) -> None:
+        """The first frames of a loop turn: renew the turn's budget at the
+        start of the next one (a callback queued now runs before the next
+        turn's I/O callbacks)."""
+        self._turn_started = True
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self._new_turn)
+
+    def _new_turn(self) -> None:
+        self._turn_started = False
+        self._turn_frames_left = self._limits.max_frames_per_turn
+        self._turn_bytes_left = self._limits.max_bytes_per_turn
 
     def _dispatch(self, msgs: list[Message], node_id: str | None) -> None:
         stats = self.stats

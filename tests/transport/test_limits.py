@@ -319,7 +319,7 @@ def test_a_flood_of_frames_yields_the_loop_between_batches() -> None:
 def test_an_empty_payload_and_bad_heads_are_protocol_errors() -> None:
     async def main() -> None:
         async with server() as t:
-            for body in (b"\x93\x01", b"\x92\x01\xa4echo", b"\x93\xd0\x01\xa4echo\xc0"):
+            for body in (b"\x93\x01", b"\x92\x01\xa4echo", b"\x93\xff\xa4echo\xc0"):
                 reader, writer = await raw(t)
                 writer.write(encode_frame(Kind.REQUEST, body))
                 await hung_up(reader)
