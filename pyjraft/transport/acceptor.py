@@ -149,10 +149,10 @@ class Acceptor:
                     self._limiter.log(
                         logging.ERROR,
                         "accept-emfile",
-                        "cannot accept a connection: %s (%d file descriptors open, limit %d); "
+                        "cannot accept a connection: %s (%s file descriptors open, limit %d); "
                         "pausing accepts for %.1f s, open connections are still served",
                         errno.errorcode.get(e.errno or 0, str(e)),
-                        open_fd_count() or -1,
+                        open_fd_count() or "all",
                         fd_limit(),
                         self._recheck,
                     )
