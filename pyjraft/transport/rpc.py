@@ -50,7 +50,11 @@ class RpcClient:
     mutual TLS, and the server's certificate must name the node id that
     was called (``addr``), or the call fails with `TransportError`
     ("cannot connect to ...") before anything is sent.
-    ``max_frame_size`` bounds a response frame.
+    ``max_frame_size`` bounds a response frame. A connection left without
+    calls for ``max_idle`` seconds is not reused: the next call opens a
+    fresh one, well before a server's idle timeout (300 s by default) could
+    close it under a request in flight -- an outcome the caller could not
+    know.
     """
 
     def __init__(
@@ -59,8 +63,10 @@ class RpcClient:
         tls: TlsConfig | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         stats: TransportStats | None = None,
+        max_idle: float = 60.0,
     ) -> None:
         self._tls = tls
+        self._max_idle = max_idle
         self._max_frame_size = max_frame_size
         self._limiter = LogLimiter(log)
         self.stats = stats if stats is not None else TransportStats()
@@ -84,8 +90,13 @@ class RpcClient:
             raise ValueError(f"request of {len(body)} bytes exceeds the frame limit")
         frame = frame_header(Kind.REQUEST, len(body)) + body
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        now = loop.time()
+        deadline = now + timeout
         conn = self._conns.get(addr)
+        if conn is not None and not conn.pending and now - conn.last_used > self._max_idle:
+            self._forget(conn)
+            conn.abort(TransportError("idle connection retired"))
+            conn = None
         if conn is None or conn.closed:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -94,6 +105,7 @@ class RpcClient:
                 raise RpcTimeoutError(
                     f"call to {service!r} at {addr} timed out after {timeout} s (connecting)"
                 ) from None
+        conn.last_used = now
         return await conn.call(rpc_id, frame, deadline, service, timeout)
 
     async def _connection(self, addr: str) -> _RpcConn:
@@ -179,6 +191,7 @@ class _RpcConn(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
         self.lost: asyncio.Future[None] = self.loop.create_future()
+        self.last_used = self.loop.time()
 
     async def call(
         self, rpc_id: int, frame: bytes, deadline: float, service: str, timeout: float

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import struct
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,14 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 
 from pyjraft.core.messages import Heartbeat, Message
-from pyjraft.transport import RemoteError, RpcClient, ServerLimits, TcpTransport
+from pyjraft.transport import (
+    LocalNetwork,
+    LocalTransport,
+    RemoteError,
+    RpcClient,
+    ServerLimits,
+    TcpTransport,
+)
 from pyjraft.transport.codec import encode_messages, encode_request
 from pyjraft.transport.framing import HEADER, VERSION, Kind, encode_frame
 
@@ -326,5 +334,37 @@ def test_an_empty_payload_and_bad_heads_are_protocol_errors() -> None:
                 writer.close()
             assert t.stats.bad_frames == 3
             assert msgpack.unpackb(encode_request(5, "echo", None)) == [5, "echo", None]
+
+    run(main)
+
+
+def test_the_client_retires_an_idle_connection_before_the_server_would() -> None:
+    async def main() -> None:
+        async with server() as t:
+            client = RpcClient(max_idle=0.05)
+            try:
+                assert await client.call(t.address, "echo", 1) == 1
+                first = set(t._conns)
+                await asyncio.sleep(0.1)  # idle for longer than max_idle (uvloop's clock: ms)
+                assert await client.call(t.address, "echo", 2) == 2
+                await eventually(lambda: len(t._conns) == 1 and set(t._conns) != first)
+            finally:
+                await client.close()
+
+    run(main)
+
+
+def test_the_local_transport_enforces_service_limits_too(seed: int) -> None:
+    async def main() -> None:
+        net = LocalNetwork(random.Random(seed))
+        a, b = LocalTransport(net, "a:1"), LocalTransport(net, "b:1")
+        b.register_service("small", echo, max_request_bytes=100)
+        try:
+            assert await a.call("b:1", "small", b"x" * 10) == b"x" * 10
+            with pytest.raises(RemoteError, match="exceeds service 'small'"):
+                await a.call("b:1", "small", b"x" * 200)
+        finally:
+            await a.close()
+            await b.close()
 
     run(main)
