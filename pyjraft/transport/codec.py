@@ -516,17 +516,13 @@ def decode_payload(payload: bytes | memoryview) -> Any:
     A payload's decoded size can still be several times its encoded size
     (an empty list is 1 byte on the wire, 56 in memory): the services'
     ``max_request_bytes`` is what bounds it."""
-    n = len(payload)
     try:
+        # String, bin, ext and array limits: the length (unpackb's default).
         return msgpack.unpackb(
             payload,
             raw=False,
             strict_map_key=False,  # user payloads may use non-string keys
-            max_str_len=n,
-            max_bin_len=n,
-            max_array_len=n,
-            max_map_len=n >> 1,
-            max_ext_len=n,
+            max_map_len=len(payload) >> 1,
         )
     except Exception as e:
         # An unhashable map key fails inside msgpack too.
@@ -534,49 +530,36 @@ def decode_payload(payload: bytes | memoryview) -> Any:
 
 
 def decode_request(body: bytes | memoryview) -> tuple[int, str, Any]:
-    """Decode a whole REQUEST body into ``(rpc_id, service, request)``, with
-    the limits of `decode_payload`: for a body no larger than any service's
-    request limit (the transport's fast path: one msgpack call, no Python
-    parsing of the head); others go through `split_request` first."""
-    n = len(body)
+    """Decode a whole REQUEST body into ``(rpc_id, service, request)``: for
+    a body no larger than any service's request limit (the transport's fast
+    path: one msgpack call, no Python parsing of the head); others go
+    through `split_request` first. msgpack's string, bin, ext and array
+    limits are the body's length (its default for ``unpackb``), its map
+    limit half of it."""
     try:
-        raw = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=False,
-            max_str_len=n,
-            max_bin_len=n,
-            max_array_len=n,
-            max_map_len=n >> 1,
-            max_ext_len=n,
-        )
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=False, max_map_len=len(body) >> 1)
     except Exception as e:
         raise _malformed(e) from None
-    if type(raw) is not list or len(raw) != 3:
-        raise ProtocolError("request: expected an array of 3")
-    rpc_id, service, request = raw
-    if _bad_int(rpc_id):
-        raise ProtocolError(f"request: invalid rpc id {rpc_id!r:.80}")
-    if type(service) is not str or len(service) > MAX_ID_LEN:
+    if type(raw) is list and len(raw) == 3:
+        rpc_id, service, request = raw
+        if (
+            type(rpc_id) is int
+            and 0 <= rpc_id <= MAX_INT
+            and type(service) is str
+            and len(service) <= MAX_ID_LEN
+        ):
+            return rpc_id, service, request
+        if _bad_int(rpc_id):
+            raise ProtocolError(f"request: invalid rpc id {rpc_id!r:.80}")
         raise ProtocolError(f"request: invalid service name {service!r:.80}")
-    return rpc_id, service, request
+    raise ProtocolError("request: expected an array of 3")
 
 
 def decode_response(body: bytes | memoryview) -> tuple[int, bool, Any]:
     """Decode a RESPONSE body into ``(rpc_id, ok, result_or_error_text)``,
     with the limits of `decode_payload`."""
-    n = len(body)
     try:
-        raw = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=False,
-            max_str_len=n,
-            max_bin_len=n,
-            max_array_len=n,
-            max_map_len=n >> 1,
-            max_ext_len=n,
-        )
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=False, max_map_len=len(body) >> 1)
     except Exception as e:
         raise _malformed(e) from None
     if type(raw) is not list or len(raw) != 3:

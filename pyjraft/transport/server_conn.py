@@ -236,12 +236,18 @@ class ServerConnection(asyncio.Protocol):
             t._new_turn_soon()
         max_frames = t._turn_frames_left
         max_bytes = t._turn_bytes_left
+        lim = t._limits
+        max_requests = lim.max_requests_per_connection
+        max_request_bytes = lim.max_request_bytes_in_flight
+        requests = self.requests
         # Frame bodies are decoded from views of ``src``: msgpack copies out
         # what it keeps, so nothing is copied for the frame itself.
         view = memoryview(src)
         try:
             while n - pos >= HEADER_SIZE:
-                if self.requests and self._requests_full():
+                if requests and (
+                    len(requests) >= max_requests or self.request_bytes >= max_request_bytes
+                ):
                     # Stop reading: a client flooding requests is slowed down
                     # instead of growing our task set.
                     self._pause_reading()
@@ -296,10 +302,7 @@ class ServerConnection(asyncio.Protocol):
             # Within every service's limit: decode it all at once.
             rpc_id, service, request = decode_request(body)
             t.stats.requests_in += 1
-            if service in t._services:
-                self._serve(rpc_id, service, request, len(body))
-            else:
-                self._answer_error(rpc_id, f"unknown service {service!r}")
+            self._serve(rpc_id, service, request, len(body))
             return
         rpc_id, service, off = split_request(body)
         t.stats.requests_in += 1
@@ -447,7 +450,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _serve(self, rpc_id: int, service: str, request: Any, size: int) -> None:
         handler = self.t._services.get(service)
-        if handler is None:  # unregistered since its limit was looked up
+        if handler is None:
             self._answer_error(rpc_id, f"unknown service {service!r}")
             return
         try:

@@ -66,6 +66,7 @@ import logging
 import random
 import socket
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from pyjraft.core.messages import Message
@@ -420,7 +421,7 @@ class TcpTransport(HandlerRegistry):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         task = asyncio.get_running_loop().create_task(self._start_connection(sock, ip))
         self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
+        task.add_done_callback(partial(self._handshake_done, sock))
         self._schedule_sweep()
 
     async def _start_connection(self, sock: socket.socket, ip: str) -> None:
@@ -448,6 +449,11 @@ class TcpTransport(HandlerRegistry):
                 self._limiter.log(
                     logging.WARNING, f"handshake:{ip}", "TLS handshake with %s failed: %r", ip, e
                 )
+
+    def _handshake_done(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self._handshakes.discard(task)
+        if task.cancelled():
+            sock.close()  # cancelled before it ran (close): nobody else owns the socket
 
     def _connection_released(self, ip: str) -> None:
         self._conn_count -= 1

@@ -368,3 +368,19 @@ def test_the_local_transport_enforces_service_limits_too(seed: int) -> None:
             await b.close()
 
     run(main)
+
+
+def test_a_client_that_never_reads_its_answers_is_closed() -> None:
+    async def main() -> None:
+        async def big(req: Any) -> Any:
+            return b"r" * MiB
+
+        async with server(idle_timeout=0.3, read_timeout=0.1) as t:
+            t.register_service("big", big)
+            _, writer = await raw(t)
+            request = encode_frame(Kind.REQUEST, encode_request(1, "big", None))
+            writer.write(request * 64)  # 64 MiB of answers it will not read
+            await eventually(lambda: t.stats.timed_out_connections == 1, timeout=30)
+            writer.close()
+
+    run(main, timeout=60)

@@ -19,6 +19,7 @@ from pyjraft.transport import (
     InsecureBindError,
     RpcClient,
     RpcTimeoutError,
+    ServerLimits,
     TcpTransport,
     TlsConfig,
     TransportError,
@@ -314,3 +315,25 @@ def test_first_log_line_with_tls(pki: Pki, seed: int, caplog: pytest.LogCaptureF
     with caplog.at_level(logging.INFO, "pyjraft.transport"):
         run(main)
     assert f"with mutual TLS as pyjraft://node/{a_id}" in caplog.records[0].getMessage()
+
+
+def test_a_connection_that_never_finishes_its_handshake_is_closed(pki: Pki, seed: int) -> None:
+    (b_id,) = addrs(1)
+    b_tls = pki.node(b_id)
+
+    async def main() -> None:
+        b = await start(b_tls, b_id, seed, limits=ServerLimits(read_timeout=0.2))
+        try:
+            host, port = b_id.rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            assert await reader.read() == b""  # silent: no ClientHello
+            writer.close()
+            await eventually(lambda: b.stats.auth_failures == 1)
+        finally:
+            await b.close()
+
+    logging.getLogger("pyjraft.transport").disabled = True
+    try:
+        run(main)
+    finally:
+        logging.getLogger("pyjraft.transport").disabled = False
