@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +122,11 @@ class LogLimiter:
 
 
 def fd_limit() -> int:
-    """The process's soft ``RLIMIT_NOFILE``."""
+    """The process's soft ``RLIMIT_NOFILE`` (a huge number where there is none)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 1 << 30
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 1 << 30
 
