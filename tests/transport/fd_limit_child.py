@@ -15,7 +15,7 @@ import resource
 import sys
 from typing import Any
 
-from pyjraft.transport import ServerLimits, TcpTransport
+from pyjraft.transport import RpcClient, ServerLimits, TcpTransport, TransportError
 from pyjraft.transport.codec import decode_response, encode_request
 from pyjraft.transport.framing import Kind, encode_frame
 from pyjraft.transport.limits import open_fd_count
@@ -103,6 +103,15 @@ async def emfile(limit: int) -> dict[str, Any]:
         late = await connect(t)
         await asyncio.wait_for(_until(lambda: t.stats.fd_exhausted > 0), 10)
         served_meanwhile = await ask(first, 2) == 2
+        # Connecting out needs a descriptor too: a clear error, logged and counted.
+        rpc = RpcClient()
+        try:
+            await rpc.call(t.address, "echo", 0)
+            connect_error = ""
+        except TransportError as e:
+            connect_error = str(e)
+        finally:
+            await rpc.close()
         for fd in hog[:10]:
             os.close(fd)
         del hog[:10]
@@ -112,6 +121,8 @@ async def emfile(limit: int) -> dict[str, Any]:
             "limit": limit,
             "served_meanwhile": served_meanwhile,
             "answered_after": answered,
+            "connect_error": connect_error,
+            "client_fd_exhausted": rpc.stats.fd_exhausted,
             "stats": t.stats.as_dict(),
         }
     finally:

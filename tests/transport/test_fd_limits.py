@@ -45,3 +45,6 @@ def test_emfile_on_accept_is_logged_and_survived(loop_kind: str) -> None:
     assert out["served_meanwhile"] and out["answered_after"]
     assert "cannot accept a connection: EMFILE" in log
     assert "open connections are still served" in log
+    assert "Too many open files" in out["connect_error"], out
+    assert out["client_fd_exhausted"] == 1
+    assert "out of file descriptors" in log
