@@ -1,8 +1,11 @@
 """The ``pyjraft`` command.
 
 ``pyjraft demo`` runs a local 3-node counter cluster and walks through a
-leader crash; ``pyjraft counter ...`` is ``python -m pyjraft.examples.counter``
-(``server`` and ``client``); ``pyjraft bench ...`` is ``python -m pyjraft.bench``.
+leader crash (``--tls``: over mutual TLS, with certificates made for it);
+``pyjraft counter ...`` is ``python -m pyjraft.examples.counter`` (``server``
+and ``client``); ``pyjraft certs ...`` makes a CA and node/client
+certificates (`pyjraft.certs`); ``pyjraft bench ...`` is ``python -m
+pyjraft.bench``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from pyjraft.examples import counter
 from pyjraft.testing.ports import free_ports as _free_ports
 from pyjraft.transport import RpcClient
+from pyjraft.transport.tls import TlsConfig
 
 DEMO_TIME_LIMIT = 50.0
 """Seconds after which the demo gives up (it normally takes a few)."""
@@ -32,13 +36,24 @@ DEMO_TIME_LIMIT = 50.0
 class _DemoCluster:
     """Three counter replicas as child processes of the demo."""
 
-    def __init__(self, base: Path, pid_file: str | None, election_timeout_ms: int) -> None:
+    def __init__(
+        self, base: Path, pid_file: str | None, election_timeout_ms: int, tls: bool = False
+    ) -> None:
         self.base = base
         self.pid_file = pid_file
         self.election_timeout_ms = election_timeout_ms
         self.addrs = [f"127.0.0.1:{p}" for p in _free_ports(3)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.rpc = RpcClient()
+        self.tls_files: dict[str, Any] = {}
+        client_tls = None
+        if tls:
+            from pyjraft.certs import make_cluster_certs
+
+            self.tls_files = make_cluster_certs(base / "tls", self.addrs, ["demo"])
+            f = self.tls_files["client:demo"]
+            client_tls = TlsConfig.load(f.cert, f.key, self.tls_files["ca"].cert)
+        self.client_tls = client_tls
+        self.rpc = RpcClient(tls=client_tls)
 
     def start(self, addr: str) -> None:
         port = addr.rsplit(":", 1)[1]
@@ -59,6 +74,10 @@ class _DemoCluster:
             str(self.election_timeout_ms),
             "--die-with-parent",
         ]
+        if self.tls_files:
+            f = self.tls_files[addr]
+            cmd += ["--tls-cert", str(f.cert), "--tls-key", str(f.key)]
+            cmd += ["--tls-ca", str(self.tls_files["ca"].cert)]
         with open(self.base / f"node-{port}.log", "ab") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=err)
         self.procs[addr] = proc
@@ -117,7 +136,8 @@ def _say(text: str) -> None:
 
 
 async def _demo_steps(c: _DemoCluster) -> None:
-    _say(f"==> starting 3 counter replicas: {', '.join(c.addrs)} (data in {c.base})")
+    mode = "over mutual TLS" if c.tls_files else "plaintext on loopback"
+    _say(f"==> starting 3 counter replicas {mode}: {', '.join(c.addrs)} (data in {c.base})")
     t0 = time.monotonic()
     for a in c.addrs:
         c.start(a)
@@ -170,7 +190,7 @@ async def _demo_steps(c: _DemoCluster) -> None:
 
 async def _demo(args: argparse.Namespace) -> int:
     base = Path(tempfile.mkdtemp(prefix="pyjraft-demo-"))
-    c = _DemoCluster(base, args.pid_file, args.election_timeout_ms)
+    c = _DemoCluster(base, args.pid_file, args.election_timeout_ms, tls=args.tls)
     try:
         async with asyncio.timeout(DEMO_TIME_LIMIT):
             await _demo_steps(c)
@@ -199,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "counter":
         return counter.main(argv[1:], prog="pyjraft counter")
+    if argv and argv[0] == "certs":
+        from pyjraft.certs import main as certs_main
+
+        return certs_main(argv[1:], prog="pyjraft certs")
     if argv and argv[0] == "bench":
         from pyjraft.bench.driver import main as bench_main
 
@@ -209,9 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--keep", action="store_true", help="keep the data directory and logs")
     d.add_argument("--election-timeout-ms", type=int, default=500)
     d.add_argument(
+        "--tls",
+        action="store_true",
+        help="run the cluster and the client over mutual TLS (certificates made for the demo)",
+    )
+    d.add_argument(
         "--pid-file", default=os.environ.get("PYJRAFT_DEMO_PID_FILE"), help=argparse.SUPPRESS
     )
     sub.add_parser("counter", help="the replicated counter example (server / client)")
+    sub.add_parser("certs", help="make a CA and node/client certificates (pyjraft certs -h)")
     sub.add_parser("bench", help="the benchmark harness (python -m pyjraft.bench)")
     args = p.parse_args(argv)
     assert args.cmd == "demo"

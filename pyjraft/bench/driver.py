@@ -197,9 +197,12 @@ class Cluster:
         ports = free_ports(3)
         peers = ",".join(f"127.0.0.1:{p}" for p in ports)
         specs = []
+        tls_dir = _make_tls(args, tmp, peers.split(","))
         for i, port in enumerate(ports):
             data = os.path.join(args.node_parents[i], f"node{i}")
             argv = ["-m", "pyjraft.bench.server", "--port", str(port), "--peers", peers]
+            if tls_dir:
+                argv += ["--tls-dir", tls_dir]
             argv += ["--data-dir", data, "--deadline", str(deadline), "--loop", args.loop]
             if args.leader_node is not None:
                 # The others wait 5 times longer before standing: node K leads.
@@ -308,6 +311,25 @@ def warmup_ops(args: argparse.Namespace) -> int:
     return int(min(2000, max(args.ops // 10, 2 * args.concurrency)))
 
 
+_client_tls: list[Any] = [None]  # the bench client's TlsConfig with --tls (set by _make_tls)
+
+
+def _make_tls(args: argparse.Namespace, tmp: str, addrs: list[str]) -> str:
+    """With ``--tls``: certificates for the nodes and the bench client, in ``tmp``."""
+    if not getattr(args, "tls", False):
+        _client_tls[0] = None
+        return ""
+    from pathlib import Path
+
+    from pyjraft.certs import make_cluster_certs
+    from pyjraft.transport.tls import TlsConfig
+
+    files = make_cluster_certs(Path(tmp) / "tls", addrs, ["bench"])
+    client = files["client:bench"]
+    _client_tls[0] = TlsConfig.load(client.cert, client.key, files["ca"].cert)
+    return str(Path(tmp) / "tls")
+
+
 async def client_workload(
     addr: str, spec: dict[str, Any], progress: Progress | None
 ) -> dict[str, Any]:
@@ -317,7 +339,7 @@ async def client_workload(
 
     payload = os.urandom(int(spec["payload"]))
     conc = max(1, int(spec["concurrency"]))
-    rpc = RpcClient()
+    rpc = RpcClient(tls=_client_tls[0])
 
     async def phase(
         n: int, lat: list[int], errors: dict[str, int], duration_s: float | None = None
@@ -375,7 +397,7 @@ async def measure_floor(tmp: str, leader: Child) -> dict[str, Any]:
     shared_us = await asyncio.to_thread(floor.fdatasync_us, tmp, 200, 100, 3)
     port = int((await leader.request({"cmd": "echo"}, "echo", 10.0))["port"])
     rtt_us = await asyncio.to_thread(floor.tcp_rtt_us, port)
-    rpc = RpcClient()
+    rpc = RpcClient(tls=_client_tls[0])
     rpc_us: list[int] = []
     try:
         for _ in range(300):
@@ -913,6 +935,7 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         out.update(
             {
                 "placement": args.placement,
+                "tls": args.tls,
                 "concurrency": args.concurrency,
                 "payload": args.payload,
                 "ops": None if args.duration is not None else args.ops,
@@ -1105,6 +1128,11 @@ def parse_args(
         help="leave the nodes' GC at Python's defaults (default: pyjraft.node.tune_gc)",
     )
     ap.add_argument("--placement", choices=["leader", "client"], default="leader")
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS between the nodes and from the client (certificates made for the run)",
+    )
     ap.add_argument(
         "--api",
         choices=["apply", "submit"],

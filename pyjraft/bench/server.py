@@ -232,7 +232,17 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, q: asyncio.Queue[str | None]) 
 
 async def amain(args: argparse.Namespace) -> None:
     """Run the node and serve driver commands until ``exit`` or stdin EOF."""
-    transport = await TcpTransport.start("127.0.0.1", args.port)
+    tls = None
+    if args.tls_dir:
+        from pathlib import Path
+
+        from pyjraft.certs import file_stem
+        from pyjraft.transport.tls import TlsConfig
+
+        d = Path(args.tls_dir)
+        stem = file_stem("node", f"127.0.0.1:{args.port}")
+        tls = TlsConfig.load(d / f"{stem}.pem", d / f"{stem}-key.pem", d / "ca.pem")
+    transport = await TcpTransport.start("127.0.0.1", args.port, tls=tls)
     peers = tuple(p for p in args.peers.split(",") if p)
     options = NodeOptions(
         id=transport.address,
@@ -342,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--peers", required=True, help="comma-separated host:port of all members")
     ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--tls-dir", default="", help="certificates made by the driver (--tls)")
     ap.add_argument("--no-sync", action="store_true")
     ap.add_argument("--leader-write-thread", choices=["on", "off", "default"], default="default")
     ap.add_argument("--busy-poll-us", type=int, default=None)

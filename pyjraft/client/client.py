@@ -17,6 +17,11 @@ operation such as an increment could then apply it twice, so `RaftClient.call`
 raises `UnknownOutcomeError` instead. Pass ``idempotent=True`` (reads,
 compare-and-set with a unique token, ...) to have those retried too.
 
+A ``not_leader`` reply's hint is followed only when it names one of the
+group's peers (`RouteTable`): a hint naming any other address is counted
+(``stats["refused_hints"]``), logged, and treated as no hint at all, so a
+fooled or forged member cannot send the client to a stranger.
+
 Backoff between attempts is exponential with jitter drawn from an injectable
 `random.Random`, bounded by the call's deadline; when the deadline passes,
 `DeadlineExceededError` carries the last error.
@@ -34,7 +39,9 @@ from pyjraft.client.errors import DeadlineExceededError, ServiceError, UnknownOu
 from pyjraft.client.reply import NOT_LEADER, OVERLOADED, UNAVAILABLE, UNKNOWN_OUTCOME
 from pyjraft.client.route import RouteTable
 from pyjraft.transport.errors import RemoteError, RpcTimeoutError, TransportError
+from pyjraft.transport.limits import LogLimiter
 from pyjraft.transport.tcp import RpcClient
+from pyjraft.transport.tls import TlsConfig
 
 log = logging.getLogger("pyjraft.client")
 
@@ -43,8 +50,11 @@ class RaftClient:
     """Calls services of one raft group, on its leader.
 
     ``peers`` are the group's member addresses (``"host:port"``, a sequence or
-    a comma-separated string). ``rpc`` is the `RpcClient` to use (one is made,
-    and closed by `close`, when None). ``timeout`` bounds each attempt;
+    a comma-separated string): the only addresses it will ever call. ``rpc``
+    is the `RpcClient` to use (one is made, with ``tls`` when given, and
+    closed by `close`, when None). ``tls`` (a client certificate, see
+    `pyjraft.transport.tls`) authenticates the client and checks that each
+    server is the node it dials. ``timeout`` bounds each attempt;
     ``deadline`` is the default total budget of a `call`, retries included.
     ``routes`` lets several clients share one `RouteTable`; ``rng`` draws the
     backoff jitter.
@@ -56,6 +66,7 @@ class RaftClient:
         peers: Sequence[str] | str,
         *,
         rpc: RpcClient | None = None,
+        tls: TlsConfig | None = None,
         timeout: float = 2.0,
         deadline: float = 10.0,
         routes: RouteTable | None = None,
@@ -74,7 +85,10 @@ class RaftClient:
         plist = peers.split(",") if isinstance(peers, str) else list(peers)
         self.routes.update_configuration(group, plist)
         self._own_rpc = rpc is None
-        self._rpc = rpc if rpc is not None else RpcClient()
+        if rpc is not None and tls is not None:
+            raise ValueError("give tls to the RpcClient you pass, not to RaftClient")
+        self._rpc = rpc if rpc is not None else RpcClient(tls=tls)
+        self._limiter = LogLimiter(log)
         self._rng = rng if rng is not None else random.Random()
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
@@ -84,8 +98,10 @@ class RaftClient:
             "redirects": 0,
             "retries": 0,
             "unknown_outcomes": 0,
+            "refused_hints": 0,
         }
-        """Counters: calls, attempts, not-leader redirects, retries, unknown outcomes."""
+        """Counters: calls, attempts, not-leader redirects, retries, unknown
+        outcomes, leader hints refused for naming a non-peer."""
 
     @property
     def leader(self) -> str:
@@ -156,11 +172,24 @@ class RaftClient:
                     hint = reply.get("leader")
                     last_error = ServiceError(NOT_LEADER, f"{addr}: {message}")
                     if isinstance(hint, str) and hint and hint != addr:
-                        routes.update_leader(group, hint)
-                        self.stats["redirects"] += 1
-                        hops += 1
-                        if hops <= 2 * len(routes.peers_of(group)):
-                            continue  # follow the hint at once
+                        if routes.update_leader(group, hint):
+                            self.stats["redirects"] += 1
+                            hops += 1
+                            if hops <= 2 * len(routes.peers_of(group)):
+                                continue  # follow the hint at once
+                        else:
+                            self.stats["refused_hints"] += 1
+                            self._limiter.log(
+                                logging.WARNING,
+                                f"hint:{group}",
+                                "ignoring %s's leader hint %r for group %r: not one of its "
+                                "peers %s",
+                                addr,
+                                hint[:100],
+                                group,
+                                routes.peers_of(group),
+                            )
+                            routes.forget_leader(group, addr)
                     else:
                         routes.forget_leader(group, addr)
                 elif code == OVERLOADED:

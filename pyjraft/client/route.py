@@ -1,4 +1,13 @@
-"""`RouteTable`: per raft group, the known peers and the cached leader."""
+"""`RouteTable`: per raft group, the known peers and the cached leader.
+
+The peers are what the application configured, or the group's
+configuration as a member reported it (`RouteTable.update_configuration`).
+A leader is only ever cached from among them: a not-leader hint naming any
+other address is refused, because a hint is only as trustworthy as the
+member that relays it, and a member can be fooled (by forged traffic in a
+plaintext deployment, or by a bug) into naming a stranger that would then
+"acknowledge" writes it never replicated.
+"""
 
 from __future__ import annotations
 
@@ -49,13 +58,16 @@ class RouteTable:
         """The cached leader of ``group``, or ``""`` when unknown."""
         return self._route(group).leader
 
-    def update_leader(self, group: str, leader: str) -> None:
-        """Cache ``leader`` (``""`` forgets it). An address not yet known is
-        added to the group's peers (a leader hint may name a new member)."""
+    def update_leader(self, group: str, leader: str) -> bool:
+        """Cache ``leader`` (``""`` forgets it) if it is one of the group's
+        peers; return whether it was taken. A stranger is never cached, nor
+        added to the peers: update the configuration first
+        (`update_configuration`) when a member reports a new one."""
         route = self._route(group)
         if leader and leader not in route.peers:
-            route.peers.append(leader)
+            return False
         route.leader = leader
+        return True
 
     def forget_leader(self, group: str, leader: str | None = None) -> None:
         """Forget the cached leader (only if it is still ``leader``, when given)."""

@@ -17,6 +17,13 @@ answered with the `pyjraft.client` reply convention through `serve_apply`)
 and ``status`` (`Node.status` plus the counter's value). SIGTERM or SIGINT
 shuts the node down gracefully.
 
+Both take ``--tls-cert --tls-key --tls-ca`` (certificates from ``pyjraft
+certs``): the servers then speak mutual TLS with each other and with
+clients, the server's certificate must name its ``--id``, and the client's
+may be a client certificate. Without them a server listens only on a
+loopback ``--id`` unless given ``--insecure-plaintext`` (anyone who can
+reach the port can then steer the group).
+
 The client prints the resulting value alone on its last line. Exit status:
 0 on success, 1 on failure (no leader in time, bad reply), 3 when the
 outcome of an increment is unknown (it may or may not have been applied;
@@ -50,7 +57,8 @@ from pyjraft.core.types import Entry
 from pyjraft.node import Node, NodeOptions, StateMachine, peers_from
 from pyjraft.node.loop import run as run_on_best_loop
 from pyjraft.node.loop import tune_gc
-from pyjraft.transport import RpcClient, TcpTransport, parse_address
+from pyjraft.transport import InsecureBindError, RpcClient, TcpTransport, parse_address
+from pyjraft.transport.tls import Role, TlsConfig
 
 log = logging.getLogger("pyjraft.examples.counter")
 
@@ -131,10 +139,27 @@ class CounterServer:
         """The raft node; None while it is starting."""
 
     @classmethod
-    async def start(cls, options: NodeOptions) -> CounterServer:
-        """Listen on ``options.id``, register the services, start the node."""
+    async def start(
+        cls,
+        options: NodeOptions,
+        *,
+        tls: TlsConfig | None = None,
+        insecure_plaintext: bool = False,
+    ) -> CounterServer:
+        """Listen on ``options.id``, register the services, start the node.
+
+        With ``tls`` its certificate must name ``options.id`` (`ValueError`
+        otherwise); without, ``options.id`` must be a loopback address unless
+        ``insecure_plaintext`` (`InsecureBindError`).
+        """
+        if tls is not None and (
+            tls.identity.role is not Role.NODE or tls.identity.name != options.id
+        ):
+            raise ValueError(f"the certificate names {tls.identity}, not this node ({options.id})")
         host, port = parse_address(options.id)
-        transport = await TcpTransport.start(host, port)
+        transport = await TcpTransport.start(
+            host, port, tls=tls, insecure_plaintext=insecure_plaintext
+        )
         server = cls(CounterStateMachine(), transport)
         transport.register_service(COUNTER_SERVICE, server.handle_counter)
         transport.register_service(STATUS_SERVICE, server.handle_status)
@@ -176,6 +201,7 @@ class CounterClient:
     """Typed calls to a counter group, over a `RaftClient`."""
 
     def __init__(self, group: str, peers: Sequence[str] | str, **client_options: Any) -> None:
+        """``client_options`` are `RaftClient`'s (``tls=``, ``rpc=``, ``timeout=``...)."""
         self.client = RaftClient(group, peers, **client_options)
 
     async def increment_and_get(self, delta: int = 1, *, deadline: float | None = None) -> int:
@@ -194,10 +220,17 @@ class CounterClient:
         await self.client.close()
 
 
-async def fetch_status(addr: str, *, timeout: float = 1.0, rpc: RpcClient | None = None) -> Any:
-    """Ask the server at ``addr`` for its status (one attempt)."""
+async def fetch_status(
+    addr: str,
+    *,
+    timeout: float = 1.0,
+    rpc: RpcClient | None = None,
+    tls: TlsConfig | None = None,
+) -> Any:
+    """Ask the server at ``addr`` for its status (one attempt; through ``rpc``,
+    or a client of its own with ``tls``)."""
     own = rpc is None
-    client = rpc if rpc is not None else RpcClient()
+    client = rpc if rpc is not None else RpcClient(tls=tls)
     try:
         return await client.call(addr, STATUS_SERVICE, None, timeout=timeout)
     finally:
@@ -228,7 +261,14 @@ async def _serve(args: argparse.Namespace) -> int:
         heartbeat_ms=heartbeat,
         sync=not args.unsafe_no_sync,
     )
-    server = await CounterServer.start(options)
+    try:
+        tls = TlsConfig.from_args(args.tls_cert, args.tls_key, args.tls_ca)
+        server = await CounterServer.start(
+            options, tls=tls, insecure_plaintext=args.insecure_plaintext
+        )
+    except (InsecureBindError, ValueError, OSError) as e:
+        log.error("cannot start: %s", e)
+        return EXIT_FAILURE
     tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -243,7 +283,14 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _client(args: argparse.Namespace) -> int:
-    client = CounterClient(args.group, args.peers, timeout=args.timeout, deadline=args.deadline)
+    try:
+        tls = TlsConfig.from_args(args.tls_cert, args.tls_key, args.tls_ca)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    client = CounterClient(
+        args.group, args.peers, tls=tls, timeout=args.timeout, deadline=args.deadline
+    )
     try:
         if args.op == "increment-and-get":
             value = await client.increment_and_get(args.delta)
@@ -252,7 +299,7 @@ async def _client(args: argparse.Namespace) -> int:
         else:  # status
             for addr in client.client.routes.peers_of(args.group):
                 try:
-                    st = await fetch_status(addr, timeout=args.timeout)
+                    st = await fetch_status(addr, timeout=args.timeout, tls=tls)
                     line = {k: st.get(k) for k in ("role", "term", "leader", "applied_index")}
                     line["value"] = st.get("value")
                 except Exception as e:
@@ -271,6 +318,21 @@ async def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_tls_arguments(p: argparse.ArgumentParser, server: bool) -> None:
+    """The TLS options every pyjraft command line takes (and, for servers,
+    ``--insecure-plaintext``)."""
+    p.add_argument("--tls-cert", help="this process's certificate (PEM; see 'pyjraft certs')")
+    p.add_argument("--tls-key", help="its private key (PEM)")
+    p.add_argument("--tls-ca", help="the cluster CA's certificate (PEM)")
+    if server:
+        p.add_argument(
+            "--insecure-plaintext",
+            action="store_true",
+            help="without TLS, listen on a non-loopback address anyway (UNSAFE: anyone who "
+            "can reach the port can steer the group)",
+        )
+
+
 def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.ArgumentParser:
     """The example's command line parser (``server`` and ``client``)."""
     p = argparse.ArgumentParser(prog=prog, description="A replicated counter on pyjraft.")
@@ -287,6 +349,7 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
         action="store_true",
         help="skip fdatasync (UNSAFE: acknowledged writes can be lost on power failure)",
     )
+    add_tls_arguments(s, server=True)
     s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--log-level", default="INFO")
     c = sub.add_parser("client", help="call the counter")
@@ -294,6 +357,7 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
     c.add_argument("--peers", required=True, help="replica addresses, comma-separated")
     c.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt")
     c.add_argument("--deadline", type=float, default=10.0, help="seconds for the whole call")
+    add_tls_arguments(c, server=False)
     cs = c.add_subparsers(dest="op", required=True)
     inc = cs.add_parser("increment-and-get", help="add DELTA (default 1), print the new value")
     inc.add_argument("delta", type=int, nargs="?", default=1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pyjraft.core.messages import Message
+from pyjraft.transport.limits import DEFAULT_MAX_REQUEST_BYTES
 
 MessageHandler = Callable[[Message], None]
 """Receives each inbound raft message of one group, on the event loop."""
@@ -53,6 +54,34 @@ class TransportStats:
     """RPC requests received by services."""
     request_errors: int = 0
     """RPC requests answered with an error (handler raised or unknown service)."""
+    spoofed_messages: int = 0
+    """Inbound raft messages dropped because their ``src`` is not the node
+    their connection's certificate names (TLS only)."""
+    raft_from_clients: int = 0
+    """Connections closed for sending a raft frame with a client certificate."""
+    auth_failures: int = 0
+    """Inbound connections closed because the TLS handshake failed or the
+    certificate names no pyjraft identity."""
+    server_identity_mismatches: int = 0
+    """Outbound connections dropped because the server's certificate does not
+    name the node we meant to reach."""
+    refused_connections: int = 0
+    """Accepted connections closed at once: too many in all or from one address."""
+    oversized_frames: int = 0
+    """Frames refused for their size: over the kind's limit or the service's
+    ``max_request_bytes`` (requests get an error answer, the rest close)."""
+    buffer_limit_refusals: int = 0
+    """Connections closed because their next frame did not fit in the
+    server's budget of buffered bytes."""
+    timed_out_connections: int = 0
+    """Connections closed as silent, idle, too slow to send a frame, or not
+    reading our answers."""
+    fd_exhausted: int = 0
+    """``EMFILE``/``ENFILE`` met accepting or connecting."""
+    accept_pauses: int = 0
+    """Times the server stopped accepting to keep its file-descriptor reserve."""
+    turn_yields: int = 0
+    """Times a connection stopped reading to let the event loop run (per-turn cap)."""
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (a copy)."""
@@ -87,6 +116,7 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._groups: dict[str, MessageHandler] = {}
         self._services: dict[str, ServiceHandler] = {}
+        self._service_limits: dict[str, int] = {}
 
     def register_group(self, group: str, handler: MessageHandler) -> None:
         """Deliver inbound raft messages of ``group`` to ``handler``."""
@@ -96,13 +126,28 @@ class HandlerRegistry:
         """Stop delivering ``group``'s messages; later ones count as unknown."""
         self._groups.pop(group, None)
 
-    def register_service(self, name: str, handler: ServiceHandler) -> None:
-        """Serve RPC requests for service ``name`` with ``handler``."""
+    def register_service(
+        self,
+        name: str,
+        handler: ServiceHandler,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        """Serve RPC requests for service ``name`` with ``handler``.
+
+        A request whose msgpack encoding exceeds ``max_request_bytes``
+        (default 1 MiB) is answered with an error without being decoded, and
+        a request frame larger than every service's limit closes its
+        connection: set it to what the service really needs.
+        """
+        if max_request_bytes < 1:
+            raise ValueError("max_request_bytes must be >= 1")
         self._services[name] = handler
+        self._service_limits[name] = max_request_bytes
 
     def unregister_service(self, name: str) -> None:
         """Stop serving ``name``; later requests get an error response."""
         self._services.pop(name, None)
+        self._service_limits.pop(name, None)
 
 
 class Transport(Protocol):
@@ -124,8 +169,11 @@ class Transport(Protocol):
         """Stop delivering ``group``'s messages."""
         ...
 
-    def register_service(self, name: str, handler: ServiceHandler) -> None:
-        """Serve RPC calls to ``name`` with ``handler``."""
+    def register_service(
+        self, name: str, handler: ServiceHandler, max_request_bytes: int = ...
+    ) -> None:
+        """Serve RPC calls to ``name`` with ``handler`` (requests up to
+        ``max_request_bytes`` encoded)."""
         ...
 
     def unregister_service(self, name: str) -> None:

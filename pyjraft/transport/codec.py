@@ -402,12 +402,22 @@ def _decode_one(raw: object) -> Message:
 
 
 def decode_messages(body: bytes | memoryview) -> list[Message]:
-    """Decode a RAFT body; raise `ProtocolError` (only) if anything is invalid."""
+    """Decode a RAFT body; raise `ProtocolError` (only) if anything is invalid.
+
+    msgpack's limits follow from the body's length and what a RAFT body may
+    hold: no map and no ext at all, strings no longer than an id, and no
+    array longer than half the body (every array a valid body holds has
+    elements of 2 bytes or more on average: messages, entry datas, term
+    runs), so a body of tiny elements is refused before anything is built.
+    """
+    n = len(body)
     try:
         raw = msgpack.unpackb(
             body,
             raw=False,
             max_str_len=_RAFT_MAX_STR,
+            max_bin_len=n,
+            max_array_len=(n >> 1) + 16,
             max_map_len=0,
             max_ext_len=0,
             use_list=False,  # tuples unpack about twice as fast as lists
@@ -437,31 +447,126 @@ def encode_response(rpc_id: int, ok: bool, payload: Any) -> bytes:
     return new_packer().pack((rpc_id, STATUS_OK if ok else STATUS_ERROR, payload))  # type: ignore[no-any-return]
 
 
-def _unpack_envelope(body: bytes | memoryview, what: str) -> list[Any]:
-    # User payloads may use non-string map keys; an unhashable key still
-    # fails inside msgpack and becomes a ProtocolError.
+MAX_REQUEST_HEAD: Final = 1 + 9 + 5 + MAX_ID_LEN * 4
+"""Most bytes a REQUEST body can take before its payload: the array header,
+the rpc id and the service name (see `split_request`)."""
+
+_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_STR = {0xD9: 1, 0xDA: 2, 0xDB: 4}
+
+
+def split_request(body: bytes | bytearray | memoryview) -> tuple[int, str, int]:
+    """Read a REQUEST body's head: ``(rpc_id, service, payload_offset)``.
+
+    The head is parsed by hand, before any of the payload is decoded, so
+    that the service -- and so the request size it accepts -- is known
+    first. ``body`` may be only the first `MAX_REQUEST_HEAD` bytes (or
+    more) of a body still arriving. Raises `ProtocolError` for anything but
+    ``[uint rpc_id, str service, payload]``.
+    """
+    n = len(body)
+    if n < 3 or body[0] != 0x93:
+        raise ProtocolError("request: expected an array of 3")
+    b = body[1]
+    pos = 2
+    if b <= 0x7F:
+        rpc_id = b
+    elif b in _UINT:
+        size = _UINT[b]
+        if n < pos + size:
+            raise ProtocolError("request: truncated rpc id")
+        rpc_id = int.from_bytes(body[pos : pos + size], "big")
+        pos += size
+    else:
+        raise ProtocolError(f"request: invalid rpc id (msgpack type byte {b:#x})")
+    if rpc_id > MAX_INT:
+        raise ProtocolError(f"request: invalid rpc id {rpc_id}")
+    if pos >= n:
+        raise ProtocolError("request: truncated service name")
+    b = body[pos]
+    pos += 1
+    if 0xA0 <= b <= 0xBF:
+        length = b - 0xA0
+    elif b in _STR:
+        size = _STR[b]
+        if n < pos + size:
+            raise ProtocolError("request: truncated service name")
+        length = int.from_bytes(body[pos : pos + size], "big")
+        pos += size
+    else:
+        raise ProtocolError(f"request: invalid service name (msgpack type byte {b:#x})")
+    if length > MAX_ID_LEN * 4 or n < pos + length:
+        raise ProtocolError("request: invalid service name")
     try:
-        raw = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        service = bytes(body[pos : pos + length]).decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("request: service name is not UTF-8") from None
+    if len(service) > MAX_ID_LEN:
+        raise ProtocolError(f"request: invalid service name {service!r:.80}")
+    pos += length
+    if pos >= n:
+        raise ProtocolError("request: no payload")
+    return rpc_id, service, pos
+
+
+def decode_payload(payload: bytes | memoryview) -> Any:
+    """Decode a request or response payload (a user's msgpack value) with
+    limits from its length: no string, bin, ext or array longer than the
+    payload, no map with more entries than half of it, exactly one value.
+    A payload's decoded size can still be several times its encoded size
+    (an empty list is 1 byte on the wire, 56 in memory): the services'
+    ``max_request_bytes`` is what bounds it."""
+    try:
+        # String, bin, ext and array limits: the length (unpackb's default).
+        return msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=False,  # user payloads may use non-string keys
+            max_map_len=len(payload) >> 1,
+        )
     except Exception as e:
+        # An unhashable map key fails inside msgpack too.
         raise _malformed(e) from None
-    if type(raw) is not list or len(raw) != 3:
-        raise ProtocolError(f"{what}: expected an array of 3")
-    if _bad_int(raw[0]):
-        raise ProtocolError(f"{what}: invalid rpc id {raw[0]!r:.80}")
-    return raw
 
 
 def decode_request(body: bytes | memoryview) -> tuple[int, str, Any]:
-    """Decode a REQUEST body into ``(rpc_id, service, request)``."""
-    rpc_id, service, request = _unpack_envelope(body, "request")
-    if type(service) is not str or len(service) > MAX_ID_LEN:
+    """Decode a whole REQUEST body into ``(rpc_id, service, request)``: for
+    a body no larger than any service's request limit (the transport's fast
+    path: one msgpack call, no Python parsing of the head); others go
+    through `split_request` first. msgpack's string, bin, ext and array
+    limits are the body's length (its default for ``unpackb``), its map
+    limit half of it."""
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=False, max_map_len=len(body) >> 1)
+    except Exception as e:
+        raise _malformed(e) from None
+    if type(raw) is list and len(raw) == 3:
+        rpc_id, service, request = raw
+        if (
+            type(rpc_id) is int
+            and 0 <= rpc_id <= MAX_INT
+            and type(service) is str
+            and len(service) <= MAX_ID_LEN
+        ):
+            return rpc_id, service, request
+        if _bad_int(rpc_id):
+            raise ProtocolError(f"request: invalid rpc id {rpc_id!r:.80}")
         raise ProtocolError(f"request: invalid service name {service!r:.80}")
-    return rpc_id, service, request
+    raise ProtocolError("request: expected an array of 3")
 
 
 def decode_response(body: bytes | memoryview) -> tuple[int, bool, Any]:
-    """Decode a RESPONSE body into ``(rpc_id, ok, result_or_error_text)``."""
-    rpc_id, status, payload = _unpack_envelope(body, "response")
+    """Decode a RESPONSE body into ``(rpc_id, ok, result_or_error_text)``,
+    with the limits of `decode_payload`."""
+    try:
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=False, max_map_len=len(body) >> 1)
+    except Exception as e:
+        raise _malformed(e) from None
+    if type(raw) is not list or len(raw) != 3:
+        raise ProtocolError("response: expected an array of 3")
+    rpc_id, status, payload = raw
+    if _bad_int(rpc_id):
+        raise ProtocolError(f"response: invalid rpc id {rpc_id!r:.80}")
     if type(status) is not int or status not in (STATUS_OK, STATUS_ERROR):
         raise ProtocolError(f"response: invalid status {status!r:.80}")
     if status == STATUS_ERROR and (type(payload) is not str or len(payload) > MAX_ERROR_TEXT):

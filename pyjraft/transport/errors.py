@@ -21,6 +21,12 @@ class ProtocolError(TransportError):
         super().__init__(reason)
 
 
+class InsecureBindError(ValueError):
+    """A server without TLS was asked to listen on a non-loopback address
+    without ``insecure_plaintext=True``: anyone who reaches such a port
+    could steer the group."""
+
+
 class RemoteError(RaftError):
     """The remote service handler raised; ``text`` is the error it reported."""
 

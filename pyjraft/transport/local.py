@@ -215,7 +215,8 @@ class LocalTransport(HandlerRegistry):
         """
         if self._closed:
             raise TransportError("transport is closed")
-        (_, _, req) = decode_request(encode_request(0, service, request))
+        body = encode_request(0, service, request)
+        (_, _, req) = decode_request(body)
         net = self.network
         try:
             async with asyncio.timeout(timeout):
@@ -223,6 +224,13 @@ class LocalTransport(HandlerRegistry):
                 if dst is None or dst._closed:
                     raise TransportError(f"cannot connect to {addr}: no such endpoint")
                 await net._travel(self.address, addr)
+                limit = dst._service_limits.get(service)
+                if limit is not None and len(body) > limit:
+                    # As TcpTransport answers it (counting the envelope too).
+                    raise RemoteError(
+                        f"request of {len(body)} bytes exceeds service {service!r}'s limit "
+                        f"of {limit}"
+                    )
                 task = dst._serve(service, req)
                 try:
                     ok, payload = await asyncio.shield(task)

@@ -32,6 +32,8 @@ from typing import cast
 
 from pyjraft.transport.base import TransportStats
 from pyjraft.transport.framing import HEADER_SIZE, Kind, frame_header
+from pyjraft.transport.limits import FD_EXHAUSTED_ERRNOS, LogLimiter
+from pyjraft.transport.tls import check_server_identity
 
 log = logging.getLogger("pyjraft.transport")
 
@@ -51,8 +53,8 @@ class PeerConfig:
     connect_timeout: float
     rng: random.Random
     client_ssl: _ssl.SSLContext | None
-    server_hostname: str | None
     pack_array_header: Callable[[int], bytes]
+    limiter: LogLimiter
 
 
 class _PeerProtocol(asyncio.Protocol):
@@ -192,15 +194,39 @@ class Peer:
                             self.host,
                             self.port,
                             ssl=c.client_ssl,
-                            server_hostname=(c.server_hostname or self.host)
-                            if c.client_ssl
-                            else None,
+                            # Not a host name check: the identity is checked below.
+                            server_hostname=self.host if c.client_ssl else None,
                         ),
                         c.connect_timeout,
                     )
+                    if c.client_ssl is not None and conn.transport is not None:
+                        why = check_server_identity(
+                            conn.transport.get_extra_info("peercert"), self.addr
+                        )
+                        if why is not None:
+                            conn.transport.abort()
+                            self._stats.server_identity_mismatches += 1
+                            c.limiter.log(
+                                logging.WARNING,
+                                f"identity:{self.addr}",
+                                "not sending to %s: %s",
+                                self.addr,
+                                why,
+                            )
+                            raise ConnectionError(why)
                 except OSError as e:  # includes TimeoutError and ssl.SSLError
                     self._stats.connect_failures += 1
-                    log.debug("cannot connect to %s: %s", self.addr, e)
+                    if e.errno in FD_EXHAUSTED_ERRNOS:
+                        self._stats.fd_exhausted += 1
+                        c.limiter.log(
+                            logging.ERROR,
+                            "connect-emfile",
+                            "cannot connect to %s: out of file descriptors (%s)",
+                            self.addr,
+                            e,
+                        )
+                    else:
+                        log.debug("cannot connect to %s: %s", self.addr, e)
                     self.drop_queue()
                     await asyncio.sleep(self._backoff(attempt))
                     attempt += 1

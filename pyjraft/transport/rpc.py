@@ -14,7 +14,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import ssl as _ssl
 from typing import Any, cast
 
 from pyjraft.transport.base import TransportStats, parse_address
@@ -28,6 +27,8 @@ from pyjraft.transport.framing import (
     TurnWriter,
     frame_header,
 )
+from pyjraft.transport.limits import FD_EXHAUSTED_ERRNOS, LogLimiter
+from pyjraft.transport.tls import TlsConfig, check_server_identity
 
 log = logging.getLogger("pyjraft.transport")
 
@@ -44,19 +45,30 @@ class RpcClient:
     lost before the response arrives, and `RpcTimeoutError` (a subclass of
     `TimeoutError`, i.e. of `asyncio.TimeoutError`) when ``timeout`` expires;
     the timeout covers connecting, sending and waiting.
+
+    With ``tls`` (a client's or a node's certificate) every connection is
+    mutual TLS, and the server's certificate must name the node id that
+    was called (``addr``), or the call fails with `TransportError`
+    ("cannot connect to ...") before anything is sent.
+    ``max_frame_size`` bounds a response frame. A connection left without
+    calls for ``max_idle`` seconds is not reused: the next call opens a
+    fresh one, well before a server's idle timeout (300 s by default) could
+    close it under a request in flight -- an outcome the caller could not
+    know.
     """
 
     def __init__(
         self,
         *,
-        ssl: _ssl.SSLContext | None = None,
-        server_hostname: str | None = None,
+        tls: TlsConfig | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         stats: TransportStats | None = None,
+        max_idle: float = 60.0,
     ) -> None:
-        self._ssl = ssl
-        self._server_hostname = server_hostname
+        self._tls = tls
+        self._max_idle = max_idle
         self._max_frame_size = max_frame_size
+        self._limiter = LogLimiter(log)
         self.stats = stats if stats is not None else TransportStats()
         """Counters; shared with the owning `TcpTransport` when it made this client."""
         self._conns: dict[str, _RpcConn] = {}
@@ -78,8 +90,13 @@ class RpcClient:
             raise ValueError(f"request of {len(body)} bytes exceeds the frame limit")
         frame = frame_header(Kind.REQUEST, len(body)) + body
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        now = loop.time()
+        deadline = now + timeout
         conn = self._conns.get(addr)
+        if conn is not None and not conn.pending and now - conn.last_used > self._max_idle:
+            self._forget(conn)
+            conn.abort(TransportError("idle connection retired"))
+            conn = None
         if conn is None or conn.closed:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -88,6 +105,7 @@ class RpcClient:
                 raise RpcTimeoutError(
                     f"call to {service!r} at {addr} timed out after {timeout} s (connecting)"
                 ) from None
+        conn.last_used = now
         return await conn.call(rpc_id, frame, deadline, service, timeout)
 
     async def _connection(self, addr: str) -> _RpcConn:
@@ -105,17 +123,38 @@ class RpcClient:
                 host, port = parse_address(addr)
             except ValueError as e:
                 raise TransportError(str(e)) from None
+            ctx = self._tls.client_context if self._tls is not None else None
             try:
                 _, conn = await asyncio.get_running_loop().create_connection(
                     lambda: _RpcConn(self, addr),
                     host,
                     port,
-                    ssl=self._ssl,
-                    server_hostname=(self._server_hostname or host) if self._ssl else None,
+                    ssl=ctx,
+                    # Not a host name check: the identity is checked below.
+                    server_hostname=host if ctx is not None else None,
                 )
             except OSError as e:  # includes ssl.SSLError
                 self.stats.connect_failures += 1
+                if e.errno in FD_EXHAUSTED_ERRNOS:
+                    self.stats.fd_exhausted += 1
+                    self._limiter.log(
+                        logging.ERROR,
+                        "connect-emfile",
+                        "cannot connect to %s: out of file descriptors (%s)",
+                        addr,
+                        e,
+                    )
                 raise TransportError(f"cannot connect to {addr}: {e}") from e
+            if ctx is not None and conn.transport is not None:
+                why = check_server_identity(conn.transport.get_extra_info("peercert"), addr)
+                if why is not None:
+                    conn.abort(TransportError(f"cannot connect to {addr}: {why}"))
+                    self.stats.connect_failures += 1
+                    self.stats.server_identity_mismatches += 1
+                    self._limiter.log(
+                        logging.WARNING, f"identity:{addr}", "not calling %s: %s", addr, why
+                    )
+                    raise TransportError(f"cannot connect to {addr}: {why}")
             self._conns[addr] = conn
             return conn
 
@@ -152,6 +191,7 @@ class _RpcConn(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
         self.lost: asyncio.Future[None] = self.loop.create_future()
+        self.last_used = self.loop.time()
 
     async def call(
         self, rpc_id: int, frame: bytes, deadline: float, service: str, timeout: float

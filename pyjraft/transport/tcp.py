@@ -22,22 +22,36 @@ connection to our listener, so each pair of nodes uses two connections.
 Connections are made lazily, and remade with exponential backoff and jitter
 after they break.
 
-*Inbound*, every accepted connection is a `_ServerConnection` protocol:
-bytes are split into frames as they arrive and RAFT frames are decoded and
-handed, in the same callback, to the handler registered for ``msg.group``
-(unknown groups: dropped and counted). No task and no stream buffer stand
-between the socket and the raft core. REQUEST frames run the named service
-handler in a task of its own, so requests on one connection are served
-concurrently; at most ``max_requests_per_connection`` at a time, beyond
-which the connection stops reading. The RESPONSE goes back on the same
+*Inbound*, the transport binds and accepts itself (`Acceptor`: it keeps a
+reserve of file descriptors for storage), applies the connection limits
+(in all and per remote IP) before any TLS handshake, and makes every
+accepted connection a `ServerConnection` protocol: bytes are split into
+frames as they arrive and RAFT frames are decoded and handed, in the same
+callback, to the handler registered for ``msg.group`` (unknown groups:
+dropped and counted). No task and no stream buffer stand between the socket
+and the raft core. REQUEST frames run the named service handler (a task
+per coroutine, none for a handler returning a future), so requests on one
+connection are served concurrently. The RESPONSE goes back on the same
 connection tagged with the request's id; the answers finished in one loop
 turn leave in one write. `RpcClient` (`pyjraft.transport.rpc`) is the
-calling side, built the same way.
+calling side, built the same way. The limits on what a connection may
+cost (`pyjraft.transport.limits.ServerLimits`) are enforced there; a
+sweeper timer closes connections that stay silent, trickle a frame, or
+stop reading our answers.
+
+*Authentication* (`pyjraft.transport.tls`): with a `TlsConfig`, every
+connection is mutual TLS; a raft message is delivered only if its ``src``
+is the node id that the connection's certificate names, and a client
+certificate may not send raft frames at all. Outbound, the server's
+certificate must name the node id we dialled. Without TLS the transport
+listens only on loopback addresses, unless ``insecure_plaintext=True``;
+its first log line says which mode it runs in.
 
 *Bad input* -- garbage, a truncated frame, a length over the limit, an
 unknown version or kind, an invalid message -- closes *that* connection,
-logs the reason on the ``pyjraft.transport`` logger and counts it in
-``stats.bad_frames``. Nothing else is affected.
+logs the reason on the ``pyjraft.transport`` logger (rate-limited) and
+counts it in ``stats.bad_frames`` (or the counter of the limit it broke).
+Nothing else is affected.
 
 `close` cancels every task the transport started and closes every socket,
 so no task or transport outlives it.
@@ -46,45 +60,56 @@ so no task or transport outlives it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import random
-import ssl as _ssl
-from collections.abc import Awaitable, Sequence
+import socket
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from pyjraft.core.messages import Message
+from pyjraft.transport.acceptor import Acceptor, bind_sockets
 from pyjraft.transport.base import (
     HandlerRegistry,
+    ServiceHandler,
     TransportStats,
     format_address,
     parse_address,
 )
 from pyjraft.transport.codec import (
+    MAX_REQUEST_HEAD,
     EntriesCache,
-    decode_messages,
-    decode_request,
     encode_message_parts,
     encode_response,
     new_packer,
 )
-from pyjraft.transport.errors import ProtocolError
-from pyjraft.transport.framing import (
-    DEFAULT_MAX_FRAME_SIZE,
-    HEADER_SIZE,
-    Kind,
-    TurnWriter,
-    frame_header,
-    parse_header_at,
-)
+from pyjraft.transport.errors import InsecureBindError
+from pyjraft.transport.framing import DEFAULT_MAX_FRAME_SIZE, Kind, frame_header
+from pyjraft.transport.limits import DEFAULT_MAX_REQUEST_BYTES, LogLimiter, ServerLimits
 from pyjraft.transport.peer import ARRAY_HEADER_MAX, Peer, PeerConfig
 from pyjraft.transport.rpc import RpcClient
+from pyjraft.transport.server_conn import ServerConnection
+from pyjraft.transport.tls import Role, TlsConfig
 
-__all__ = ["RpcClient", "TcpTransport"]
+__all__ = ["RpcClient", "TcpTransport", "is_loopback_host"]
 
 log = logging.getLogger("pyjraft.transport")
 
-_CLOSE_GRACE = 1.0  # seconds to wait for a socket to close gracefully before aborting it
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names only loopback addresses without a lookup:
+    ``localhost``, 127.0.0.0/8, ``::1`` (and IPv4-mapped 127.x)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 class TcpTransport(HandlerRegistry):
@@ -97,33 +122,38 @@ class TcpTransport(HandlerRegistry):
     def __init__(
         self,
         *,
+        tls: TlsConfig | None = None,
+        insecure_plaintext: bool = False,
+        limits: ServerLimits | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         queue_messages: int = 4096,
         queue_bytes: int = 64 * 1024 * 1024,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
         connect_timeout: float = 3.0,
-        max_requests_per_connection: int = 1024,
         rng: random.Random | None = None,
-        ssl: _ssl.SSLContext | None = None,
-        client_ssl: _ssl.SSLContext | None = None,
-        server_hostname: str | None = None,
     ) -> None:
         """Configure a transport; `start` is the usual way to make and open one.
 
-        ``ssl`` secures the server side, ``client_ssl`` the outbound and RPC
-        connections (``server_hostname`` overrides the name checked against
-        the peer's certificate; default: the host of the address).
+        ``tls``: mutual TLS for every connection, inbound and outbound (see
+        `pyjraft.transport.tls`); its certificate must be a node's. Without
+        it the server binds only loopback addresses unless
+        ``insecure_plaintext`` (then anyone who reaches the port can steer
+        the group). ``limits``: what connections may cost (`ServerLimits`).
         """
         if max_frame_size < 64:
             raise ValueError("max_frame_size is too small")
-        if max_requests_per_connection < 1:
-            raise ValueError("max_requests_per_connection must be >= 1")
+        if tls is not None and tls.identity.role is not Role.NODE:
+            raise ValueError(f"a server needs a node certificate; this one names {tls.identity}")
+        self._tls = tls
+        self._insecure_plaintext = insecure_plaintext
+        self._limits = limits if limits is not None else ServerLimits()
         self._max_frame_size = max_frame_size
         self._queue_messages = queue_messages
-        self._max_requests = max_requests_per_connection
-        self._ssl = ssl
         self._packer = new_packer()
+        self._limiter = LogLimiter(log)
+        self.stats = TransportStats()
+        """Counters of this transport, its peers and its RPC client."""
         self._peer_config = PeerConfig(
             max_frame_size=max_frame_size,
             queue_messages=queue_messages,
@@ -132,27 +162,31 @@ class TcpTransport(HandlerRegistry):
             backoff_max=backoff_max,
             connect_timeout=connect_timeout,
             rng=rng if rng is not None else random.Random(),
-            client_ssl=client_ssl,
-            server_hostname=server_hostname,
+            client_ssl=tls.client_context if tls is not None else None,
             pack_array_header=self._packer.pack_array_header,
+            limiter=self._limiter,
         )
-        self.stats = TransportStats()
-        """Counters of this transport, its peers and its RPC client."""
         HandlerRegistry.__init__(self)
+        self._max_request_body = DEFAULT_MAX_REQUEST_BYTES + MAX_REQUEST_HEAD
+        self._min_request_limit = DEFAULT_MAX_REQUEST_BYTES
         self._peers: dict[str, Peer] = {}
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bad_addrs: set[str] = set()
-        self._server: asyncio.Server | None = None
+        self._acceptor: Acceptor | None = None
         self._address = ""
-        self._conns: set[_ServerConnection] = set()
-        self._rpc = RpcClient(
-            ssl=client_ssl,
-            server_hostname=server_hostname,
-            max_frame_size=max_frame_size,
-            stats=self.stats,
-        )
+        self._conns: set[ServerConnection] = set()
+        self._conn_count = 0
+        self._conns_per_ip: dict[str, int] = {}
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._buffered = 0  # bytes reserved by incomplete frames, all connections
+        self._sweeper: asyncio.TimerHandle | None = None
+        # What connections may still handle in this turn of the event loop.
+        self._turn_started = False
+        self._turn_frames_left = self._limits.max_frames_per_turn
+        self._turn_bytes_left = self._limits.max_bytes_per_turn
+        self._rpc = RpcClient(tls=tls, max_frame_size=max_frame_size, stats=self.stats)
         self._closed = False
 
     @classmethod
@@ -166,23 +200,103 @@ class TcpTransport(HandlerRegistry):
         return t
 
     async def listen(self, host: str, port: int) -> None:
-        """Start the server (once)."""
-        if self._server is not None:
+        """Start the server (once).
+
+        Raises `InsecureBindError` when ``host`` is not a loopback address
+        and the transport has neither TLS nor ``insecure_plaintext``.
+        """
+        if self._acceptor is not None:
             raise RuntimeError("already listening")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ServerConnection(self), host, port, ssl=self._ssl
+        infos = await loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        sock_host, sock_port = self._server.sockets[0].getsockname()[:2]
+        if not infos:
+            raise OSError(f"cannot resolve {host!r}")
+        if self._tls is None and not self._insecure_plaintext:
+            exposed = [str(i[4][0]) for i in infos if not is_loopback_host(str(i[4][0]))]
+            if exposed or not host:
+                raise InsecureBindError(
+                    f"refusing to listen on {host or 'every interface'}:{port} "
+                    f"({', '.join(exposed) or 'all addresses'}) without TLS: anyone who "
+                    "reaches the port could steer the raft group. Give certificates "
+                    "(--tls-cert/--tls-key/--tls-ca), bind a loopback address, or pass "
+                    "insecure_plaintext=True (--insecure-plaintext) to accept that risk"
+                )
+        socks = bind_sockets(infos)  # type: ignore[arg-type]
+        self._acceptor = Acceptor(
+            socks,
+            self._on_accept,
+            fd_reserve=self._limits.fd_reserve,
+            stats=self.stats,
+            limiter=self._limiter,
+        )
+        sock_host, sock_port = socks[0].getsockname()[:2]
         self._address = format_address(str(sock_host), int(sock_port))
+        if self._tls is not None:
+            log.info(
+                "listening on %s with mutual TLS as %s: connections need a certificate of "
+                "the cluster CA; raft messages are taken only from node certificates, as "
+                "the node each names",
+                self._address,
+                self._tls.identity,
+            )
+        elif self._insecure_plaintext and not all(is_loopback_host(str(i[4][0])) for i in infos):
+            log.warning(
+                "listening on %s in INSECURE PLAINTEXT mode: no authentication, anyone who "
+                "can reach this port can send raft messages and steer the group",
+                self._address,
+            )
+        else:
+            log.info(
+                "listening on %s in plaintext on loopback only: no authentication, any "
+                "local process can steer the group (give TLS certificates to authenticate)",
+                self._address,
+            )
+        self._acceptor.start()
 
     @property
     def address(self) -> str:
         """``"host:port"`` this transport listens on (``""`` before `listen`)."""
         return self._address
 
-    # -- sending --------------------------------------------------------------
+    @property
+    def tls(self) -> TlsConfig | None:
+        """The TLS settings, or None in plaintext."""
+        return self._tls
 
+    @property
+    def accepting(self) -> bool:
+        """Whether the server is accepting connections now (False while it
+        keeps its file-descriptor reserve, or before `listen`)."""
+        return self._acceptor is not None and self._acceptor.accepting
+
+    def register_service(
+        self,
+        name: str,
+        handler: ServiceHandler,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        """Serve RPC requests for service ``name`` with ``handler``; see
+        `HandlerRegistry.register_service` for ``max_request_bytes``."""
+        HandlerRegistry.register_service(self, name, handler, max_request_bytes)
+        self._update_request_limit()
+
+    def unregister_service(self, name: str) -> None:
+        """Stop serving ``name``; later requests get an error response."""
+        HandlerRegistry.unregister_service(self, name)
+        self._update_request_limit()
+
+    def _update_request_limit(self) -> None:
+        # No request frame may exceed the largest limit of any service: the
+        # header alone refuses it.
+        limits = self._service_limits.values()
+        largest = max(limits, default=DEFAULT_MAX_REQUEST_BYTES)
+        self._max_request_body = min(largest + MAX_REQUEST_HEAD, self._max_frame_size - 2)
+        # A body this small is within every service's limit, whatever it is for.
+        self._min_request_limit = min(limits, default=0)
+
+    # -- sending --------------------------------------------------------------
     def send(self, msgs: Sequence[Message]) -> None:
         """Queue raft messages for their ``dst`` addresses; never blocks.
 
@@ -280,10 +394,147 @@ class TcpTransport(HandlerRegistry):
 
     # -- serving ----------------------------------------------------------------
 
-    def _dispatch(self, msgs: list[Message]) -> None:
+    def _on_accept(self, sock: socket.socket, addr: object) -> None:
+        """A socket was accepted: apply the connection limits, then start the
+        connection (and its TLS handshake) in a task."""
+        ip = str(addr[0]) if isinstance(addr, tuple) and addr else "?"
+        lim = self._limits
+        per_ip = self._conns_per_ip.get(ip, 0)
+        why = ""
+        if self._closed:
+            why = "closing"
+        elif self._conn_count >= lim.max_connections:
+            why = f"{self._conn_count} connections open, the limit is {lim.max_connections}"
+        elif per_ip >= lim.max_connections_per_ip:
+            why = f"{per_ip} connections open from {ip}, the limit is {lim.max_connections_per_ip}"
+        if why:
+            sock.close()
+            if not self._closed:
+                self.stats.refused_connections += 1
+                self._limiter.log(
+                    logging.WARNING, f"refused:{ip}", "refusing a connection from %s: %s", ip, why
+                )
+            return
+        self._conn_count += 1
+        self._conns_per_ip[ip] = per_ip + 1
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.get_running_loop().create_task(self._start_connection(sock, ip))
+        self._handshakes.add(task)
+        task.add_done_callback(partial(self._handshake_done, sock))
+        self._schedule_sweep()
+
+    async def _start_connection(self, sock: socket.socket, ip: str) -> None:
+        conn = ServerConnection(self, ip)
+        loop = asyncio.get_running_loop()
+        try:
+            if self._tls is None:
+                await loop.connect_accepted_socket(lambda: conn, sock)
+            else:
+                await loop.connect_accepted_socket(
+                    lambda: conn,
+                    sock,
+                    ssl=self._tls.server_context,
+                    ssl_handshake_timeout=self._limits.read_timeout,
+                )
+        except asyncio.CancelledError:
+            conn.release()
+            sock.close()
+            raise
+        except Exception as e:  # handshake failed or timed out; OSError, SSLError
+            conn.release()
+            sock.close()
+            if self._tls is not None:
+                self.stats.auth_failures += 1
+                self._limiter.log(
+                    logging.WARNING, f"handshake:{ip}", "TLS handshake with %s failed: %r", ip, e
+                )
+
+    def _handshake_done(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self._handshakes.discard(task)
+        if task.cancelled():
+            sock.close()  # cancelled before it ran (close): nobody else owns the socket
+
+    def _connection_released(self, ip: str) -> None:
+        self._conn_count -= 1
+        n = self._conns_per_ip.get(ip, 0) - 1
+        if n > 0:
+            self._conns_per_ip[ip] = n
+        else:
+            self._conns_per_ip.pop(ip, None)
+        if self._acceptor is not None:
+            self._acceptor.connection_closed()
+
+    def _schedule_sweep(self) -> None:
+        if self._sweeper is None and not self._closed:
+            lim = self._limits
+            interval = max(0.02, min(1.0, lim.read_timeout / 4, lim.idle_timeout / 4))
+            self._sweeper = asyncio.get_running_loop().call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections that broke a time limit (see `ServerLimits`)."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        lim = self._limits
+        for c in list(self._conns):
+            if c.failed:
+                continue
+            if c.frames != c.seen_frames:
+                c.seen_frames = c.frames
+                c.quiet_since = now
+            if c.writing_paused and now - c.writing_paused_at > lim.idle_timeout:
+                c.close_for(
+                    f"has not read our answers for {lim.idle_timeout} s", "timed_out_connections"
+                )
+            elif c.reading_paused:
+                continue  # our choice, not the peer's
+            elif c.deadline and now > c.deadline:
+                c.close_for(
+                    f"frame of {c.reserved or '?'} bytes not received in time (slower than "
+                    f"{lim.min_read_rate} bytes/s after {lim.read_timeout} s)",
+                    "timed_out_connections",
+                )
+            elif not c.requests and not c.buf and not c.skip:
+                quiet = now - c.quiet_since
+                if c.frames == 0 and quiet > lim.read_timeout:
+                    c.close_for(
+                        f"sent no frame within {lim.read_timeout} s", "timed_out_connections"
+                    )
+                elif quiet > lim.idle_timeout:
+                    c.close_for(f"idle for {lim.idle_timeout} s", "timed_out_connections")
+        if self._conns or self._handshakes:
+            self._schedule_sweep()
+
+    def _new_turn_soon(self) -> None:
+        """The first frames of a loop turn: renew the turn's budget at the
+        start of the next one (a callback queued now runs before the next
+        turn's I/O callbacks)."""
+        self._turn_started = True
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self._new_turn)
+
+    def _new_turn(self) -> None:
+        self._turn_started = False
+        self._turn_frames_left = self._limits.max_frames_per_turn
+        self._turn_bytes_left = self._limits.max_bytes_per_turn
+
+    def _dispatch(self, msgs: list[Message], node_id: str | None) -> None:
         stats = self.stats
         groups = self._groups
         for m in msgs:
+            if node_id is not None and m.src != node_id:
+                stats.spoofed_messages += 1
+                self._limiter.log(
+                    logging.WARNING,
+                    f"spoofed:{node_id}",
+                    "dropping %s claiming src %r on a connection authenticated as node %r",
+                    type(m).__name__,
+                    m.src[:80],
+                    node_id,
+                )
+                continue
             handler = groups.get(m.group)
             if handler is None:
                 stats.unknown_group += 1
@@ -320,9 +571,13 @@ class TcpTransport(HandlerRegistry):
         if self._closed:
             return
         self._closed = True
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         tasks: list[asyncio.Task[None]] = [p.task for p in self._peers.values()]
+        tasks += self._handshakes
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -339,238 +594,3 @@ class TcpTransport(HandlerRegistry):
             c.abort()
         await asyncio.gather(*(c.closed for c in conns), return_exceptions=True)
         await self._rpc.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-
-class _ServerConnection(asyncio.Protocol):
-    """One accepted connection: frames split as bytes arrive; raft messages
-    dispatched in the same callback; requests served in tasks."""
-
-    def __init__(self, t: TcpTransport) -> None:
-        self.t = t
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.buf = bytearray()
-        # Requests being served: tasks running a coroutine handler, or the
-        # futures a handler returned.
-        self.requests: set[asyncio.Future[Any]] = set()
-        self.reading_paused = False
-        self.writing_paused = False
-        self.drained: asyncio.Future[None] | None = None
-        self.out = TurnWriter()  # answers finished in one loop turn: one write
-        self.failed = False
-        self.eof = False
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    # -- asyncio.Protocol --------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = self.out.transport = cast(asyncio.Transport, transport)
-        if self.t._closed:
-            self.transport.abort()
-            return
-        self.t._conns.add(self)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = format_address(str(peer[0]), int(peer[1]))
-
-    def data_received(self, data: bytes) -> None:
-        if self.failed:
-            return
-        if self.buf:
-            self.buf += data
-            self._process_buffered()
-            return
-        # Nothing pending (the common case): split the frames straight out of
-        # ``data``; only an incomplete tail is copied into the buffer.
-        pos = self._process(data)
-        if pos < len(data) and not self.failed:
-            self.buf = bytearray(data[pos:])
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        if self.buf and not self.failed and not self.reading_paused:
-            self._fail(
-                ProtocolError(f"stream ended inside a frame ({len(self.buf)} bytes pending)")
-            )
-            return False
-        # Half-closed by the client: answer what it asked, then close
-        # (_request_done); with nothing outstanding, let asyncio close now.
-        return bool(self.requests)
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
-        self.drained = None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.t._conns.discard(self)
-        if exc is not None:
-            log.debug("connection from %s lost: %s", self.peer, exc)
-        self._cancel_requests()
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    # -- frames ------------------------------------------------------------------
-
-    def _process_buffered(self) -> None:
-        pos = self._process(self.buf)
-        if pos and not self.failed:
-            del self.buf[:pos]
-
-    def _process(self, src: bytes | bytearray) -> int:
-        """Handle the complete frames at the start of ``src``, until the
-        request limit; return how many bytes were consumed."""
-        t = self.t
-        stats = t.stats
-        n = len(src)
-        pos = 0
-        # Frame bodies are decoded from views of ``src``: msgpack copies out
-        # what it keeps, so nothing is copied for the frame itself.
-        view = memoryview(src)
-        try:
-            while n - pos >= HEADER_SIZE:
-                if len(self.requests) >= t._max_requests:
-                    # Stop reading: a client flooding requests is slowed down
-                    # instead of growing our task set.
-                    self._pause_reading()
-                    break
-                kind, body_len = parse_header_at(src, pos, t._max_frame_size)
-                end = pos + HEADER_SIZE + body_len
-                if end > n:
-                    break
-                with view[pos + HEADER_SIZE : end] as body:
-                    pos = end
-                    if kind is Kind.RAFT:
-                        msgs = decode_messages(body)
-                        stats.frames_in += 1
-                        stats.bytes_in += HEADER_SIZE + body_len
-                        t._dispatch(msgs)
-                    elif kind is Kind.REQUEST:
-                        rpc_id, service, request = decode_request(body)
-                        stats.frames_in += 1
-                        stats.bytes_in += HEADER_SIZE + body_len
-                        stats.requests_in += 1
-                        self._serve(rpc_id, service, request)
-                    else:
-                        raise ProtocolError(f"unexpected {kind.name} frame on a server connection")
-                if self.failed:
-                    break
-        except ProtocolError as e:
-            self._fail(e)
-        finally:
-            view.release()
-        return pos
-
-    def _serve(self, rpc_id: int, service: str, request: Any) -> None:
-        handler = self.t._services.get(service)
-        if handler is None:
-            self.t.stats.request_errors += 1
-            body = encode_response(rpc_id, False, f"unknown service {service!r}")
-            self._queue_answer(frame_header(Kind.RESPONSE, len(body)) + body)
-            return
-        try:
-            pending = handler(request)
-        except Exception as e:
-            self._queue_answer(self.t._response_frame(rpc_id, service, None, e))
-            return
-        if asyncio.isfuture(pending):
-            # A future (say, Node.apply's) is answered from its done callback:
-            # no task, no coroutine per request.
-            self.requests.add(pending)
-            pending.add_done_callback(partial(self._future_answered, rpc_id, service))
-            return
-        rt = asyncio.get_running_loop().create_task(self._answer(rpc_id, service, pending))
-        self.requests.add(rt)
-        rt.add_done_callback(self._request_done)
-
-    def _future_answered(self, rpc_id: int, service: str, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
-            self._request_done(fut)
-            return
-        exc = fut.exception()
-        value = None if exc is not None else fut.result()
-        self._queue_answer(self.t._response_frame(rpc_id, service, value, exc))
-        if self.writing_paused:
-            # Hold the request's slot until the client reads (see _answer).
-            if self.drained is None:
-                self.drained = asyncio.get_running_loop().create_future()
-            self.drained.add_done_callback(lambda _: self._request_done(fut))
-        else:
-            self._request_done(fut)
-
-    def _request_done(self, request: asyncio.Future[Any]) -> None:
-        self.requests.discard(request)
-        if self.reading_paused and len(self.requests) < self.t._max_requests:
-            self.reading_paused = False
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.resume_reading()
-                self._process_buffered()
-        if self.eof and not self.requests and not self.failed:
-            self._close_gracefully()
-
-    async def _answer(self, rpc_id: int, service: str, pending: Awaitable[Any]) -> None:
-        try:
-            value, exc = await pending, None
-        except Exception as e:
-            value, exc = None, e
-        self._queue_answer(self.t._response_frame(rpc_id, service, value, exc))
-        if self.writing_paused:
-            # Hold this request's slot until the client reads: a client that
-            # asks without reading runs out of slots and we stop reading it.
-            if self.drained is None:
-                self.drained = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self.drained)
-
-    def _queue_answer(self, frame: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        self.out.write(frame)
-        stats = self.t.stats
-        stats.frames_out += 1
-        stats.bytes_out += len(frame)
-
-    def _cancel_requests(self) -> None:
-        # Our tasks only: a future a handler returned may be shared; its done
-        # callback finds the connection gone and just frees the slot.
-        for rt in list(self.requests):
-            if isinstance(rt, asyncio.Task):
-                rt.cancel()
-
-    # -- closing -----------------------------------------------------------------
-
-    def _pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def _fail(self, e: ProtocolError) -> None:
-        self.failed = True
-        self.t.stats.bad_frames += 1
-        log.warning("closing connection from %s: %s", self.peer, e.reason)
-        self.abort()
-
-    def abort(self) -> None:
-        """Drop the connection at once; requests in flight are cancelled."""
-        self._cancel_requests()
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _close_gracefully(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        self.out.flush()  # answers still queued go before the close
-        transport.close()
-        # A peer that never reads what is still buffered must not keep the
-        # socket open for ever.
-        asyncio.get_running_loop().call_later(_CLOSE_GRACE, transport.abort)

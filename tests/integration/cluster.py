@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyjraft.certs import CertFiles, make_cluster_certs
 from pyjraft.examples.counter import STATUS_SERVICE
 from pyjraft.testing.ports import free_ports
-from pyjraft.transport import RpcClient
+from pyjraft.transport import RpcClient, TlsConfig
 
 
 class CounterCluster:
@@ -34,6 +35,7 @@ class CounterCluster:
         group: str = "itest",
         election_timeout_ms: int = 400,
         heartbeat_ms: int = 50,
+        tls: bool = False,
     ) -> None:
         self.base = base
         self.group = group
@@ -42,6 +44,12 @@ class CounterCluster:
         self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.rpc: RpcClient | None = None
+        self.tls_files: dict[str, CertFiles] = {}
+        self.client_tls: TlsConfig | None = None
+        if tls:
+            self.tls_files = make_cluster_certs(base / "tls", self.addrs, ["itest"])
+            f = self.tls_files["client:itest"]
+            self.client_tls = TlsConfig.load(f.cert, f.key, self.tls_files["ca"].cert)
 
     @property
     def peers(self) -> str:
@@ -75,6 +83,10 @@ class CounterCluster:
             str(self.heartbeat_ms),
             "--die-with-parent",
         ]
+        if self.tls_files:
+            f = self.tls_files[addr]
+            cmd += ["--tls-cert", str(f.cert), "--tls-key", str(f.key)]
+            cmd += ["--tls-ca", str(self.tls_files["ca"].cert)]
         with open(self.log_path(addr), "ab") as err:
             self.procs[addr] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=err)
 
@@ -129,7 +141,7 @@ class CounterCluster:
 
     def _client(self) -> RpcClient:
         if self.rpc is None:
-            self.rpc = RpcClient()
+            self.rpc = RpcClient(tls=self.client_tls)
         return self.rpc
 
     async def close(self) -> None:

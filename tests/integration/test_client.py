@@ -73,6 +73,43 @@ def test_follows_not_leader_hint_and_caches_the_leader() -> None:
     _run(main)
 
 
+def test_a_forged_hint_to_a_stranger_is_not_followed() -> None:
+    """A member relays a hint naming an address outside the peer set (a forged
+    heartbeat fooled it): the client never calls the stranger, which would
+    "acknowledge" writes it never replicated, and finds the real leader."""
+
+    async def main() -> None:
+        stranger_calls: list[Any] = []
+        hint: list[str] = []
+
+        async def fooled(req: Any) -> Any:
+            return error_reply("not_leader", "no", leader=hint[0])
+
+        async def stranger(req: Any) -> Any:
+            stranger_calls.append(req)
+            return ok_reply("acknowledged by a stranger")
+
+        async def leader(req: Any) -> Any:
+            return ok_reply(req + 1)
+
+        f, s, lead = await _servers(fooled, stranger, leader)
+        hint.append(s.address)
+        client = _client([f.address, lead.address])
+        try:
+            for i in range(5):
+                assert await client.call("svc", i, deadline=5) == i + 1
+            assert stranger_calls == []
+            assert client.stats["refused_hints"] >= 1
+            assert s.address not in client.routes.peers_of("g")
+            assert client.leader == lead.address
+        finally:
+            await client.close()
+            for t in (f, s, lead):
+                await t.close()
+
+    _run(main)
+
+
 @pytest.fixture
 def refused() -> Iterator[list[str]]:
     """Two addresses that refuse connections: bound, never listening, so no other
@@ -202,10 +239,13 @@ def test_route_table() -> None:
     rt.update_configuration("g", ["a:1", "b:1", "a:1"])
     assert rt.peers_of("g") == ["a:1", "b:1"]
     assert [rt.next_target("g") for _ in range(3)] == ["a:1", "b:1", "a:1"]
-    rt.update_leader("g", "c:1")
-    assert rt.leader_of("g") == "c:1" and "c:1" in rt.peers_of("g")
+    assert not rt.update_leader("g", "c:1")  # a stranger is never cached nor added
+    assert rt.leader_of("g") == "" and "c:1" not in rt.peers_of("g")
+    assert rt.update_leader("g", "a:1")
     rt.forget_leader("g", "b:1")
-    assert rt.leader_of("g") == "c:1"
+    assert rt.leader_of("g") == "a:1"
+    rt.update_configuration("g", ["a:1", "b:1", "c:1"])  # as a member reports it
+    assert rt.update_leader("g", "c:1") and rt.leader_of("g") == "c:1"
     rt.forget_leader("g")
     assert rt.leader_of("g") == ""
     rt.update_leader("g", "b:1")

@@ -34,6 +34,7 @@ from pyjraft.transport.codec import (
     encode_response,
     new_packer,
     raft_body,
+    split_request,
 )
 from pyjraft.transport.errors import ProtocolError
 from pyjraft.transport.framing import (
@@ -478,3 +479,33 @@ def test_mutated_raft_bodies_only_protocol_error(msgs: list[Message], data: st.D
         body[i] = data.draw(st.integers(0, 255))
     with contextlib.suppress(ProtocolError):
         decode_messages(bytes(body))
+
+
+@pytest.mark.parametrize("rpc_id", [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32, 2**63 - 1])
+@pytest.mark.parametrize("service", ["s", "x" * 31, "y" * 32, "z" * 255, "\u00e9" * 200])
+def test_split_request_reads_the_head_msgpack_wrote(rpc_id: int, service: str) -> None:
+    body = encode_request(rpc_id, service, [1, {"a": b"b"}])
+    got_id, got_service, off = split_request(body)
+    assert (got_id, got_service) == (rpc_id, service)
+    assert msgpack.unpackb(body[off:]) == [1, {"a": b"b"}]
+    assert decode_request(body) == (rpc_id, service, [1, {"a": b"b"}])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\x92\x01\xa1s",  # 2 elements
+        b"\x93\xff\xa1s\xc0",  # negative id
+        b"\x93\xcf\x80" + b"\x00" * 7 + b"\xa1s\xc0",  # id >= 2**63
+        b"\x93\xcd\x01",  # truncated id
+        b"\x93\x01\x05\xc0",  # service not a string
+        b"\x93\x01\xa3ab",  # truncated service
+        b"\x93\x01\xa1s",  # no payload
+        b"\x93\x01\xa2\xff\xfe\xc0",  # service not UTF-8
+        b"\x93\x01\xdb\x00\x01\x00\x00" + b"s" * 65536 + b"\xc0",  # service too long
+    ],
+)
+def test_split_request_rejects(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        split_request(body)

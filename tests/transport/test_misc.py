@@ -12,6 +12,7 @@ from pyjraft.transport import (
     LocalNetwork,
     LocalTransport,
     RpcClient,
+    ServerLimits,
     TcpTransport,
     Transport,
     format_address,
@@ -56,7 +57,7 @@ def test_both_transports_satisfy_the_protocol() -> None:
 
 def test_rpc_cancelled_call_and_bounded_requests_per_connection() -> None:
     async def main() -> None:
-        server = await TcpTransport.start(max_requests_per_connection=2)
+        server = await TcpTransport.start(limits=ServerLimits(max_requests_per_connection=2))
         gate = asyncio.Event()
         arrived: asyncio.Queue[Any] = asyncio.Queue()
 

@@ -6,12 +6,8 @@ import asyncio
 import contextlib
 import logging
 import random
-import shutil
 import socket
-import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +21,7 @@ from pyjraft.transport import (
     RpcTimeoutError,
     TcpTransport,
     TransportError,
-    tcp,
+    server_conn,
 )
 from pyjraft.transport.codec import (
     decode_response,
@@ -286,7 +282,7 @@ def test_close_does_not_wait_for_a_peer_that_never_reads(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Were close() to wait for buffered data to drain, this would hang.
-    monkeypatch.setattr(tcp, "_CLOSE_GRACE", 3600.0)
+    monkeypatch.setattr(server_conn, "_CLOSE_GRACE", 3600.0)
 
     async def main() -> None:
         accepted = asyncio.Event()
@@ -504,65 +500,6 @@ def test_bad_response_closes_client_connection(seed: int) -> None:
 def test_protocol_error_reason_is_text() -> None:
     assert ProtocolError("why").reason == "why"
     assert encode_request(1, "s", None)
-
-
-# -- TLS ---------------------------------------------------------------------------------------
-
-
-def make_cert(tmp: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not found: cannot make a self-signed certificate")
-    key, cert = tmp / "key.pem", tmp / "cert.pem"
-    res = subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )  # fmt: skip
-    if res.returncode != 0:
-        pytest.skip(f"openssl could not make a certificate: {res.stderr.decode()[:200]}")
-    return key, cert
-
-
-def test_tls(seed: int, tmp_path: Path) -> None:
-    key, cert = make_cert(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
-
-    async def main() -> None:
-        a = await start(seed, ssl=server_ctx, client_ssl=client_ctx)
-        b = await start(seed, ssl=server_ctx, client_ssl=client_ctx)
-        plain = RpcClient()
-        untrusting = RpcClient(ssl=ssl.create_default_context())
-        try:
-            inbox = Inbox()
-            b.register_group("g", inbox)
-
-            async def echo(req: Any) -> Any:
-                return req
-
-            b.register_service("echo", echo)
-            a.send([hb("g", a.address, b.address, 5)])
-            assert (await inbox.get()).commit == 5  # type: ignore[union-attr]
-            assert await a.call(b.address, "echo", b"secret") == b"secret"
-            # A client speaking plaintext to the TLS port gets nowhere.
-            with pytest.raises((TransportError, RpcTimeoutError)):
-                await plain.call(b.address, "echo", 1, timeout=1.0)
-            # Nor does one that does not trust the server's certificate.
-            with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
-                await untrusting.call(b.address, "echo", 1, timeout=5.0)
-        finally:
-            await untrusting.close()
-            await plain.close()
-            await a.close()
-            await b.close()
-
-    run(main)
 
 
 def test_requests_then_half_close_get_every_answer_in_order(seed: int) -> None:
