@@ -32,6 +32,7 @@ from typing import cast
 
 from pyjraft.transport.base import TransportStats
 from pyjraft.transport.framing import HEADER_SIZE, Kind, frame_header
+from pyjraft.transport.reasons import count_connection_error
 
 log = logging.getLogger("pyjraft.transport")
 
@@ -89,6 +90,7 @@ class _PeerProtocol(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         if exc is not None:
+            count_connection_error(self.peer._stats, "lost", exc)
             log.info("raft connection to %s lost: %s", self.peer.addr, exc)
 
 
@@ -200,6 +202,7 @@ class Peer:
                     )
                 except OSError as e:  # includes TimeoutError and ssl.SSLError
                     self._stats.connect_failures += 1
+                    count_connection_error(self._stats, "connect", e)
                     log.debug("cannot connect to %s: %s", self.addr, e)
                     self.drop_queue()
                     await asyncio.sleep(self._backoff(attempt))

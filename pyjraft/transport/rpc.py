@@ -28,6 +28,7 @@ from pyjraft.transport.framing import (
     TurnWriter,
     frame_header,
 )
+from pyjraft.transport.reasons import count_bad_frame, count_connection_error
 
 log = logging.getLogger("pyjraft.transport")
 
@@ -115,6 +116,7 @@ class RpcClient:
                 )
             except OSError as e:  # includes ssl.SSLError
                 self.stats.connect_failures += 1
+                count_connection_error(self.stats, "rpc_connect", e)
                 raise TransportError(f"cannot connect to {addr}: {e}") from e
             self._conns[addr] = conn
             return conn
@@ -251,7 +253,7 @@ class _RpcConn(asyncio.Protocol):
             self._protocol_error(e)
 
     def _protocol_error(self, e: ProtocolError) -> None:
-        self.client.stats.bad_frames += 1
+        count_bad_frame(self.client.stats, e.reason)
         log.warning("closing rpc connection to %s: %s", self.addr, e.reason)
         self.abort(TransportError(f"protocol error from {self.addr}: {e.reason}"))
 

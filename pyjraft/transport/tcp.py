@@ -78,6 +78,7 @@ from pyjraft.transport.framing import (
     parse_header_at,
 )
 from pyjraft.transport.peer import ARRAY_HEADER_MAX, Peer, PeerConfig
+from pyjraft.transport.reasons import count_bad_frame, count_connection_error
 from pyjraft.transport.rpc import RpcClient
 
 __all__ = ["RpcClient", "TcpTransport"]
@@ -269,6 +270,13 @@ class TcpTransport(HandlerRegistry):
             await asyncio.gather(peer.task, return_exceptions=True)
             peer.drop_queue()
 
+    def peer_queues(self) -> dict[str, dict[str, Any]]:
+        """Per outbound peer: whether it is connected, messages and bytes queued."""
+        return {
+            addr: {"connected": p.connected, "queued": len(p.queue), "queued_bytes": p.queued_bytes}
+            for addr, p in self._peers.items()
+        }
+
     @property
     def peers(self) -> list[str]:
         """Addresses with an outbound raft connection (or an attempt at one)."""
@@ -412,6 +420,7 @@ class _ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.t._conns.discard(self)
         if exc is not None:
+            count_connection_error(self.t.stats, "inbound_lost", exc)
             log.debug("connection from %s lost: %s", self.peer, exc)
         self._cancel_requests()
         if self.drained is not None and not self.drained.done():
@@ -555,7 +564,7 @@ class _ServerConnection(asyncio.Protocol):
 
     def _fail(self, e: ProtocolError) -> None:
         self.failed = True
-        self.t.stats.bad_frames += 1
+        count_bad_frame(self.t.stats, e.reason)
         log.warning("closing connection from %s: %s", self.peer, e.reason)
         self.abort()
 
