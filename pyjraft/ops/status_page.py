@@ -13,6 +13,7 @@ peers, not from us.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from html import escape
@@ -49,7 +50,8 @@ def _rows(pairs: Iterable[tuple[str, Any]]) -> str:
 
 
 def _bar(fraction: float, behind: bool) -> str:
-    pct = max(0.0, min(1.0, fraction)) * 100
+    # Rounded down: a follower one entry behind is not shown as 100%.
+    pct = math.floor(max(0.0, min(1.0, fraction)) * 1000) / 10
     cls = "fill behind" if behind else "fill"
     return (
         f'<span class="bar" title="{pct:.1f}%"><span class="{cls}" '

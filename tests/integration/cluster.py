@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,14 @@ class CounterCluster:
         group: str = "itest",
         election_timeout_ms: int = 400,
         heartbeat_ms: int = 50,
+        node_args: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
+        """``node_args(addr)``: extra server arguments for the replica ``addr``."""
         self.base = base
         self.group = group
         self.election_timeout_ms = election_timeout_ms
         self.heartbeat_ms = heartbeat_ms
+        self.node_args = node_args
         self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.rpc: RpcClient | None = None
@@ -74,6 +78,7 @@ class CounterCluster:
             "--heartbeat-ms",
             str(self.heartbeat_ms),
             "--die-with-parent",
+            *(self.node_args(addr) if self.node_args else ()),
         ]
         with open(self.log_path(addr), "ab") as err:
             self.procs[addr] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=err)
