@@ -32,6 +32,27 @@ def leader_contact_ms(node: Node) -> float | None:
     return round(core.election_elapsed * node._tick_s * 1000 + pending * 1000, 3)
 
 
+def peer_progress(node: Node) -> dict[str, dict[str, Any]]:
+    """A leader's view of each other member: match and next index, progress
+    state, lag (its last index minus the match), messages and bytes in flight,
+    and whether it was heard from within the election timeout."""
+    core = node._core
+    last = core.log.last_index()
+    return {
+        p: {
+            "match": pr.match,
+            "next": pr.next,
+            "state": pr.state.value,
+            "lag": last - pr.match,
+            "inflight": pr.inflights.count,
+            "inflight_bytes": pr.inflights.bytes,
+            "active": pr.recent_active,
+        }
+        for p, pr in core.progress.items()
+        if p != node.id
+    }
+
+
 def describe_node(node: Node) -> dict[str, Any]:
     """A JSON-able dump of ``node``; see the module docstring."""
     core = node._core

@@ -12,13 +12,16 @@ module records the few that matter, once per *batch*, never per entry:
   committed (durable on a majority): the replication latency;
 - one log append (its write and its fdatasync: the storage does both in one
   call) and one term/vote save;
-- one ``on_apply`` call and the entries it got.
+- one ``on_apply`` call.
 
-A `Histogram` is a list of bucket counts and a sum: one ``bisect`` and two
-additions per observation, no lock and no dependency (the exporter in
-`pyjraft.ops` turns them into Prometheus histograms at scrape time). The
-leader's log writer thread records appends too; a race with the loop thread
-can at worst lose one observation, never corrupt a count.
+Recording is one ``list.append`` of the value (a C call, no bucket search):
+a `Histogram` sorts what accumulated into its buckets when it is read (a
+scrape) or when `FOLD_AT` values are waiting, so memory stays bounded when
+nobody scrapes. No lock and no dependency (the exporter in `pyjraft.ops`
+turns them into Prometheus histograms). The leader's log writer thread
+records appends too: appending to a list and folding a prefix of it
+(`Histogram.fold` takes a length, then that slice) are each atomic under the
+GIL, so no value is lost or counted twice.
 
 Recording is off unless ``NodeOptions.metrics`` is set (the node then holds
 no `NodeMetrics` and skips the clock reads). Snapshot and read-index
@@ -29,8 +32,8 @@ from __future__ import annotations
 
 import collections
 import time
-from bisect import bisect_left
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001,
@@ -56,23 +59,58 @@ SIZE_BUCKETS: tuple[float, ...] = tuple(float(1 << k) for k in range(15))
 """Upper bounds of the entries-per-batch histograms: 1, 2, 4, ... 16384."""
 
 
+FOLD_AT = 4096
+"""Observations a `Histogram` holds unsorted before it folds them into buckets."""
+
+
 class Histogram:
     """Counts of observations per bucket (``value <= bound``), plus their sum."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("_counts", "_pending", "_sum", "bounds", "observe")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
         if list(self.bounds) != sorted(set(self.bounds)):
             raise ValueError("histogram bounds must be strictly increasing")
-        self.counts = [0] * (len(self.bounds) + 1)
-        """Observations per bucket; the last one is above every bound (+Inf)."""
-        self.sum = 0.0
+        self._counts = [0] * (len(self.bounds) + 1)
+        self._sum = 0.0
+        self._pending: list[float] = []
+        self.observe: Callable[[float], None] = self._pending.append
+        """Record one observation (``list.append``: see `fold`)."""
 
-    def observe(self, value: float) -> None:
-        """Record one observation."""
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def fold(self) -> None:
+        """Move the observations recorded so far into the buckets."""
+        pending = self._pending
+        n = len(pending)
+        if not n:
+            return
+        values = sorted(pending[:n])
+        del pending[:n]
+        counts = self._counts
+        below = 0
+        for i, bound in enumerate(self.bounds):
+            upto = bisect_right(values, bound, below)
+            counts[i] += upto - below
+            below = upto
+        counts[-1] += n - below
+        self._sum += sum(values)
+
+    def maybe_fold(self) -> None:
+        """`fold` if `FOLD_AT` observations are waiting (bounds memory)."""
+        if len(self._pending) >= FOLD_AT:
+            self.fold()
+
+    @property
+    def counts(self) -> list[int]:
+        """Observations per bucket; the last one is above every bound (+Inf)."""
+        self.fold()
+        return self._counts
+
+    @property
+    def sum(self) -> float:
+        """The sum of every observation."""
+        self.fold()
+        return self._sum
 
     @property
     def count(self) -> int:
@@ -119,7 +157,6 @@ class NodeMetrics:
         "log_append_seconds",
         "meta_save_seconds",
         "apply_seconds",
-        "apply_batch_size",
     )
     """Attribute names of the histograms, for exporters."""
 
@@ -133,19 +170,20 @@ class NodeMetrics:
         self.meta_save_seconds = Histogram(LATENCY_BUCKETS)
         """One durable save of term and vote."""
         self.apply_seconds = Histogram(LATENCY_BUCKETS)
-        """One ``StateMachine.on_apply`` call (until its awaitable resolves)."""
-        self.apply_batch_size = Histogram(SIZE_BUCKETS)
-        """Entries per ``on_apply`` call."""
+        """One ``StateMachine.on_apply`` call (until its awaitable resolves);
+        entries applied are counted by ``Node.stats["applied"]``."""
         # Proposed batches not yet seen committed: (last index, proposal time).
         self._proposed: collections.deque[tuple[int, float]] = collections.deque(maxlen=1 << 16)
 
     clock = staticmethod(time.perf_counter)
-    """The clock every duration here is measured with."""
+    """The clock every ``started`` argument is read from."""
 
     def proposed(self, count: int, last_index: int) -> None:
         """A leader proposed ``count`` entries ending at ``last_index``."""
-        self.proposal_batch_size.observe(count)
+        h = self.proposal_batch_size
+        h.observe(count)
         self._proposed.append((last_index, time.perf_counter()))
+        h.maybe_fold()
 
     def committed(self, commit_index: int) -> None:
         """The leader knows everything up to ``commit_index`` committed."""
@@ -153,18 +191,33 @@ class NodeMetrics:
         if not pending or pending[0][0] > commit_index:
             return
         now = time.perf_counter()
-        observe = self.replicate_seconds.observe
+        h = self.replicate_seconds
+        observe = h.observe
         while pending and pending[0][0] <= commit_index:
             observe(now - pending.popleft()[1])
+        h.maybe_fold()
 
     def leadership_ended(self) -> None:
         """Forget batches whose commit this node will no longer see as leader."""
         self._proposed.clear()
 
-    def applied(self, count: int, seconds: float) -> None:
-        """One ``on_apply`` call took ``seconds`` for ``count`` entries."""
-        self.apply_batch_size.observe(count)
-        self.apply_seconds.observe(seconds)
+    def applied(self, started: float) -> None:
+        """One ``on_apply`` call, begun at ``clock()`` time ``started``, is done."""
+        h = self.apply_seconds
+        h.observe(time.perf_counter() - started)
+        h.maybe_fold()
+
+    def appended(self, started: float) -> None:
+        """One log append, begun at ``clock()`` time ``started``, is durable."""
+        h = self.log_append_seconds
+        h.observe(time.perf_counter() - started)
+        h.maybe_fold()
+
+    def saved_meta(self, started: float) -> None:
+        """One term/vote save, begun at ``clock()`` time ``started``, is durable."""
+        h = self.meta_save_seconds
+        h.observe(time.perf_counter() - started)
+        h.maybe_fold()
 
     def as_dict(self) -> dict[str, object]:
         """Every histogram as `Histogram.as_dict`, by name."""

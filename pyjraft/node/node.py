@@ -52,6 +52,7 @@ import random
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from functools import partial
 from itertools import repeat
+from time import perf_counter as _clock
 from typing import Any
 
 from pyjraft.core.config import CoreConfig
@@ -61,7 +62,7 @@ from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import NONE, ConfState, Entry, EntryType, HardState, Role, SoftState
 from pyjraft.node import busy_poll
-from pyjraft.node.describe import leader_contact_ms
+from pyjraft.node.describe import describe_node, leader_contact_ms, peer_progress
 from pyjraft.node.errors import (
     LeadershipLostError,
     NodeStorageError,
@@ -161,6 +162,7 @@ class Node:
             o.group, o.id, lambda: core.term, initial=self._soft, hard_state=core.hard_state
         )
         """Elections, votes, role changes and failure: logged, counted, kept."""
+        self._fsm.log = self.events.log
         self.metrics = NodeMetrics() if o.metrics else None
         """Latency and batch-size histograms (``NodeOptions.metrics``), else None."""
         self._leader_started = False
@@ -344,20 +346,7 @@ class Node:
             "stats": dict(self.stats),
         }
         if core.role is Role.LEADER:
-            last = st["last_index"]
-            st["peers"] = {
-                p: {
-                    "match": pr.match,
-                    "next": pr.next,
-                    "state": pr.state.value,
-                    "lag": last - pr.match,
-                    "inflight": pr.inflights.count,
-                    "inflight_bytes": pr.inflights.bytes,
-                    "active": pr.recent_active,
-                }
-                for p, pr in core.progress.items()
-                if p != self.id
-            }
+            st["peers"] = peer_progress(self)
         if self.error is not None:
             st["error"] = repr(self.error)
         return st
@@ -365,8 +354,6 @@ class Node:
     def describe(self) -> dict[str, Any]:
         """Everything `status` says plus queue depths, timers, recent events and
         histograms: the dump printed on SIGUSR2 (`pyjraft.node.describe`)."""
-        from pyjraft.node.describe import describe_node
-
         return describe_node(self)
 
     # -- inputs --------------------------------------------------------------
@@ -602,14 +589,14 @@ class Node:
             user = committed if all_normal else [e for e in committed if e.type == _NORMAL]
             results: list[Any] = []
             if user:
-                t0 = NodeMetrics.clock() if metrics is not None else 0.0
+                t0 = _clock() if metrics is not None else 0.0
                 applied = self._fsm.apply_now(user)
                 if isinstance(applied, list):
                     results = applied
                 else:
                     results = yield applied
                 if metrics is not None:
-                    metrics.applied(len(user), NodeMetrics.clock() - t0)
+                    metrics.applied(t0)
             self._complete(committed, user, all_normal, results)
             if not self._leader_started and self._core.role is Role.LEADER:
                 term = self._core.term
@@ -651,20 +638,19 @@ class Node:
 
     def _persist(self, hard_state: HardState | None, entries: list[Entry]) -> None:
         metrics = self.metrics
-        clock = NodeMetrics.clock
         if hard_state is not None:
-            t0 = clock()
+            t0 = _clock()
             self._meta.save(hard_state)
             if metrics is not None:
-                metrics.meta_save_seconds.observe(clock() - t0)
+                metrics.saved_meta(t0)
         if entries:
-            t0 = clock() if metrics is not None else 0.0
+            t0 = _clock() if metrics is not None else 0.0
             first = entries[0].index
             if first <= self._log.last_index():
                 self._log.truncate_suffix(first - 1)
             self._log.append(entries)
             if metrics is not None:
-                metrics.log_append_seconds.observe(clock() - t0)
+                metrics.appended(t0)
 
     def _complete(
         self, entries: list[Entry], user: list[Entry], all_normal: bool, results: list[Any]

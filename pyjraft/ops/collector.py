@@ -80,7 +80,6 @@ _HISTOGRAMS: dict[str, str] = {
     "log_append_seconds": "One log append, its write and fdatasync together.",
     "meta_save_seconds": "One durable save of term and vote.",
     "apply_seconds": "One StateMachine.on_apply call.",
-    "apply_batch_size": "Entries per on_apply call.",
 }
 
 _PEER_GAUGES: tuple[tuple[str, str, str], ...] = (

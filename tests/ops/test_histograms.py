@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyjraft.node.metrics import SIZE_BUCKETS, Histogram, NodeMetrics
+from pyjraft.node.metrics import FOLD_AT, SIZE_BUCKETS, Histogram, NodeMetrics
 
 
 def test_observations_land_in_the_first_bucket_whose_bound_is_not_below_them() -> None:
@@ -58,9 +58,28 @@ def test_batches_of_a_lost_leadership_are_forgotten() -> None:
     assert m.replicate_seconds.count == 1
 
 
-def test_apply_records_size_and_duration() -> None:
+def test_durations_are_measured_from_the_start_given() -> None:
     m = NodeMetrics()
-    m.applied(100, 0.002)
-    assert m.apply_batch_size.count == 1
-    assert m.apply_seconds.sum == pytest.approx(0.002)
+    start = m.clock() - 0.002
+    m.applied(start)
+    m.appended(start)
+    m.saved_meta(start)
+    for h in (m.apply_seconds, m.log_append_seconds, m.meta_save_seconds):
+        assert h.count == 1
+        assert 0.002 <= h.sum < 10
     assert set(m.as_dict()) == set(NodeMetrics.HISTOGRAMS)
+
+
+def test_observations_fold_into_buckets_when_read_or_when_many_wait() -> None:
+    h = Histogram((1.0, 2.0))
+    for _ in range(FOLD_AT - 1):
+        h.observe(1.5)
+    h.maybe_fold()
+    assert len(h._pending) == FOLD_AT - 1  # not yet: folded when read
+    h.observe(3.0)
+    h.maybe_fold()
+    assert not h._pending  # bounded memory with nobody reading
+    assert h.counts == [0, FOLD_AT - 1, 1]
+    h.observe(0.5)
+    assert h.counts == [1, FOLD_AT - 1, 1]  # reading folds what waits
+    assert h.sum == pytest.approx(1.5 * (FOLD_AT - 1) + 3.5)
