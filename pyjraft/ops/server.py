@@ -191,9 +191,7 @@ class OpsServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        assert server is not None
-        sock_host, sock_port = server.sockets[0].getsockname()[:2]  # type: ignore[attr-defined]
+        sock_host, sock_port = runner.addresses[0][:2]
         self._address = format_address(str(sock_host), int(sock_port))
         if self.loop_lag is not None:
             self.loop_lag.start()
