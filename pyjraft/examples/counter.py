@@ -236,9 +236,13 @@ async def _serve(args: argparse.Namespace) -> int:
         sync=not args.unsafe_no_sync,
         metrics=args.http is not None,
     )
+    hosted: list[Node] = []
+    # Before anything slow: SIGUSR2's default action would kill the process.
+    install_describe_signal(lambda: hosted, pretty=args.log_format == "text")
     server = await CounterServer.start(options)
     node = server.node
     assert node is not None
+    hosted.append(node)
     ops: OpsServer | None = None
     try:
         if args.http is not None:
@@ -254,7 +258,6 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    install_describe_signal(lambda: [node], pretty=args.log_format == "text")
     log.info("counter server %s of group %s is up (peers %s)", args.id, args.group, args.peers)
     stopped = asyncio.ensure_future(stop.wait())
     failed = asyncio.ensure_future(node.events.wait_failed())
