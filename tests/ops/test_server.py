@@ -18,6 +18,8 @@ from pyjraft.ops import OpsServer, node_health
 from tests.node.harness import IDS, LocalCluster, run, wait_for
 
 SEED = 17
+CALM = {"election_timeout_ms": 1500, "heartbeat_ms": 50}
+"""Timers under which no election happens while a test reads roles after the fact."""
 
 
 @asynccontextmanager
@@ -57,8 +59,8 @@ async def _writes(leader: Node, n: int) -> None:
 
 def test_metrics_report_counters_gauges_histograms_and_peers() -> None:
     async def scenario() -> None:
-        async with LocalCluster(SEED, metrics=True) as c:
-            leader = await c.leader()
+        async with LocalCluster(SEED, metrics=True, **CALM) as c:
+            leader = await c.leader(15)
             await _writes(leader, 20)
             async with serving(list(c.nodes.values())) as (_, session, base):
                 status, text = await _get(session, f"{base}/metrics")
@@ -93,8 +95,8 @@ def test_metrics_report_counters_gauges_histograms_and_peers() -> None:
 
 def test_status_json_and_describe() -> None:
     async def scenario() -> None:
-        async with LocalCluster(SEED, metrics=True) as c:
-            leader = await c.leader()
+        async with LocalCluster(SEED, metrics=True, **CALM) as c:
+            leader = await c.leader(15)
             await _writes(leader, 5)
             async with serving(list(c.nodes.values())) as (_, session, base):
                 async with session.get(f"{base}/status.json") as r:
@@ -112,15 +114,15 @@ def test_status_json_and_describe() -> None:
         d = {x["id"]: x for x in described}[leader.id]
         assert {"queues", "timers", "events", "histograms", "options", "transport"} <= set(d)
         assert d["queues"]["awaiting_apply"] == 0
-        assert d["timers"]["heartbeat_ms"] == 15
+        assert d["timers"]["heartbeat_ms"] == 50
 
     run(scenario())
 
 
 def test_health_is_ok_with_a_leader_and_503_without() -> None:
     async def scenario() -> None:
-        async with LocalCluster(SEED) as c:
-            leader = await c.leader()
+        async with LocalCluster(SEED, **CALM) as c:
+            leader = await c.leader(15)
             follower = next(n for n in c.nodes.values() if n is not leader)
             async with serving([follower]) as (_, session, base):
                 status, text = await _get(session, f"{base}/health")
@@ -144,8 +146,8 @@ def test_health_is_ok_with_a_leader_and_503_without() -> None:
 
 def test_a_failed_node_reports_error_as_its_role_everywhere() -> None:
     async def scenario() -> None:
-        async with LocalCluster(SEED) as c:
-            leader = await c.leader()
+        async with LocalCluster(SEED, **CALM) as c:
+            leader = await c.leader(15)
             c.machines[leader.id].fail_on = b"13"
             with pytest.raises(StateMachineError):
                 await leader.apply(b"13")
@@ -208,8 +210,8 @@ def test_later_routes_share_the_authorization_check() -> None:
 
 def test_status_page_refresh_parameter() -> None:
     async def scenario() -> None:
-        async with LocalCluster(SEED) as c:
-            await c.leader()
+        async with LocalCluster(SEED, **CALM) as c:
+            await c.leader(15)
             async with serving(list(c.nodes.values()), refresh_s=3) as (_, session, base):
                 page = (await _get(session, f"{base}/status"))[1]
                 assert 'http-equiv="refresh" content="3"' in page

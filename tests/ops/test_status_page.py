@@ -16,8 +16,9 @@ SEED = 23
 
 def test_a_three_node_cluster_as_chromium_renders_it(tmp_path: Path) -> None:
     async def scenario() -> tuple[str, str, str, str]:
-        async with LocalCluster(SEED, metrics=True) as c:
-            leader = await c.leader()
+        # Calm timers: the page is read after the fact, with no election meanwhile.
+        async with LocalCluster(SEED, metrics=True, election_timeout_ms=1500, heartbeat_ms=50) as c:
+            leader = await c.leader(15)
             for _ in range(30):
                 await asyncio.gather(*(leader.apply(b"1") for _ in range(10)))
             follower = next(n for n in c.nodes.values() if n is not leader)
