@@ -10,8 +10,14 @@ leader and followers together, so about 3 nodes' worth of code per write --
 and the wall time per write (every hop is a loop turn here, so it is a CPU
 figure too, not a latency a cluster would see). The best of ``--rounds``.
 
+With ``--metrics`` every node records its histograms (``NodeOptions.metrics``)
+and one `pyjraft.ops.OpsServer` serves them, scraped over HTTP every
+``--scrape-s`` seconds by this same process: the CPU figure then includes
+what metrics cost, collection included.
+
     python benchmarks/cluster_cpu.py [--concurrency C] [--ops N] [--payload B]
                                      [--rounds R] [--sync] [--profile FILE]
+                                     [--metrics [--scrape-s S]]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 from pyjraft.bench.server import CountingMachine
 from pyjraft.node import Node, NodeOptions
 from pyjraft.node.loop import run, tune_gc
+from pyjraft.ops import OpsServer
 from pyjraft.transport.tcp import TcpTransport
 
 
@@ -42,8 +49,15 @@ async def cluster(args: argparse.Namespace, folder: str) -> dict[str, float]:
             sync=args.sync,
             election_timeout_ms=300 if i == 0 else 5000,
             heartbeat_ms=50,
+            metrics=args.metrics,
         )
         nodes.append(await Node.start(opts, CountingMachine(), t))
+    ops: OpsServer | None = None
+    scraper: asyncio.Task[None] | None = None
+    if args.metrics:
+        ops = OpsServer(nodes=nodes)
+        addr = await ops.start("127.0.0.1", 0)
+        scraper = asyncio.get_running_loop().create_task(scrape(addr, args.scrape_s))
     try:
         while not nodes[0].is_leader:
             await asyncio.sleep(0.05)
@@ -78,10 +92,25 @@ async def cluster(args: argparse.Namespace, folder: str) -> dict[str, float]:
             prof.dump_stats(args.profile)
         return {k: round(v, 2) for k, v in best.items()}
     finally:
+        if scraper is not None:
+            scraper.cancel()
+        if ops is not None:
+            await ops.close()
         for node in nodes:
             await node.shutdown()
         for t in transports:
             await t.close()
+
+
+async def scrape(addr: str, interval: float) -> None:
+    """GET /metrics every ``interval`` seconds, as Prometheus would."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"http://{addr}/metrics") as resp:
+                await resp.read()
+            await asyncio.sleep(interval)
 
 
 def main() -> None:
@@ -92,10 +121,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--sync", action="store_true", help="fdatasync (default: off)")
     ap.add_argument("--profile", default=None, help="cProfile the measured rounds to FILE")
+    ap.add_argument("--metrics", action="store_true", help="histograms on, /metrics scraped")
+    ap.add_argument("--scrape-s", type=float, default=1.0, help="scrape interval (--metrics)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         out = run(lambda: cluster(args, folder))
-    out.update(concurrency=args.concurrency, payload=args.payload, sync=args.sync)
+    out.update(
+        concurrency=args.concurrency, payload=args.payload, sync=args.sync, metrics=args.metrics
+    )
     print(json.dumps(out))
 
 

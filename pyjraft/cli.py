@@ -5,7 +5,7 @@ leader crash (``--tls``: over mutual TLS, with certificates made for it);
 ``pyjraft counter ...`` is ``python -m pyjraft.examples.counter`` (``server``
 and ``client``); ``pyjraft certs ...`` makes a CA and node/client
 certificates (`pyjraft.certs`); ``pyjraft bench ...`` is ``python -m
-pyjraft.bench``.
+pyjraft.bench``; ``pyjraft status --peers A,B,C`` prints a table of a cluster.
 """
 
 from __future__ import annotations
@@ -210,6 +210,29 @@ async def _demo(args: argparse.Namespace) -> int:
             shutil.rmtree(base, ignore_errors=True)
 
 
+async def _status(args: argparse.Namespace) -> int:
+    from pyjraft.ops.cluster_status import collect, render_json, render_table
+
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    rounds = 0
+    while True:
+        rows = await collect(
+            peers, group=args.group, http=args.http, service=args.service, timeout=args.timeout
+        )
+        if args.json:
+            print(render_json(rows), flush=True)
+        else:
+            if args.watch is not None and sys.stdout.isatty():
+                print("\x1b[H\x1b[2J", end="")
+            if args.watch is not None:
+                print(time.strftime("%Y-%m-%d %H:%M:%S"))
+            print(render_table(rows), flush=True)
+        rounds += 1
+        if args.watch is None or (args.iterations and rounds >= args.iterations):
+            return 0 if all("error" not in r for r in rows) else 1
+        await asyncio.sleep(args.watch)
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -243,7 +266,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("counter", help="the replicated counter example (server / client)")
     sub.add_parser("certs", help="make a CA and node/client certificates (pyjraft certs -h)")
     sub.add_parser("bench", help="the benchmark harness (python -m pyjraft.bench)")
+    st = sub.add_parser(
+        "status",
+        help="print a table of a cluster: role, term, indexes, lag of each member",
+        description="Ask each member for its status (the RPC status service, or with "
+        "--http the ops endpoint's /status.json) and print one row per member and group. "
+        "Exit status 1 when a member did not answer.",
+    )
+    st.add_argument("--peers", required=True, help="member addresses, comma-separated")
+    st.add_argument("--group", default=None, help="only this raft group")
+    st.add_argument(
+        "--http", action="store_true", help="the peers are ops endpoints (HOST:PORT of --http)"
+    )
+    st.add_argument("--service", default="status", help="RPC status service (default: status)")
+    st.add_argument("--timeout", type=float, default=2.0, help="seconds per member")
+    st.add_argument("--json", action="store_true", help="one JSON line per round")
+    st.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=None,
+        metavar="SECONDS",
+        help="repeat every SECONDS (default 1) until interrupted",
+    )
+    st.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.cmd == "status":
+        if args.watch is not None and args.watch <= 0:
+            p.error("--watch takes a positive number of seconds")
+        try:
+            return counter.run(lambda: _status(args))
+        except KeyboardInterrupt:
+            return 0
     assert args.cmd == "demo"
     signal.signal(signal.SIGTERM, _on_sigterm)
     return counter.run(lambda: _demo(args))

@@ -4,6 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# The status page is tested in headless Chromium (Debian's package; CI runs as
+# root on a fresh machine, where installing it takes a minute).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== apt-get install chromium"
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
+  else
+    echo "chromium is missing and this is not root: sudo apt-get install -y chromium" >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -309,3 +309,14 @@ def test_node_data_roots_and_leader_node_are_checked(tmp_path: Path) -> None:
     ok = _args("--node-data-roots", f"{tmp_path}, {tmp_path},{tmp_path}", "--leader-node", "0")
     assert ok.node_data_roots == (str(tmp_path),) * 3
     assert ok.leader_node == 0
+
+
+@pytest.mark.timeout(60)
+def test_bench_with_metrics_scrapes_every_node() -> None:
+    argv = ["--duration", "1.5", "--concurrency", "8", "--payload", "64", "--warmup", "20"]
+    out = _run_bench([*argv, "--metrics", "--metrics-scrape-s", "0.2", "--timeout", "25"])
+    assert out["metrics"] is True
+    scrapes = out["metrics_scrapes"]
+    assert scrapes["failures"] == 0
+    assert scrapes["scrapes"] >= 3  # at least one round over the three nodes
+    assert scrapes["bytes_per_scrape"] > 1000

@@ -196,6 +196,7 @@ class Cluster:
         ``--node-data-roots``), its log file in ``tmp``."""
         ports = free_ports(3)
         peers = ",".join(f"127.0.0.1:{p}" for p in ports)
+        args.http_addrs = [f"127.0.0.1:{p}" for p in free_ports(3)] if args.metrics else []
         specs = []
         tls_dir = _make_tls(args, tmp, peers.split(","))
         for i, port in enumerate(ports):
@@ -215,6 +216,8 @@ class Cluster:
                 argv.append(f"--busy-poll-us={args.busy_poll_us}")
             if not args.tune_gc:
                 argv.append("--no-tune-gc")
+            if args.metrics:
+                argv += ["--metrics", "--http", args.http_addrs[i]]
             specs.append((f"pyjraft node{i}", argv, os.path.join(tmp, f"node{i}.log")))
         return await cls._spawn(specs)
 
@@ -446,6 +449,7 @@ async def run_pyjraft(
 ) -> None:
     """Start the pyjraft cluster, measure the floor, run the workload; fill ``out``."""
     cluster = await Cluster.start_pyjraft(args, tmp, deadline)
+    scraper: MetricsScraper | None = None
     try:
         leader, _ = await _await_leader(cluster, deadline, out)
         sys.stderr.write(f"pyjraft leader {leader.addr} pid {leader.pid}\n")
@@ -469,10 +473,15 @@ async def run_pyjraft(
         leader.on_progress = progress
         st0 = await leader.request({"cmd": "status"}, "status", 10.0)
         left = max(1.0, deadline - time.time())
+        if args.metrics:
+            scraper = MetricsScraper(args.http_addrs, args.metrics_scrape_s)
+            scraper.start()
         if args.placement == "leader":
             res = await leader.request({"cmd": "run", "spec": spec}, "result", left)
         else:
             res = await asyncio.wait_for(client_workload(leader.addr, spec, progress), left)
+        if scraper is not None:
+            out["metrics_scrapes"] = await scraper.stop()
         st1 = await leader.request({"cmd": "status"}, "status", 10.0)
         cpu0, cpu1 = st0["cpu_s"], st1["cpu_s"]
         if "node_stats" not in res and "node_stats" in st1:
@@ -511,7 +520,64 @@ async def run_pyjraft(
             for s_ in sts
         }
     finally:
+        if scraper is not None:
+            await scraper.stop()
         await cluster.stop()
+
+
+class MetricsScraper:
+    """Scrapes each node's ``/metrics`` every ``interval`` seconds, as Prometheus
+    would (a pessimistic interval: Prometheus defaults to 15 s or more)."""
+
+    def __init__(self, addrs: Sequence[str], interval: float) -> None:
+        self.addrs = list(addrs)
+        self.interval = interval
+        self.count = 0
+        self.failures = 0
+        self.bytes = 0
+        self.ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start scraping in the background."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> dict[str, Any]:
+        """Stop; the scrape counts and the median scrape time."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        ms = sorted(self.ms)
+        return {
+            "scrapes": self.count,
+            "failures": self.failures,
+            "bytes_per_scrape": self.bytes // self.count if self.count else 0,
+            "scrape_p50_ms": round(ms[len(ms) // 2], 2) if ms else None,
+            "interval_s": self.interval,
+        }
+
+    async def _run(self) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            while True:
+                for addr in self.addrs:
+                    t0 = time.perf_counter()
+                    try:
+                        async with session.get(f"http://{addr}/metrics") as resp:
+                            body = await resp.read()
+                            ok = resp.status == 200
+                    except aiohttp.ClientError:
+                        ok, body = False, b""
+                    if ok:
+                        self.count += 1
+                        self.bytes += len(body)
+                        self.ms.append((time.perf_counter() - t0) * 1000)
+                    else:
+                        self.failures += 1
+                await asyncio.sleep(self.interval)
 
 
 async def run_pysyncobj(
@@ -950,6 +1016,7 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             "node_data_roots": list(roots) if roots else None,
             "nodes_share_disk": len({os.stat(p).st_dev for p in args.node_parents}) == 1,
             "leader_node_preferred": args.leader_node,
+            "metrics": args.metrics,
             "busy_poll_us": (
                 NodeOptions(id="x", peers=("x",)).busy_poll_us
                 if args.busy_poll_us is None
@@ -1186,7 +1253,22 @@ def parse_args(
         choices=[0, 1, 2],
         help="let node K lead: the others wait 5 times longer before an election",
     )
+    ap.add_argument(
+        "--metrics",
+        action="store_true",
+        help="NodeOptions.metrics on every node, each serving pyjraft.ops /metrics on a "
+        "loopback port that this process scrapes every --metrics-scrape-s during the run",
+    )
+    ap.add_argument(
+        "--metrics-scrape-s",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="scrape interval with --metrics (default 1)",
+    )
     args = ap.parse_args(argv)
+    if args.metrics_scrape_s <= 0:
+        ap.error("--metrics-scrape-s must be > 0")
     if args.concurrency < 1 or args.ops < 1 or args.payload < 0 or args.timeout <= 0:
         ap.error("--concurrency and --ops must be >= 1, --payload >= 0, --timeout > 0")
     if args.duration is not None and not 0 < args.duration < args.timeout:

@@ -260,9 +260,17 @@ async def amain(args: argparse.Namespace) -> None:
             if args.election_timeout_ms is None
             else {"election_timeout_ms": args.election_timeout_ms}
         ),
+        metrics=args.metrics,
     )
     machine = CountingMachine()
     node = await Node.start(options, machine, transport)
+    ops = None
+    if args.http is not None:
+        from pyjraft.ops import OpsServer
+        from pyjraft.transport import parse_address
+
+        ops = OpsServer(nodes=[node])
+        await ops.start(*parse_address(args.http))
     if args.tune_gc:
         tune_gc()
 
@@ -327,6 +335,9 @@ async def amain(args: argparse.Namespace) -> None:
     finally:
         for t in list(tasks):
             t.cancel()
+        if ops is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ops.close(), 5.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(node.shutdown(), 5.0)
         with contextlib.suppress(Exception):
@@ -357,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--leader-write-thread", choices=["on", "off", "default"], default="default")
     ap.add_argument("--busy-poll-us", type=int, default=None)
     ap.add_argument("--election-timeout-ms", type=int, default=None)
+    ap.add_argument("--metrics", action="store_true", help="NodeOptions(metrics=True)")
+    ap.add_argument("--http", default=None, metavar="HOST:PORT", help="serve pyjraft.ops there")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument(
         "--no-tune-gc", dest="tune_gc", action="store_false", help="leave the GC at defaults"

@@ -15,7 +15,11 @@ log). Each server runs one `TcpTransport` on its ``--id`` address, shared by
 raft traffic and two services: ``counter`` (requests are the same arrays,
 answered with the `pyjraft.client` reply convention through `serve_apply`)
 and ``status`` (`Node.status` plus the counter's value). SIGTERM or SIGINT
-shuts the node down gracefully.
+shuts the node down gracefully; SIGUSR2 logs `Node.describe`. With
+``--http HOST:PORT`` the process also serves `pyjraft.ops` (metrics, status
+page, health). If the node fails (a storage or state machine error), the
+server exits with status 70 (``--no-exit-on-error`` keeps it up, reporting
+``error`` as its role) so a supervisor restarts it.
 
 Both take ``--tls-cert --tls-key --tls-ca`` (certificates from ``pyjraft
 certs``): the servers then speak mutual TLS with each other and with
@@ -57,6 +61,7 @@ from pyjraft.core.types import Entry
 from pyjraft.node import Node, NodeOptions, StateMachine, peers_from
 from pyjraft.node.loop import run as run_on_best_loop
 from pyjraft.node.loop import tune_gc
+from pyjraft.ops import FORMATS, OpsServer, install_describe_signal, setup_logging
 from pyjraft.transport import InsecureBindError, RpcClient, TcpTransport, parse_address
 from pyjraft.transport.tls import Role, TlsConfig
 
@@ -72,6 +77,8 @@ EXIT_FAILURE = 1
 """Client exit status: the call failed (and was not applied)."""
 EXIT_UNKNOWN_OUTCOME = 3
 """Client exit status: the increment may or may not have been applied."""
+EXIT_NODE_FAILED = 70
+"""Server exit status: its node stopped on a fatal error (EX_SOFTWARE)."""
 
 
 def validate_command(cmd: Any) -> str | None:
@@ -260,7 +267,11 @@ async def _serve(args: argparse.Namespace) -> int:
         election_timeout_ms=args.election_timeout_ms,
         heartbeat_ms=heartbeat,
         sync=not args.unsafe_no_sync,
+        metrics=args.http is not None,
     )
+    hosted: list[Node] = []
+    # Before anything slow: SIGUSR2's default action would kill the process.
+    install_describe_signal(lambda: hosted, pretty=args.log_format == "text")
     try:
         tls = TlsConfig.from_args(args.tls_cert, args.tls_key, args.tls_ca)
         server = await CounterServer.start(
@@ -269,17 +280,60 @@ async def _serve(args: argparse.Namespace) -> int:
     except (InsecureBindError, ValueError, OSError) as e:
         log.error("cannot start: %s", e)
         return EXIT_FAILURE
+    node = server.node
+    assert node is not None
+    hosted.append(node)
+    ops: OpsServer | None = None
+    try:
+        if args.http is not None:
+            # The same authentication as the node's other traffic: mutual TLS
+            # with the cluster's CA when the node has certificates.
+            ops = OpsServer(nodes=[node], transports=[server.transport])
+            host, port = parse_address(args.http)
+            addr = await ops.start(
+                host,
+                port,
+                ssl=tls.server_context if tls is not None else None,
+                insecure_plaintext=args.http_insecure_plaintext,
+            )
+            scheme = "https" if tls is not None else "http"
+            log.info("ops endpoint on %s://%s/ (metrics, status, health)", scheme, addr)
+    except BaseException:
+        await server.shutdown()
+        raise
     tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("counter server %s of group %s is up (peers %s)", args.id, args.group, args.peers)
-    await stop.wait()
-    log.info("counter server %s shutting down", args.id)
-    await server.shutdown()
+    stopped = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(node.events.wait_failed())
+    status = 0
+    try:
+        while not stopped.done():
+            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done() and not stopped.done():
+                if args.exit_on_error:
+                    log.error(
+                        "counter server %s: its node failed (%r); exiting with status %d",
+                        args.id,
+                        failed.result(),
+                        EXIT_NODE_FAILED,
+                    )
+                    status = EXIT_NODE_FAILED
+                    break
+                # Kept up on request: status says role "error", /health says 503.
+                await stopped
+    finally:
+        stopped.cancel()
+        failed.cancel()
+        log.info("counter server %s shutting down", args.id)
+        if ops is not None:
+            await ops.close()
+        await server.shutdown()
     log.info("counter server %s stopped", args.id)
-    return 0
+    return status
 
 
 async def _client(args: argparse.Namespace) -> int:
@@ -351,7 +405,14 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
     )
     add_tls_arguments(s, server=True)
     s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
-    s.add_argument("--log-level", default="INFO")
+    add_ops_arguments(s)
+    s.add_argument(
+        "--exit-on-error",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"exit with status {EXIT_NODE_FAILED} when the node fails, so a supervisor "
+        "restarts it (default: on)",
+    )
     c = sub.add_parser("client", help="call the counter")
     c.add_argument("--group", default="counter")
     c.add_argument("--peers", required=True, help="replica addresses, comma-separated")
@@ -366,6 +427,31 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
     return p
 
 
+def add_ops_arguments(p: argparse.ArgumentParser) -> None:
+    """The operations options every server command takes: ``--http``,
+    ``--http-insecure-plaintext``, ``--log-format``, ``--log-level``."""
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve /metrics, /status, /status.json, /health there (default: off)",
+    )
+    p.add_argument(
+        "--http-insecure-plaintext",
+        action="store_true",
+        help="allow --http on a non-loopback address without TLS (anyone reaching it "
+        "reads the cluster's state)",
+    )
+    p.add_argument("--log-format", choices=FORMATS, default="text", help="default: text")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        metavar="LEVELS",
+        help="a level, and/or LOGGER=LEVEL pairs, comma-separated: "
+        "INFO,pyjraft.transport=DEBUG (default: INFO)",
+    )
+
+
 def run(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``coro_fn()`` on uvloop when installed, else on asyncio's default loop."""
     return run_on_best_loop(coro_fn)
@@ -373,15 +459,17 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point of ``python -m pyjraft.examples.counter``; returns the exit status."""
-    args = build_parser(prog or "python -m pyjraft.examples.counter").parse_args(argv)
+    parser = build_parser(prog or "python -m pyjraft.examples.counter")
+    args = parser.parse_args(argv)
     if args.cmd == "server":
         if args.die_with_parent:
             _die_with_parent()
-        logging.basicConfig(
-            stream=sys.stderr,
-            level=args.log_level.upper(),
-            format=f"%(asctime)s {args.id} %(levelname)s %(name)s: %(message)s",
-        )
+        try:
+            setup_logging(args.log_format, args.log_level, static={"node": args.id})
+            if args.http is not None:
+                parse_address(args.http)
+        except ValueError as e:
+            parser.error(str(e))
         return run(lambda: _serve(args))
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     return run(lambda: _client(args))

@@ -31,6 +31,8 @@ class FSMCaller:
     def __init__(self, machine: StateMachine) -> None:
         self.machine = machine
         self.applied_index = 0
+        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log
+        """Where failing notification callbacks are logged (the node's own logger)."""
 
     async def apply(self, entries: Sequence[Entry]) -> list[Any]:
         """Apply user entries; returns one result per entry.
@@ -116,4 +118,4 @@ class FSMCaller:
         try:
             await _resolve(getattr(self.machine, name)(*args))
         except Exception:
-            log.exception("state machine %s raised", name)
+            self.log.exception("state machine %s raised", name)

@@ -52,6 +52,7 @@ import random
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from functools import partial
 from itertools import repeat
+from time import perf_counter as _clock
 from typing import Any
 
 from pyjraft.core.config import CoreConfig
@@ -61,6 +62,7 @@ from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import NONE, ConfState, Entry, EntryType, HardState, Role, SoftState
 from pyjraft.node import busy_poll
+from pyjraft.node.describe import describe_node, leader_contact_ms, peer_progress
 from pyjraft.node.errors import (
     LeadershipLostError,
     NodeStorageError,
@@ -68,7 +70,9 @@ from pyjraft.node.errors import (
     ShutdownError,
     StateMachineError,
 )
+from pyjraft.node.events import NodeEvents
 from pyjraft.node.fsm_caller import FSMCaller
+from pyjraft.node.metrics import NodeMetrics
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
@@ -154,6 +158,14 @@ class Node:
         self._unwritten = 0
         self._writer_rounds = 0
         self._soft = SoftState(NONE, self._core.role, self._core.term)
+        core = self._core
+        self.events = NodeEvents(
+            o.group, o.id, lambda: core.term, initial=self._soft, hard_state=core.hard_state
+        )
+        """Elections, votes, role changes and failure: logged, counted, kept."""
+        self._fsm.log = self.events.log
+        self.metrics = NodeMetrics() if o.metrics else None
+        """Latency and batch-size histograms (``NodeOptions.metrics``), else None."""
         self._leader_started = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_s = o.heartbeat_ms / 1000
@@ -218,7 +230,7 @@ class Node:
         try:
             await asyncio.wait_for(self._idle.wait(), 10.0)
         except TimeoutError:
-            log.error("raft node %s/%s: a Ready did not finish in 10 s", self.group, self.id)
+            self.events.log.error("a Ready did not finish in 10 s")
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
         if not was_error:
@@ -321,7 +333,8 @@ class Node:
             "id": self.id,
             "group": self.group,
             "state": self.state.value,
-            "role": core.role.value,
+            # A failed node no longer takes part, whatever its core last was.
+            "role": "error" if self.state is NodeState.ERROR else core.role.value,
             "term": core.term,
             "leader": core.leader,
             "vote": core.vote,
@@ -330,17 +343,21 @@ class Node:
             "last_index": core.log.last_index(),
             "first_index": core.log.first_index(),
             "pending": len(self._queue) + len(self._waiting),
+            "leader_contact_ms": leader_contact_ms(self),
+            "voters": list(core.voters),
+            "learners": list(core.learners),
             "stats": dict(self.stats),
         }
         if core.role is Role.LEADER:
-            st["peers"] = {
-                p: {"match": pr.match, "next": pr.next, "state": pr.state.value}
-                for p, pr in core.progress.items()
-                if p != self.id
-            }
+            st["peers"] = peer_progress(self)
         if self.error is not None:
             st["error"] = repr(self.error)
         return st
+
+    def describe(self) -> dict[str, Any]:
+        """Everything `status` says plus queue depths, timers, recent events and
+        histograms: the dump printed on SIGUSR2 (`pyjraft.node.describe`)."""
+        return describe_node(self)
 
     # -- inputs --------------------------------------------------------------
 
@@ -438,6 +455,8 @@ class Node:
         )
         self.stats["proposals"] += len(queue)
         self.stats["batches"] += 1
+        if self.metrics is not None:
+            self.metrics.proposed(len(queue), last)
         self._send_eager()
         # Out now, not in a later loop turn: in between, the loop would read
         # sockets and step what they hold (a late acknowledgement, say) before
@@ -558,6 +577,8 @@ class Node:
                     self.transport.flush()
                     self._persist(hard_state, entries)
                     self.stats["syncs"] += 1
+                    if hard_state is not None:
+                        self.events.hard_state(hard_state)
             except Exception as exc:
                 raise NodeStorageError(f"storage write failed: {exc!r}") from exc
         committed = rd.committed_entries
@@ -568,15 +589,21 @@ class Node:
                 # someone's latency path; the state machine can wait for them.
                 self.transport.flush()
         if committed:
+            metrics = self.metrics
+            if metrics is not None and self._core.role is Role.LEADER:
+                metrics.committed(rd.commit_index)
             all_normal = set(map(_TYPE, committed)) == _NORMAL_ONLY
             user = committed if all_normal else [e for e in committed if e.type == _NORMAL]
             results: list[Any] = []
             if user:
+                t0 = _clock() if metrics is not None else 0.0
                 applied = self._fsm.apply_now(user)
                 if isinstance(applied, list):
                     results = applied
                 else:
                     results = yield applied
+                if metrics is not None:
+                    metrics.applied(t0)
             self._complete(committed, user, all_normal, results)
             if not self._leader_started and self._core.role is Role.LEADER:
                 term = self._core.term
@@ -617,13 +644,20 @@ class Node:
             self._schedule_drive()
 
     def _persist(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+        metrics = self.metrics
         if hard_state is not None:
+            t0 = _clock()
             self._meta.save(hard_state)
+            if metrics is not None:
+                metrics.saved_meta(t0)
         if entries:
+            t0 = _clock() if metrics is not None else 0.0
             first = entries[0].index
             if first <= self._log.last_index():
                 self._log.truncate_suffix(first - 1)
             self._log.append(entries)
+            if metrics is not None:
+                metrics.appended(t0)
 
     def _complete(
         self, entries: list[Entry], user: list[Entry], all_normal: bool, results: list[Any]
@@ -653,7 +687,10 @@ class Node:
     async def _on_soft_state(self, soft: SoftState) -> None:
         old = self._soft
         self._soft = soft
+        self.events.soft_state(soft)
         if old.role is Role.LEADER and soft.role is not Role.LEADER:
+            if self.metrics is not None:
+                self.metrics.leadership_ended()
             self._fail_waiting(
                 LeadershipLostError(
                     f"leadership lost in term {old.term}; the outcome is unknown "
@@ -684,9 +721,9 @@ class Node:
     def _fatal(self, exc: BaseException) -> None:
         if self.state is not NodeState.RUNNING:
             return
-        log.error("raft node %s/%s stopped on a fatal error", self.group, self.id, exc_info=exc)
         self.state = NodeState.ERROR
         self.error = exc
+        self.events.fatal(exc)
         self._stop_participating()
         err: Exception = (
             exc

@@ -74,6 +74,10 @@ class NodeOptions:
     """Memory for recently appended entries, served to followers that lag a
     little without a disk read: their data plus about 150 bytes each of Python
     objects (`pyjraft.storage.segment_log.CACHED_ENTRY_OVERHEAD`)."""
+    metrics: bool = False
+    """Record latency and batch-size histograms (`pyjraft.node.metrics`): a few
+    clock reads per batch, never per entry. Counters and gauges (`Node.stats`,
+    `Node.status`) exist either way; `pyjraft.ops` exports both."""
     pre_vote: bool = True
     """Raft thesis 9.6 pre-vote."""
     check_quorum: bool = True

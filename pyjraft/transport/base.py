@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pyjraft.core.messages import Message
@@ -82,10 +82,13 @@ class TransportStats:
     """Times the server stopped accepting to keep its file-descriptor reserve."""
     turn_yields: int = 0
     """Times a connection stopped reading to let the event loop run (per-turn cap)."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """Bad frames and connection errors by kind (`pyjraft.transport.reasons`)."""
 
     def as_dict(self) -> dict[str, int]:
-        """The counters as a plain dict (a copy)."""
-        return dataclasses.asdict(self)
+        """The integer counters as a plain dict (a copy; ``errors`` is apart)."""
+        fields = dataclasses.fields(self)
+        return {f.name: getattr(self, f.name) for f in fields if f.name != "errors"}
 
 
 def parse_address(addr: str) -> tuple[str, int]:

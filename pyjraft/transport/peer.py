@@ -33,6 +33,7 @@ from typing import cast
 from pyjraft.transport.base import TransportStats
 from pyjraft.transport.framing import HEADER_SIZE, Kind, frame_header
 from pyjraft.transport.limits import FD_EXHAUSTED_ERRNOS, LogLimiter
+from pyjraft.transport.reasons import count_connection_error
 from pyjraft.transport.tls import check_server_identity
 
 log = logging.getLogger("pyjraft.transport")
@@ -91,6 +92,7 @@ class _PeerProtocol(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         if exc is not None:
+            count_connection_error(self.peer._stats, "lost", exc)
             log.info("raft connection to %s lost: %s", self.peer.addr, exc)
 
 
@@ -216,6 +218,7 @@ class Peer:
                             raise ConnectionError(why)
                 except OSError as e:  # includes TimeoutError and ssl.SSLError
                     self._stats.connect_failures += 1
+                    count_connection_error(self._stats, "connect", e)
                     if e.errno in FD_EXHAUSTED_ERRNOS:
                         self._stats.fd_exhausted += 1
                         c.limiter.log(

@@ -28,6 +28,7 @@ from pyjraft.transport.framing import (
     frame_header,
 )
 from pyjraft.transport.limits import FD_EXHAUSTED_ERRNOS, LogLimiter
+from pyjraft.transport.reasons import count_bad_frame, count_connection_error
 from pyjraft.transport.tls import TlsConfig, check_server_identity
 
 log = logging.getLogger("pyjraft.transport")
@@ -135,6 +136,7 @@ class RpcClient:
                 )
             except OSError as e:  # includes ssl.SSLError
                 self.stats.connect_failures += 1
+                count_connection_error(self.stats, "rpc_connect", e)
                 if e.errno in FD_EXHAUSTED_ERRNOS:
                     self.stats.fd_exhausted += 1
                     self._limiter.log(
@@ -291,7 +293,7 @@ class _RpcConn(asyncio.Protocol):
             self._protocol_error(e)
 
     def _protocol_error(self, e: ProtocolError) -> None:
-        self.client.stats.bad_frames += 1
+        count_bad_frame(self.client.stats, e.reason)
         log.warning("closing rpc connection to %s: %s", self.addr, e.reason)
         self.abort(TransportError(f"protocol error from {self.addr}: {e.reason}"))
 

@@ -55,6 +55,7 @@ from pyjraft.transport.codec import (
 )
 from pyjraft.transport.errors import ProtocolError
 from pyjraft.transport.framing import HEADER_SIZE, Kind, TurnWriter, frame_header, parse_header_at
+from pyjraft.transport.reasons import count_bad_frame, count_connection_error, count_limit
 from pyjraft.transport.tls import IdentityError, Role, peer_identity
 
 if TYPE_CHECKING:
@@ -196,6 +197,7 @@ class ServerConnection(asyncio.Protocol):
         self.release()
         self._frame_done()
         if exc is not None:
+            count_connection_error(self.t.stats, "inbound_lost", exc)
             log.debug("connection from %s lost: %s", self.peer, exc)
         self._cancel_requests()
         if self.drained is not None and not self.drained.done():
@@ -540,7 +542,11 @@ class ServerConnection(asyncio.Protocol):
             return
         self.failed = True
         stats = self.t.stats
-        setattr(stats, counter, getattr(stats, counter) + 1)
+        if counter == "bad_frames":
+            count_bad_frame(stats, e.reason)  # also by kind, for the metrics
+        else:
+            setattr(stats, counter, getattr(stats, counter) + 1)
+            count_limit(stats, counter)
         self.t._limiter.log(
             logging.WARNING, counter, "closing connection from %s: %s", self.peer, e.reason
         )

@@ -383,6 +383,13 @@ class TcpTransport(HandlerRegistry):
             await asyncio.gather(peer.task, return_exceptions=True)
             peer.drop_queue()
 
+    def peer_queues(self) -> dict[str, dict[str, Any]]:
+        """Per outbound peer: whether it is connected, messages and bytes queued."""
+        return {
+            addr: {"connected": p.connected, "queued": len(p.queue), "queued_bytes": p.queued_bytes}
+            for addr, p in self._peers.items()
+        }
+
     @property
     def peers(self) -> list[str]:
         """Addresses with an outbound raft connection (or an attempt at one)."""

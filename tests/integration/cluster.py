@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,14 @@ class CounterCluster:
         election_timeout_ms: int = 400,
         heartbeat_ms: int = 50,
         tls: bool = False,
+        node_args: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
+        """``node_args(addr)``: extra server arguments for the replica ``addr``."""
         self.base = base
         self.group = group
         self.election_timeout_ms = election_timeout_ms
         self.heartbeat_ms = heartbeat_ms
+        self.node_args = node_args
         self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.rpc: RpcClient | None = None
@@ -82,6 +86,7 @@ class CounterCluster:
             "--heartbeat-ms",
             str(self.heartbeat_ms),
             "--die-with-parent",
+            *(self.node_args(addr) if self.node_args else ()),
         ]
         if self.tls_files:
             f = self.tls_files[addr]
