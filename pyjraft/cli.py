@@ -2,7 +2,9 @@
 
 ``pyjraft demo`` runs a local 3-node counter cluster and walks through a
 leader crash; ``pyjraft counter ...`` is ``python -m pyjraft.examples.counter``
-(``server`` and ``client``); ``pyjraft bench ...`` is ``python -m pyjraft.bench``.
+(``server`` and ``client``); ``pyjraft bench ...`` is ``python -m pyjraft.bench``;
+``pyjraft kv ...`` runs and talks to the replicated key-value store
+(`pyjraft.kv.cli`).
 """
 
 from __future__ import annotations
@@ -203,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyjraft.bench.driver import main as bench_main
 
         return bench_main(argv[1:], prog="pyjraft bench")
+    if argv and argv[0] == "kv":
+        from pyjraft.kv.cli import main as kv_main
+
+        return kv_main(argv[1:], prog="pyjraft kv")
     p = argparse.ArgumentParser(prog="pyjraft", description="pyjraft: Raft consensus for Python.")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run a local 3-node counter cluster through a leader crash")
@@ -213,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub.add_parser("counter", help="the replicated counter example (server / client)")
     sub.add_parser("bench", help="the benchmark harness (python -m pyjraft.bench)")
+    sub.add_parser("kv", help="the replicated key-value store (serve, put, get, scan, watch...)")
     args = p.parse_args(argv)
     assert args.cmd == "demo"
     signal.signal(signal.SIGTERM, _on_sigterm)
