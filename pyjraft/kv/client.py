@@ -400,6 +400,11 @@ class Watch:
         """The store revision seen by the last poll."""
 
     @property
+    def server(self) -> str:
+        """The replica that answered the last poll (``""`` before the first)."""
+        return self._raft.leader
+
+    @property
     def next_revision(self) -> int:
         """The revision of the next event to deliver (after those buffered)."""
         if self._buffer:

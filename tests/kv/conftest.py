@@ -22,11 +22,11 @@ T = TypeVar("T")
 class ServerThread:
     """A `KvServer` (a single-node group) running on its own thread and loop."""
 
-    def __init__(self, data_dir: Path, kv_options: KvOptions) -> None:
+    def __init__(self, data_dir: Path, kv_options: KvOptions, others: tuple[str, ...] = ()) -> None:
         self.addr = f"127.0.0.1:{free_ports(1)[0]}"
         self.options = NodeOptions(
             id=self.addr,
-            peers=(self.addr,),
+            peers=(self.addr, *others),
             group="kv",
             data_dir=str(data_dir),
             election_timeout_ms=60,
@@ -44,7 +44,8 @@ class ServerThread:
     def start(self) -> ServerThread:
         self.thread.start()
         self.server = self.call(KvServer.start(self.options, self.kv_options))
-        self.call(self._until_leader())
+        if len(self.options.peers) == 1:
+            self.call(self._until_leader())
         return self
 
     async def _until_leader(self) -> None:
@@ -66,11 +67,13 @@ class ServerThread:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
-    """Start a one-replica server (``KvOptions`` fields as keywords); stopped at teardown."""
+    """Start a server (``KvOptions`` fields as keywords); stopped at teardown. With
+    ``others`` (addresses nobody serves) it is one replica of a group that can
+    never elect it: a follower forever."""
     started: list[ServerThread] = []
 
-    def start(**kv_options: Any) -> ServerThread:
-        s = ServerThread(tmp_path / f"server{len(started)}", KvOptions(**kv_options))
+    def start(others: tuple[str, ...] = (), **kv_options: Any) -> ServerThread:
+        s = ServerThread(tmp_path / f"server{len(started)}", KvOptions(**kv_options), others)
         started.append(s)
         return s.start()
 
