@@ -338,6 +338,7 @@ def _serve(args: argparse.Namespace) -> int:
     kv_options = KvOptions(
         limits=KvLimits(max_key_bytes=args.max_key_bytes, max_value_bytes=args.max_value_bytes),
         map_size=args.map_size,
+        commit_delay=args.commit_delay_ms / 1000,
         retain_revisions=args.retain_revisions,
         max_history_bytes=args.max_history_bytes,
     )
@@ -361,6 +362,12 @@ def build_parser(prog: str = "pyjraft kv") -> argparse.ArgumentParser:
     s.add_argument("--retain-revisions", type=int, default=100_000, help="history kept (0: all)")
     s.add_argument("--max-history-bytes", type=int, default=1 << 30, help="0: no size bound")
     s.add_argument("--map-size", type=int, default=DEFAULT_MAP_SIZE, help="initial LMDB map")
+    s.add_argument(
+        "--commit-delay-ms",
+        type=float,
+        default=100.0,
+        help="LMDB commits applied entries together this often (0: after every apply)",
+    )
     s.add_argument(
         "--unsafe-no-sync",
         action="store_true",

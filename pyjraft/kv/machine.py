@@ -2,12 +2,22 @@
 
 Theory of operation
 -------------------
-`on_apply` gets a batch of committed entries and applies them in one LMDB
-write transaction, which also records the index of the last one
-(`pyjraft.kv.store`). So the store is always the effect of a prefix of the
-log, and `last_applied_index` tells the node where to resume after a
-restart; entries at or below it are skipped (answered None), whoever
-re-delivers them.
+`on_apply` gets a batch of committed entries and applies them to the
+store's pending LMDB write transaction (`pyjraft.kv.store`), which records
+the index of the last one when it commits. So the store's files always
+hold the effect of a prefix of the log, and `last_applied_index` tells the
+node where to resume after a restart; entries at or below the applied index
+are skipped (answered None), whoever re-delivers them.
+
+When to commit (``commit_delay``): 0 commits at the end of every
+`on_apply` call, one fdatasync per batch on the apply path. A positive delay
+commits on a timer of the event loop (and sooner once ``commit_max_entries``
+are pending), as etcd commits its backend every 100 ms: the fdatasync leaves
+the write path, and a batch of several apply calls shares it. Nothing
+acknowledged is put at risk: an acknowledged write is durable in a majority
+of raft logs, and a replica that crashes with applies not yet committed
+re-applies them from its log (log compaction follows snapshots, which
+commit first). Reads see applied state either way (`KvStore.read`).
 
 Every entry is decoded and checked again (`pyjraft.kv.protocol.check_command`
 with `HARD_LIMITS`): an entry that does not decode or check gets an error
@@ -15,15 +25,16 @@ result, ``{"error": "invalid_request", ...}``, and changes nothing -- the
 machine never raises because of an entry's content (an exception stops the
 node). What it raises for is the engine failing (a full disk, say), which
 would otherwise let this replica diverge. When LMDB's map fills up, the
-batch is aborted, the map doubled and the batch applied again.
+pending batch is aborted, the map doubled, and the uncommitted entries
+(kept for this) applied again.
 
 Results are msgpack-ready dicts, key-values in their wire form (see
 `pyjraft.kv.types`); the service passes them to the client unchanged.
 
-Snapshots follow the node's contract: `on_snapshot_save` opens an MVCC read
-transaction on the loop (microseconds; applies resume right after) and
-returns the copy for a worker thread; `on_snapshot_load` swaps the files
-(see `KvStore.replace_from`).
+Snapshots follow the node's contract: `on_snapshot_save` commits what is
+pending and opens an MVCC read transaction on the loop (applies resume right
+after) and returns the copy for a worker thread; `on_snapshot_load` swaps
+the files (see `KvStore.replace_from`).
 """
 
 from __future__ import annotations
@@ -150,14 +161,31 @@ def _execute(batch: WriteBatch, cmd: Sequence[Any]) -> Any:
 class KvStateMachine(StateMachine):
     """The replicated KV store's state machine over a `KvStore` at ``path``.
 
-    ``add_listener`` registers a callable run (on the loop) after every
-    batch that changed the store and after a snapshot load: the service
-    wakes its watches with it.
+    ``commit_delay`` (seconds) and ``commit_max_entries`` say when applied
+    entries are committed to LMDB (see the module doc); a positive delay
+    needs `on_apply` to run on an event loop (as the node runs it).
+    ``add_listener`` registers a callable run (on the loop) after every apply
+    that changed the store and after a snapshot load: the service wakes its
+    watches with it.
     """
 
-    def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        commit_delay: float = 0.0,
+        commit_max_entries: int = 10_000,
+    ) -> None:
+        if commit_delay < 0 or commit_max_entries < 1:
+            raise ValueError("need commit_delay >= 0 and commit_max_entries >= 1")
         self.store = KvStore(path, map_size=map_size)
+        self.commit_delay = commit_delay
+        self.commit_max_entries = commit_max_entries
         self._listeners: list[Callable[[], None]] = []
+        self._uncommitted: list[Entry] = []  # applied to the pending batch
+        self._timer: asyncio.TimerHandle | None = None
+        self._failed: BaseException | None = None
         self.stats: dict[str, int] = {
             "entries": 0,
             "skipped": 0,
@@ -167,8 +195,9 @@ class KvStateMachine(StateMachine):
             "snapshots_saved": 0,
             "snapshots_loaded": 0,
         }
-        """Counters: entries handed to `on_apply`, skipped (at or below the stored index),
-        invalid, LMDB commits, map growths, snapshots saved and loaded."""
+        """Counters: entries handed to `on_apply`, skipped (at or below the
+        applied index), invalid, LMDB commits, map growths, snapshots saved and
+        loaded."""
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` after each change of the store (see the class doc)."""
@@ -176,20 +205,38 @@ class KvStateMachine(StateMachine):
 
     def last_applied_index(self) -> int:
         """The last log index whose effect is durably in the store."""
-        return self.store.applied_index
+        return self.store.durable_index
 
     def on_apply(self, entries: Sequence[Entry]) -> list[Any]:
-        """Apply ``entries`` in one LMDB transaction; one result per entry."""
+        """Apply ``entries`` to the pending batch; one result per entry."""
+        if self._failed is not None:
+            raise RuntimeError(f"the KV store failed to commit earlier: {self._failed!r}")
         for attempt in range(_MAX_GROWTHS + 1):
             try:
+                if attempt:
+                    self._apply(self._uncommitted)  # results already given
                 results, changed = self._apply(entries)
                 break
             except lmdb.MapFullError:
-                # The batch was aborted whole: grow the map and apply it again.
+                # Start again from the files, in a map twice as large.
+                self.store.discard()
                 if attempt == _MAX_GROWTHS or not self.store.grow_map():
                     raise
                 self.stats["map_grown"] += 1
                 log.warning("LMDB map full: grown to %d bytes", self.store.env.info()["map_size"])
+        batch = self.store.pending
+        if batch is not None:
+            if not batch.changed:
+                self.store.discard()  # nothing to commit (and nothing to lose)
+            elif not self.commit_delay:
+                self.flush()
+            else:
+                self._uncommitted.extend(entries)
+                if len(self._uncommitted) >= self.commit_max_entries:
+                    self.flush()
+                elif self._timer is None:
+                    loop = asyncio.get_running_loop()
+                    self._timer = loop.call_later(self.commit_delay, self._flush_on_timer)
         if changed:
             self._notify()
         return results
@@ -201,33 +248,49 @@ class KvStateMachine(StateMachine):
         append = results.append
         batch: WriteBatch | None = None
         stats = self.stats
+        changed = False
+        for e in entries:
+            if e.index <= applied:
+                stats["skipped"] += 1
+                append(None)
+                continue
+            try:
+                cmd = unpack_command(e.data)
+                check_command(cmd, HARD_LIMITS)
+            except InvalidRequest as ex:
+                stats["invalid"] += 1
+                log.warning("entry %d is not a valid KV command: %s", e.index, ex)
+                append({"error": "invalid_request", "message": str(ex)})
+                continue
+            if batch is None:
+                batch = store.write()
+                before = (batch.revision, batch.compact_revision)
+            batch.begin_command()
+            append(_execute(batch, cmd))
+        stats["entries"] += len(entries)
+        if batch is not None:
+            changed = (batch.revision, batch.compact_revision) != before
+            batch.publish(max(applied, entries[-1].index))
+        return results, changed
+
+    def flush(self) -> None:
+        """Commit what is applied and not yet committed (one fdatasync)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._uncommitted.clear()
+        if self.store.flush():
+            self.stats["commits"] += 1
+
+    def _flush_on_timer(self) -> None:
+        self._timer = None
         try:
-            for e in entries:
-                if e.index <= applied:
-                    stats["skipped"] += 1
-                    append(None)
-                    continue
-                try:
-                    cmd = unpack_command(e.data)
-                    check_command(cmd, HARD_LIMITS)
-                except InvalidRequest as ex:
-                    stats["invalid"] += 1
-                    log.warning("entry %d is not a valid KV command: %s", e.index, ex)
-                    append({"error": "invalid_request", "message": str(ex)})
-                    continue
-                if batch is None:
-                    batch = store.write()
-                batch.begin_command()
-                append(_execute(batch, cmd))
-            stats["entries"] += len(entries)
-            if batch is None or not batch.changed:
-                return results, False
-            batch.commit(entries[-1].index)
-            stats["commits"] += 1
-            return results, True
-        finally:
-            if batch is not None:
-                batch.abort()  # no-op after a commit
+            self.flush()
+        except Exception as e:
+            # The files no longer match what was applied: stop applying (the
+            # next on_apply raises, and the node stops) rather than diverge.
+            log.exception("KV store commit failed; this replica stops applying")
+            self._failed = e
 
     def _notify(self) -> None:
         for fn in self._listeners:
@@ -239,8 +302,10 @@ class KvStateMachine(StateMachine):
     # -- snapshots ------------------------------------------------------------------
 
     def on_snapshot_save(self, writer: SnapshotWriter) -> Callable[[], None]:
-        """Capture the store as of ``writer.index`` (a read transaction, on the
-        loop) and return the copy into ``writer.directory`` for a worker thread."""
+        """Capture the store as of ``writer.index`` (commit, then a read
+        transaction, on the loop) and return the copy into ``writer.directory``
+        for a worker thread."""
+        self.flush()
         store = self.store
         if store.applied_index > writer.index:
             raise RuntimeError(
@@ -276,6 +341,10 @@ class KvStateMachine(StateMachine):
         self._load(reader)
 
     def _load(self, reader: SnapshotReader) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._uncommitted.clear()
         self.store.replace_from(reader.directory, reader.index)
         self.stats["snapshots_loaded"] += 1
         log.info(
@@ -285,8 +354,17 @@ class KvStateMachine(StateMachine):
         )
         self._notify()
 
+    def on_shutdown(self) -> None:
+        """The node is shutting down: commit what is pending."""
+        self.flush()
+
     def close(self) -> None:
-        """Close the store (after the node and the service are done with it)."""
+        """Commit what is pending and close the store (after the node and the
+        service are done with it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._uncommitted.clear()
         self.store.close()
 
 

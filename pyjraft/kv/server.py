@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from functools import partial
 
 from pyjraft.kv.compactor import HistoryCompactor
 from pyjraft.kv.machine import KvStateMachine
@@ -36,6 +37,12 @@ class KvOptions:
     """What requests may carry (key and value sizes, ...)."""
     map_size: int = DEFAULT_MAP_SIZE
     """Initial LMDB map size (address space; doubles when full)."""
+    commit_delay: float = 0.1
+    """Seconds applied entries wait to be committed to LMDB together (one
+    fdatasync per commit, off the write path); 0 commits after every apply
+    batch. See `pyjraft.kv.machine`."""
+    commit_max_entries: int = 10_000
+    """Applied entries after which LMDB commits without waiting for the delay."""
     retain_revisions: int = 100_000
     """Revisions of event history kept for watches (0: no bound by count)."""
     max_history_bytes: int = 1 << 30
@@ -85,7 +92,15 @@ class KvServer:
         if limits.max_request_bytes > options.max_entry_bytes:
             raise ValueError("limits.max_request_bytes exceeds the node's max_entry_bytes")
         path = store_dir(options)
-        machine = await asyncio.to_thread(KvStateMachine, path, map_size=kv_options.map_size)
+        machine = await asyncio.to_thread(
+            partial(
+                KvStateMachine,
+                path,
+                map_size=kv_options.map_size,
+                commit_delay=kv_options.commit_delay,
+                commit_max_entries=kv_options.commit_max_entries,
+            )
+        )
         own_transport = transport is None
         try:
             if transport is None:

@@ -15,10 +15,18 @@ with three named databases:
   stored), ``revision``, ``compact`` (events before it are gone) and
   ``history_bytes`` (the size of the events kept), each a u64.
 
-All writes of one `on_apply` call go into one LMDB write transaction
-(`WriteBatch`), together with ``applied``: after a crash the store holds
-exactly the effect of the log up to ``applied``, never a part of a batch,
-so replaying the log from ``applied + 1`` rebuilds the rest.
+Writes go into one LMDB write transaction, the *pending batch*
+(`WriteBatch`), which stays open across apply calls until `KvStore.flush`
+commits it together with ``applied``, the index of the last entry it
+holds: after a crash the store holds exactly the effect of the log up to
+``applied``, never a part of a batch, and replaying the log from
+``applied + 1`` rebuilds the rest. The owner (`pyjraft.kv.machine`) decides
+when to flush: after every apply call, or on a short timer as etcd commits
+its backend every 100 ms. Until then the batch's changes are visible to
+readers of this process -- `read` hands out the pending transaction when
+there is one -- and to nobody else, and `applied_index`, `revision` and the
+other cached values are those of the batch, while `durable_index` is what
+the files hold.
 
 Sync settings (chosen deliberately; see the README): ``sync=True,
 metasync=False``. LMDB writes a commit's data pages, fdatasyncs them, then
@@ -29,17 +37,18 @@ hold), at the price of possibly losing the last committed transaction on a
 power failure. We can afford that loss and nothing more: the raft log is
 the durable record, ``applied`` rolls back together with the data it
 describes, and the node replays the entries after it. One fdatasync per
-apply batch (about 0.2 ms here), against two with ``metasync=True``.
-``sync=False`` (no fdatasync at all) is not offered: LMDB may then write a
-meta page before the data pages it points to, and a power failure can leave
-a corrupt database. ``writemap`` stays off for the same reason (a stray
-write through the map, or out-of-order page writeback, could corrupt it).
+commit, against two with ``metasync=True``. ``sync=False`` (no fdatasync
+at all) is not offered: LMDB may then write a meta page before the data
+pages it points to, and a power failure can leave a corrupt database.
+``writemap`` stays off for the same reason (a stray write through the map,
+or out-of-order page writeback, could corrupt it).
 
-Readers use MVCC read transactions: a read never blocks the writer, and
-the writer never changes what an open read transaction sees. The snapshot
-copy (`copy_to`) relies on it: a read transaction opened on the event loop
-between two applies is copied on a worker thread while applies go on.
-Everything else (applies, reads, watches) runs on the event loop's thread.
+Readers of committed state use MVCC read transactions: a read never blocks
+the writer, and the writer never changes what an open read transaction
+sees. The snapshot copy (`copy_to`) relies on it: a read transaction opened
+on the event loop right after a flush is copied on a worker thread while
+applies go on. Everything else (applies, reads, watches, flushes) runs on
+the event loop's thread: LMDB ties a write transaction to its thread.
 """
 
 from __future__ import annotations
@@ -61,6 +70,10 @@ STORE_FORMAT = 1
 DEFAULT_MAP_SIZE = 64 << 30
 """Initial LMDB map size: address space reserved, not disk used (the file
 grows as data is written). The map doubles when it fills."""
+
+LMDB_DURABILITY: dict[str, bool] = {"sync": True, "metasync": False, "writemap": False}
+"""The LMDB settings that decide what a crash can do (see the module doc): one
+fdatasync per commit, the meta page carried by the next one, no writable map."""
 
 _U64 = struct.Struct(">Q")
 _KV_HEADER = struct.Struct(">QQQ")  # create_revision, mod_revision, version
@@ -94,10 +107,12 @@ def _u64(v: bytes | None) -> int:
 
 
 class KvStore:
-    """The LMDB environment of one KV replica, and the cached meta values.
+    """The LMDB environment of one KV replica, its pending batch, and the cached
+    meta values.
 
-    ``applied_index``, ``revision``, ``compact_revision`` and
-    ``history_bytes`` are those of the last commit.
+    ``applied_index``, ``revision``, ``compact_revision`` and ``history_bytes``
+    include the pending batch; ``durable_index`` is the ``applied`` of the
+    last commit.
     """
 
     def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE) -> None:
@@ -105,7 +120,9 @@ class KvStore:
         self._map_size = map_size
         self._copies = 0
         self._copies_done = threading.Condition()
+        self._batch: WriteBatch | None = None
         self.applied_index = 0
+        self.durable_index = 0
         self.revision = 0
         self.compact_revision = 0
         self.history_bytes = 0
@@ -118,12 +135,10 @@ class KvStore:
                 self.path,
                 map_size=self._map_size,
                 max_dbs=4,
-                sync=True,
-                metasync=False,
-                writemap=False,
-                readahead=False,
+                readahead=False,  # random access: reading ahead only evicts pages
                 max_readers=1024,
                 max_spare_txns=16,
+                **LMDB_DURABILITY,
             )
         except lmdb.Error as e:
             raise KvStoreError(f"cannot open the KV store at {self.path}: {e}") from e
@@ -148,17 +163,26 @@ class KvStore:
         if problem:
             self.env.close()
             raise KvStoreError(f"{self.path}: {problem}")
+        self.durable_index = self.applied_index
+        self._durable = self._values()
+
+    def _values(self) -> tuple[int, int, int, int]:
+        return self.applied_index, self.revision, self.compact_revision, self.history_bytes
 
     def close(self) -> None:
-        """Close the environment (waits for snapshot copies in flight)."""
+        """Flush the pending batch and close (waits for snapshot copies in flight)."""
+        self.flush()
         self.wait_copies()
         self.env.close()
 
     # -- reading ------------------------------------------------------------------
 
-    def read(self) -> lmdb.Transaction[bytes]:
-        """A read transaction (use as a context manager; keep it short on the loop)."""
-        return self.env.begin()
+    def read(self) -> ReadView:
+        """A transaction to read in (a context manager): the pending batch's when
+        there is one, else a new read transaction. Keep it short on the loop."""
+        if self._batch is not None:
+            return ReadView(self._batch.txn, owned=False)
+        return ReadView(self.env.begin(), owned=True)
 
     def get(self, txn: lmdb.Transaction[bytes], key: bytes) -> list[Any] | None:
         """``key``'s wire key-value in ``txn``, or None."""
@@ -254,13 +278,46 @@ class KvStore:
 
     # -- writing ------------------------------------------------------------------
 
+    @property
+    def pending(self) -> WriteBatch | None:
+        """The open batch, not yet committed (None when everything is durable)."""
+        return self._batch
+
     def write(self) -> WriteBatch:
-        """Begin the write transaction of one apply batch."""
-        return WriteBatch(self)
+        """The pending batch, begun if there is none."""
+        if self._batch is None:
+            self._batch = WriteBatch(self)
+        return self._batch
+
+    def flush(self) -> bool:
+        """Commit the pending batch (one fdatasync) if it changed anything, else
+        drop it; return whether a commit happened."""
+        batch = self._batch
+        if batch is None:
+            return False
+        if not batch.changed:
+            self.discard()
+            return False
+        batch.commit()
+        self._batch = None
+        self.durable_index = self.applied_index
+        self._durable = self._values()
+        return True
+
+    def discard(self) -> None:
+        """Abort the pending batch: the store is again what its files hold."""
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            batch.abort()
+            self.applied_index, self.revision, self.compact_revision, self.history_bytes = (
+                self._durable
+            )
 
     def grow_map(self) -> bool:
         """Double the map size after `lmdb.MapFullError`; False when a snapshot
-        copy is in flight (LMDB must not be resized under a reader)."""
+        copy is in flight (LMDB must not be resized under a reader). No batch
+        may be pending."""
+        assert self._batch is None, "grow_map with a pending batch"
         with self._copies_done:
             if self._copies:
                 return False
@@ -271,7 +328,9 @@ class KvStore:
     # -- snapshots ------------------------------------------------------------------
 
     def begin_copy(self) -> lmdb.Transaction[bytes]:
-        """The read transaction a snapshot copies (counted until `copy_to` ends)."""
+        """The read transaction a snapshot copies, of the durable state (flush
+        first); counted until `copy_to` ends."""
+        assert self._batch is None, "a snapshot copy must not miss a pending batch"
         with self._copies_done:
             self._copies += 1
         try:
@@ -304,14 +363,16 @@ class KvStore:
 
     def replace_from(self, directory: str, applied_index: int) -> None:
         """Replace the whole store with the copy in ``directory`` (made by
-        `copy_to`), recording ``applied_index``. Checks the copy before touching
-        the current files; swaps ``data.mdb`` atomically (a crash leaves either
-        store whole). Blocking; no copy may be in flight (see `wait_copies`)."""
+        `copy_to`), recording ``applied_index``; the pending batch is dropped.
+        Checks the copy before touching the current files; swaps ``data.mdb``
+        atomically (a crash leaves either store whole). Blocking; no copy may
+        be in flight (see `wait_copies`)."""
         source = os.path.join(directory, "data.mdb")
         check_copy(source)
         tmp = os.path.join(self.path, "data.mdb.incoming")
         shutil.copyfile(source, tmp)
         _fsync_file(tmp)
+        self.discard()
         self.env.close()
         os.replace(tmp, os.path.join(self.path, "data.mdb"))
         _fsync_file(self.path)
@@ -319,15 +380,33 @@ class KvStore:
         if self.applied_index != applied_index:
             # The copy's own index is at most the snapshot's (trailing entries
             # that changed nothing are not written): record the snapshot's.
-            with self.env.begin(write=True) as txn:
-                txn.put(b"applied", _U64.pack(applied_index), db=self.meta_db)
-            self.applied_index = applied_index
+            self.force_applied(applied_index)
 
     def force_applied(self, index: int) -> None:
-        """Record ``index`` as applied (nothing else changes), durably."""
+        """Record ``index`` as applied and durable (flushing what is pending)."""
+        self.flush()
         with self.env.begin(write=True) as txn:
             txn.put(b"applied", _U64.pack(index), db=self.meta_db)
-        self.applied_index = index
+        self.applied_index = self.durable_index = index
+        self._durable = self._values()
+
+
+class ReadView:
+    """A transaction to read in, as a context manager: ends it on exit when it
+    is a read transaction of its own, leaves the pending batch's alone."""
+
+    __slots__ = ("owned", "txn")
+
+    def __init__(self, txn: lmdb.Transaction[bytes], *, owned: bool) -> None:
+        self.txn = txn
+        self.owned = owned
+
+    def __enter__(self) -> lmdb.Transaction[bytes]:
+        return self.txn
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            self.txn.abort()
 
 
 def check_copy(data_file: str) -> dict[str, int]:
@@ -366,18 +445,20 @@ def _fsync_file(path: str) -> None:
 
 
 class WriteBatch:
-    """The mutations of one apply batch, in one LMDB write transaction.
+    """The changes not yet committed: one LMDB write transaction (the store's
+    pending batch; see `KvStore.write`).
 
     Revisions: `begin_command` starts a command; its first change bumps the
     store revision, and every change of the command is an event of that
-    revision (``sub`` 0, 1, ...). Nothing is visible to others before
-    `commit`, which also stores the meta values and publishes them on the
-    `KvStore`. Use as a context manager: leaving without `commit` aborts.
+    revision (``sub`` 0, 1, ...). `publish` makes the batch's values the
+    store's (what readers of the pending transaction see); `KvStore.flush`
+    commits them with ``applied``.
     """
 
     def __init__(self, store: KvStore) -> None:
         self.store = store
         self.txn: lmdb.Transaction[bytes] = store.env.begin(write=True)
+        self.applied_index = store.applied_index
         self.revision = store.revision
         self.compact_revision = store.compact_revision
         self.history_bytes = store.history_bytes
@@ -387,16 +468,18 @@ class WriteBatch:
         self._kv = store.kv_db
         self._events = store.events_db
 
-    def __enter__(self) -> WriteBatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.txn is not None:
-            self.abort()
-
     def begin_command(self) -> None:
         """The next changes belong to a new command (and so a new revision)."""
         self._in_command_rev = 0
+
+    def publish(self, applied_index: int) -> None:
+        """Entries up to ``applied_index`` are in the batch: show its values."""
+        self.applied_index = applied_index
+        s = self.store
+        s.applied_index = applied_index
+        s.revision = self.revision
+        s.compact_revision = self.compact_revision
+        s.history_bytes = self.history_bytes
 
     def _rev(self) -> int:
         if not self._in_command_rev:
@@ -412,10 +495,6 @@ class WriteBatch:
         self.txn.put(_EVENT_KEY.pack(rev, self._sub), data, db=self._events)
         self._sub += 1
         self.history_bytes += len(data) + _EVENT_KEY.size
-
-    def get_raw(self, key: bytes) -> bytes | None:
-        """The stored record of ``key`` (seeing this batch's changes)."""
-        return self.txn.get(key, db=self._kv)
 
     def get(self, key: bytes) -> list[Any] | None:
         """``key``'s wire key-value, seeing this batch's changes."""
@@ -498,28 +577,20 @@ class WriteBatch:
         self.compact_revision = revision
         self.changed = True
 
-    def commit(self, applied_index: int) -> None:
-        """Store ``applied_index`` and the meta values with the changes, commit
-        (one fdatasync), and publish the new values on the store."""
+    def commit(self) -> None:
+        """Store ``applied`` and the meta values with the changes and commit (one
+        fdatasync). Use `KvStore.flush`, which also updates the store."""
         meta = self.store.meta_db
         txn = self.txn
-        txn.put(b"applied", _U64.pack(applied_index), db=meta)
+        txn.put(b"applied", _U64.pack(self.applied_index), db=meta)
         txn.put(b"revision", _U64.pack(self.revision), db=meta)
         txn.put(b"compact", _U64.pack(self.compact_revision), db=meta)
         txn.put(b"history_bytes", _U64.pack(self.history_bytes), db=meta)
         txn.commit()
-        self.txn = None  # type: ignore[assignment]
-        s = self.store
-        s.applied_index = applied_index
-        s.revision = self.revision
-        s.compact_revision = self.compact_revision
-        s.history_bytes = self.history_bytes
 
     def abort(self) -> None:
-        """Drop every change of the batch."""
-        if self.txn is not None:
-            self.txn.abort()
-            self.txn = None  # type: ignore[assignment]
+        """Drop every change of the batch. Use `KvStore.discard`."""
+        self.txn.abort()
 
 
 __all__ = [
@@ -531,6 +602,7 @@ __all__ = [
     "STORE_FORMAT",
     "KvStore",
     "KvStoreError",
+    "ReadView",
     "WriteBatch",
     "check_copy",
     "kv_wire",

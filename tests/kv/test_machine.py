@@ -3,6 +3,7 @@ result and its revisions, invalid entries, restart, determinism, growth."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -311,3 +312,80 @@ def test_the_store_refuses_files_of_another_format(tmp_path: Path) -> None:
     env.close()
     with pytest.raises(KvStoreError, match="format 99"):
         KvStore(path)
+
+
+def test_delayed_commit_reads_see_applies_and_the_timer_makes_them_durable(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        m = KvStateMachine(str(tmp_path / "kv"), commit_delay=0.01)
+        f = Feeder(m)
+        f.apply(put(b"a", b"1"), put(b"b", b"2"))
+        f.apply(put(b"a", b"3"))
+        assert m.last_applied_index() == 0  # nothing committed yet...
+        with m.store.read() as txn:  # ... but applied, and visible
+            assert m.store.get(txn, b"a") == [b"a", b"3", 1, 3, 2]
+        assert m.store.revision == 3
+        while m.last_applied_index() < 3:  # the timer commits
+            await asyncio.sleep(0.005)
+        assert m.stats["commits"] == 1
+        m.close()
+
+    asyncio.run(main())
+
+
+def test_delayed_commit_flushes_at_the_entry_bound_and_on_shutdown(tmp_path: Path) -> None:
+    async def main() -> None:
+        m = KvStateMachine(str(tmp_path / "kv"), commit_delay=3600, commit_max_entries=3)
+        f = Feeder(m)
+        f.apply(put(b"a", b"1"), put(b"b", b"2"))
+        assert m.last_applied_index() == 0
+        f.apply(put(b"c", b"3"))
+        assert m.last_applied_index() == 3
+        f.apply(put(b"d", b"4"))
+        m.on_shutdown()
+        assert m.last_applied_index() == 4
+        m.close()
+
+    asyncio.run(main())
+
+
+def test_delayed_commit_survives_a_full_map(tmp_path: Path) -> None:
+    async def main() -> None:
+        m = KvStateMachine(str(tmp_path / "kv"), map_size=1 << 20, commit_delay=3600)
+        f = Feeder(m)
+        big = b"x" * (100 << 10)
+        first = f.apply(*(put(b"a%d" % i, big) for i in range(3)))  # pending, fits
+        assert m.stats["map_grown"] == 0 and m.last_applied_index() == 0
+        more = f.apply(*(put(b"b%d" % i, big) for i in range(8)))  # does not fit
+        assert m.stats["map_grown"] >= 1
+        assert [r["revision"] for r in first + more] == list(range(1, 12))
+        assert m.store.revision == 11
+        m.flush()
+        assert m.last_applied_index() == 11
+        keys = [kv[0] for kv in dump(m.store)["kvs"]]
+        assert keys == [b"a%d" % i for i in range(3)] + [b"b%d" % i for i in range(8)]
+        m.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_timer_commit_stops_the_machine(tmp_path: Path) -> None:
+    async def main() -> None:
+        m = KvStateMachine(str(tmp_path / "kv"), commit_delay=0.001)
+        f = Feeder(m)
+
+        def broken() -> bool:
+            raise OSError(28, "No space left on device")
+
+        m.store.flush = broken  # type: ignore[method-assign]
+        f.one(put(b"a", b"1"))
+        while m._timer is not None:
+            await asyncio.sleep(0.005)
+        with pytest.raises(RuntimeError, match="failed to commit"):
+            f.one(put(b"b", b"2"))
+        del m.store.flush  # type: ignore[method-assign]
+        m.store.discard()
+        m.store.close()
+
+    asyncio.run(main())

@@ -3,6 +3,7 @@ replicas fed the same log: same results, same state, same history."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -177,34 +178,65 @@ def random_request(rng: random.Random, model: Model) -> dict[str, Any]:
     return {"op": "txn", "compare": compare, "success": ops(), "failure": ops()}
 
 
+def crash(m: KvStateMachine, path: str) -> KvStateMachine:
+    """What a process crash leaves: the files as of the last commit."""
+    m.store.discard()
+    m.store.env.close()
+    return KvStateMachine(path, commit_delay=m.commit_delay)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_random_commands_match_the_model_and_replicas_agree(tmp_path: Path, seed: int) -> None:
+    """Replica ``a`` commits every batch; ``b`` commits on a timer (flushed at
+    random points here) and crashes now and then, losing what it had not
+    committed, and catches up by replaying the log after its durable index."""
     rng = random.Random(seed)
     a = KvStateMachine(str(tmp_path / "a"))
-    b = KvStateMachine(str(tmp_path / "b"))
-    fa, fb = Feeder(a), Feeder(b)
+    b_path = str(tmp_path / "b")
+    fa = Feeder(a)
     model = Model()
+    log: list[Any] = []
+
+    async def main() -> None:
+        b = KvStateMachine(b_path, commit_delay=3600)
+        fb = Feeder(b)
+        crashes = 0
+        try:
+            for step in range(60):
+                batch = [random_request(rng, model) for _ in range(rng.randrange(1, 6))]
+                entries = fa.entries(*batch)
+                assert fb.entries(*batch) == entries
+                log.extend(entries)
+                ra = a.on_apply(entries)
+                rb = b.on_apply(entries)
+                assert ra == rb, f"seed {seed} step {step}"
+                for req, got in zip(batch, ra, strict=True):
+                    want = model.apply(req)
+                    if want == "error":
+                        assert got["error"] == "future_revision", (seed, step, req)
+                        continue
+                    assert got["revision"] == model.revision, (seed, step, req, got)
+                    got = {**got, "revision": None}
+                    assert got == want, (seed, step, req)
+                roll = rng.random()
+                if roll < 0.2:
+                    b.flush()
+                elif roll < 0.3:
+                    b = crash(b, b_path)
+                    crashes += 1
+                    replay = [e for e in log if e.index > b.last_applied_index()]
+                    b.on_apply(replay)
+                da, db = dump(a.store), dump(b.store)
+                del da["applied_index"], db["applied_index"]  # b's lags until it commits
+                assert da == db, f"seed {seed} step {step}"
+                assert da["kvs"] == [tuple(model.wire(k)) for k in sorted(model.kv)]  # type: ignore[arg-type]
+                assert da["events"] == model.events
+                assert da["compact_revision"] == model.compact
+            assert crashes > 0
+        finally:
+            b.close()
+
     try:
-        for step in range(60):
-            batch = [random_request(rng, model) for _ in range(rng.randrange(1, 6))]
-            entries = fa.entries(*batch)
-            assert fb.entries(*batch) == entries
-            ra = a.on_apply(entries)
-            rb = b.on_apply(entries)
-            assert ra == rb, f"seed {seed} step {step}"
-            for req, got in zip(batch, ra, strict=True):
-                want = model.apply(req)
-                if want == "error":
-                    assert got["error"] == "future_revision", (seed, step, req)
-                    continue
-                assert got["revision"] == model.revision, (seed, step, req, got)
-                got = {**got, "revision": None}
-                assert got == want, (seed, step, req)
-            da, db = dump(a.store), dump(b.store)
-            assert da == db, f"seed {seed} step {step}"
-            assert da["kvs"] == [tuple(model.wire(k)) for k in sorted(model.kv)]  # type: ignore[arg-type]
-            assert da["events"] == model.events
-            assert da["compact_revision"] == model.compact
+        asyncio.run(main())
     finally:
         a.close()
-        b.close()
