@@ -433,7 +433,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "pyjraft kv") -> int:
         return _serve(args)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     fn: Callable[[], Coroutine[Any, Any, int]] = lambda: _client_command(args)  # noqa: E731
-    return run(fn)
+    try:
+        return run(fn)
+    except BrokenPipeError:
+        # The reader went away (``| head``): no traceback, and no second error
+        # when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_NO
 
 
 if __name__ == "__main__":

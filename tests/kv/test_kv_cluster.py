@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pyjraft.client import UnknownOutcomeError
-from pyjraft.kv import Client, Compare, Event, Op
+from pyjraft.kv import Client, Compare, Event, KvStore, Op
 from tests.integration.cluster import env_seed
 from tests.kv.cluster import KvCluster
 
@@ -75,6 +75,13 @@ def test_operations_through_the_client_and_every_replica_agrees(
         await cluster.close()
 
     asyncio.run(main())
+    # SIGTERM: a graceful stop commits what the store held uncommitted.
+    follower = cluster.addrs[0]
+    assert cluster.terminate(follower) == 0
+    store = KvStore(str(cluster.base / f"data-{follower.rsplit(':', 1)[1]}" / "kv" / "kv"))
+    assert store.revision == 201 and store.durable_index > 0
+    store.close()
+    cluster.start(follower)
     done = _cli(cluster, "get", "done")
     assert (done.returncode, done.stdout) == (0, b"1\n"), done.stderr
     absent = _cli(cluster, "get", "k/150")
