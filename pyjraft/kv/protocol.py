@@ -186,6 +186,17 @@ def check_command(cmd: Any, limits: KvLimits) -> None:
     apply within ``limits`` (see the module doc for the forms)."""
     if type(cmd) not in (list, tuple) or len(cmd) < 2:
         raise InvalidRequest("a command is an array [format, op, ...]")
+    if (  # the common case, checked at once (every replica checks every entry)
+        len(cmd) == 4
+        and cmd[1] == "put"
+        and cmd[0] == FORMAT
+        and type(cmd[0]) is int
+        and type(cmd[2]) is bytes
+        and 0 < len(cmd[2]) <= limits.max_key_bytes
+        and type(cmd[3]) is bytes
+        and len(cmd[3]) <= limits.max_value_bytes
+    ):
+        return
     if cmd[0] != FORMAT or type(cmd[0]) is not int:
         raise InvalidRequest(f"unknown command format {cmd[0]!r:.20}")
     op = cmd[1]

@@ -235,6 +235,7 @@ class KvService:
             "revision": store.revision,
             "compact_revision": store.compact_revision,
             "applied_index": store.applied_index,
+            "durable_index": store.durable_index,
             "history_bytes": store.history_bytes,
             "history_events": events,
             "keys": keys,
