@@ -14,7 +14,7 @@ import pytest
 from pyjraft.kv.protocol import BARRIER
 from pyjraft.kv.server import KvOptions, KvServer
 from pyjraft.node import NodeOptions
-from pyjraft.testing.ports import free_ports
+from pyjraft.transport import TcpTransport
 
 T = TypeVar("T")
 
@@ -23,19 +23,14 @@ class ServerThread:
     """A `KvServer` (a single-node group) running on its own thread and loop."""
 
     def __init__(self, data_dir: Path, kv_options: KvOptions, others: tuple[str, ...] = ()) -> None:
-        self.addr = f"127.0.0.1:{free_ports(1)[0]}"
-        self.options = NodeOptions(
-            id=self.addr,
-            peers=(self.addr, *others),
-            group="kv",
-            data_dir=str(data_dir),
-            election_timeout_ms=60,
-            heartbeat_ms=10,
-        )
+        self.data_dir = data_dir
+        self.others = others
+        self.addr = ""
         self.kv_options = kv_options
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: KvServer | None = None
+        self.transport: TcpTransport | None = None
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
         """Run ``coro`` on the server's loop; return its result."""
@@ -43,8 +38,19 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self.thread.start()
-        self.server = self.call(KvServer.start(self.options, self.kv_options))
-        if len(self.options.peers) == 1:
+        # Listen on a port the kernel picks: no race for a "free" port.
+        self.transport = self.call(TcpTransport.start("127.0.0.1", 0))
+        self.addr = self.transport.address
+        options = NodeOptions(
+            id=self.addr,
+            peers=(self.addr, *self.others),
+            group="kv",
+            data_dir=str(self.data_dir),
+            election_timeout_ms=60,
+            heartbeat_ms=10,
+        )
+        self.server = self.call(KvServer.start(options, self.kv_options, self.transport))
+        if not self.others:
             self.call(self._until_leader())
         return self
 
@@ -60,6 +66,9 @@ class ServerThread:
         if self.server is not None:
             self.call(self.server.shutdown())
             self.server = None
+        if self.transport is not None:
+            self.call(self.transport.close())
+            self.transport = None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

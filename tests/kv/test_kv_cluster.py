@@ -54,13 +54,18 @@ def test_operations_through_the_client_and_every_replica_agrees(
     cluster: KvCluster, seed: int
 ) -> None:
     async def main() -> None:
-        await cluster.wait_for_leader()
-        async with Client(cluster.addrs, rng=random.Random(seed), deadline=20) as kv:
+        leader = await cluster.wait_for_leader()
+        # A follower first: the client is told where the leader is and follows.
+        peers = [a for a in cluster.addrs if a != leader] + [leader]
+        async with Client(peers, rng=random.Random(seed), deadline=20) as kv:
+            await kv.put(b"first", b"1")
+            assert kv.raft.leader == leader and kv.raft.stats["redirects"] == 1
+            await kv.delete(b"first")
             await asyncio.gather(*(kv.put(b"k/%03d" % i, b"v%d" % i) for i in range(200)))
             assert (await kv.get(b"k/007")).value == b"v7"  # type: ignore[union-attr]
             s = await kv.scan(prefix=b"k/", limit=5, reverse=True)
             assert [x.key for x in s.kvs] == [b"k/%03d" % i for i in (199, 198, 197, 196, 195)]
-            assert s.revision == 200
+            assert s.revision == 202
             t = await kv.txn(
                 [Compare(b"k/000", "version", "==", 1)],
                 [Op.delete_range(prefix=b"k/1"), Op.put(b"done", b"1")],
@@ -70,7 +75,7 @@ def test_operations_through_the_client_and_every_replica_agrees(
             leader_applied = st["applied_index"]
         for a in cluster.addrs:
             st = await cluster.wait_caught_up(a, leader_applied)
-            assert st["kv"]["revision"] == 201, a
+            assert st["kv"]["revision"] == 203, a
             assert st["kv"]["keys"] == 101, a
         await cluster.close()
 
@@ -79,7 +84,7 @@ def test_operations_through_the_client_and_every_replica_agrees(
     follower = cluster.addrs[0]
     assert cluster.terminate(follower) == 0
     store = KvStore(str(cluster.base / f"data-{follower.rsplit(':', 1)[1]}" / "kv" / "kv"))
-    assert store.revision == 201 and store.durable_index > 0
+    assert store.revision == 203 and store.durable_index > 0
     store.close()
     cluster.start(follower)
     done = _cli(cluster, "get", "done")
