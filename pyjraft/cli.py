@@ -5,7 +5,9 @@ leader crash (``--tls``: over mutual TLS, with certificates made for it);
 ``pyjraft counter ...`` is ``python -m pyjraft.examples.counter`` (``server``
 and ``client``); ``pyjraft certs ...`` makes a CA and node/client
 certificates (`pyjraft.certs`); ``pyjraft bench ...`` is ``python -m
-pyjraft.bench``; ``pyjraft status --peers A,B,C`` prints a table of a cluster.
+pyjraft.bench``; ``pyjraft status --peers A,B,C`` prints a table of a cluster;
+``pyjraft kv ...`` runs and talks to the replicated key-value store
+(`pyjraft.kv.cli`).
 """
 
 from __future__ import annotations
@@ -250,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyjraft.bench.driver import main as bench_main
 
         return bench_main(argv[1:], prog="pyjraft bench")
+    if argv and argv[0] == "kv":
+        from pyjraft.kv.cli import main as kv_main
+
+        return kv_main(argv[1:], prog="pyjraft kv")
     p = argparse.ArgumentParser(prog="pyjraft", description="pyjraft: Raft consensus for Python.")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run a local 3-node counter cluster through a leader crash")
@@ -291,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="repeat every SECONDS (default 1) until interrupted",
     )
     st.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
+    sub.add_parser("kv", help="the replicated key-value store (serve, put, get, scan, watch...)")
     args = p.parse_args(argv)
     if args.cmd == "status":
         if args.watch is not None and args.watch <= 0:
