@@ -20,36 +20,23 @@ and vote requests during a leader lease, which are ignored); a message from a
 lower term is dropped, or answered so the stale sender learns the new term.
 Then the message goes to the handler of our role.
 
-Elections (paper 5.2, thesis 9.6): a follower whose election timer expires
-first polls with pre-votes at term+1 without changing its own term, and only
-with a quorum of pre-votes bumps its term and asks for real votes. With
-check-quorum, followers that heard from a leader within the (unrandomized)
-election timeout refuse both, and a leader that has not heard from a quorum
-within that timeout steps down.
-
-Replication (paper 5.3): see `pyjraft.core.progress` for the per-follower
-flow control. Snapshots (thesis chapter 5): when a follower needs entries the
-leader's log no longer holds, its progress moves to SNAPSHOT and the `Ready`
-asks the runtime to send the leader's snapshot; no appends go to it until the
-transfer ends (`report_snapshot`) or the follower acknowledges the install.
-A follower restores an offered snapshot only if it is newer than its commit
-index and its log does not already hold the snapshot's last entry (then it
-just commits up to it); either way it answers with the index it now matches.
-
-A new leader appends a no-op of its term; the commit index advances only to
-an index of the current term replicated on a quorum (paper 5.4.2, Figure 8);
-the leader counts itself only for entries the
-runtime has made durable (reported through `advance`). Followers learn the
-commit index from the next AppendEntries or heartbeat, never from a separate
-message, and a heartbeat's commit never exceeds what that follower matches.
+The rules live in parts, one module each: `pyjraft.core.election` (terms,
+votes and pre-votes, paper 5.2 and thesis 9.6), `pyjraft.core.replication`
+(appends, heartbeats, commit, snapshots to send: paper 5.3 and 5.4, thesis
+chapter 5), over the fields `pyjraft.core.core_base` declares. This module
+holds the inputs, the roles and the `Ready`, and the follower's side of
+snapshots: it restores an offered snapshot only if it is newer than its
+commit index and its log does not already hold the snapshot's last entry
+(then it just commits up to it); either way it answers with the index it
+now matches.
 
 Bad input (thesis 3.2's "no Byzantine faults" is a promise peers cannot
 always keep: a buggy or garbled peer, a forged packet on an unauthenticated
 port): a message from a non-member or from ourselves, one no correct peer
 could build (`pyjraft.core.validate`), a second leader in a term, a
 timeout-now from anyone but the current leader, an acknowledgement beyond
-our last index -- each is dropped
-and reported in `Ready.bad_messages`, never raised: only the node's own
+our last index -- each is dropped and reported in `Ready.bad_messages`,
+never raised: only the node's own
 storage or state machine may stop it. A follower whose log went backwards
 (it rejects below what it acknowledged in this term: its disk lost data) is
 reported and re-probed from its own hint, rather than probed forever above
@@ -66,8 +53,9 @@ from collections.abc import Sequence
 from functools import partial
 from itertools import repeat
 
-from pyjraft.core import quorum, validate
+from pyjraft.core import validate
 from pyjraft.core.config import CoreConfig
+from pyjraft.core.election import Elections
 from pyjraft.core.errors import NotLeaderError
 from pyjraft.core.log_reader import LogReader
 from pyjraft.core.messages import (
@@ -83,8 +71,9 @@ from pyjraft.core.messages import (
     VoteResponse,
 )
 from pyjraft.core.progress import Progress, ProgressState
-from pyjraft.core.raft_log import LogSafetyError, RaftLog
+from pyjraft.core.raft_log import RaftLog
 from pyjraft.core.ready import Ready
+from pyjraft.core.replication import Replication
 from pyjraft.core.types import (
     NONE,
     ConfState,
@@ -95,7 +84,6 @@ from pyjraft.core.types import (
     Role,
     SnapshotMeta,
     SoftState,
-    entries_size,
 )
 from pyjraft.core.validate import BadMessage
 
@@ -107,7 +95,7 @@ _NOOP = int(EntryType.NOOP)
 _VOTE_REQUESTS = (VoteRequest, PreVoteRequest)
 
 
-class RaftCore:
+class RaftCore(Elections, Replication):
     """One member of one raft group. See the module docstring."""
 
     def __init__(
@@ -171,11 +159,6 @@ class RaftCore:
     def commit_index(self) -> int:
         """The highest index known committed."""
         return self.log.committed
-
-    @property
-    def promotable(self) -> bool:
-        """Whether this member may become leader (it is a voter)."""
-        return self.id in self.voters
 
     # -- inputs --------------------------------------------------------------
 
@@ -465,288 +448,6 @@ class RaftCore:
         noop = Entry(self.term, self.log.last_index() + 1, _NOOP, b"")
         self.log.append([noop])
         self._broadcast_append()
-
-    # -- elections -----------------------------------------------------------
-
-    def _tick_election(self) -> None:
-        self.election_elapsed += 1
-        if self.promotable and self.election_elapsed >= self.randomized_election_ticks:
-            self.election_elapsed = 0
-            self._hup(transfer=False)
-
-    def _in_lease(self) -> bool:
-        return (
-            self.config.check_quorum
-            and self.leader != NONE
-            and self.election_elapsed < self.config.election_ticks
-        )
-
-    def _hup(self, transfer: bool) -> None:
-        if not self.promotable or self.term >= validate.MAX_TERM:
-            return
-        if self.config.pre_vote and not transfer:
-            self._become_pre_candidate()
-            self._request_votes(pre=True, transfer=False)
-        else:
-            self._become_candidate()
-            self._request_votes(pre=False, transfer=transfer)
-
-    def _request_votes(self, pre: bool, transfer: bool) -> None:
-        # Our own vote first: a single-member group wins without any message,
-        # in which case this round is over.
-        role, term = self.role, self.term
-        self._handle_vote_response(self.id, True)
-        if (self.role, self.term) != (role, term):
-            return
-        last_index = self.log.last_index()
-        last_term = self.log.last_term()
-        for peer in self.voters:
-            if peer == self.id:
-                continue
-            if pre:
-                self._send(
-                    PreVoteRequest(self.group, self.term + 1, self.id, peer, last_index, last_term)
-                )
-            else:
-                self._send(
-                    VoteRequest(
-                        self.group, self.term, self.id, peer, last_index, last_term, transfer
-                    )
-                )
-
-    def _handle_vote_request(self, m: VoteRequest | PreVoteRequest) -> None:
-        pre = isinstance(m, PreVoteRequest)
-        can_vote = (
-            self.vote == m.src
-            or (self.vote == NONE and self.leader == NONE)
-            or (pre and m.term > self.term)
-        )
-        grant = can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term)
-        if pre:
-            # A granted pre-vote echoes the requested term; a refusal carries ours.
-            term = m.term if grant else self.term
-            self._send(PreVoteResponse(self.group, term, self.id, m.src, grant))
-            return
-        if grant:
-            self.vote = m.src
-            self.election_elapsed = 0
-        self._send(VoteResponse(self.group, self.term, self.id, m.src, grant))
-
-    def _handle_vote_response(self, src: NodeId, granted: bool) -> None:
-        if src not in self.voters:
-            return
-        self.votes.setdefault(src, granted)
-        result = quorum.majority_vote(self.voters, self.votes)
-        if result is quorum.VoteResult.WON:
-            if self.role is Role.PRE_CANDIDATE:
-                self._become_candidate()
-                self._request_votes(pre=False, transfer=False)
-            else:
-                self._become_leader()
-        elif result is quorum.VoteResult.LOST:
-            self._become_follower(self.term, NONE)
-
-    # -- followers -----------------------------------------------------------
-
-    def _on_leader_contact(self, leader: NodeId) -> None:
-        if self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
-            self._become_follower(self.term, leader)
-        self.leader = leader
-        self.election_elapsed = 0
-
-    def _handle_append(self, m: AppendEntries) -> None:
-        log = self.log
-        if m.prev_log_index < log.committed:
-            self._send(
-                AppendEntriesResponse(self.group, self.term, self.id, m.src, True, log.committed)
-            )
-            return
-        last_new = log.maybe_append(m.prev_log_index, m.prev_log_term, m.commit, m.entries)
-        # A conflict may have replaced entries already durable here: they no longer count.
-        self._stable_index = min(self._stable_index, log.in_progress)
-        if last_new is not None:
-            self._send(AppendEntriesResponse(self.group, self.term, self.id, m.src, True, last_new))
-            return
-        hint_index, hint_term = log.find_conflict_by_term(
-            min(m.prev_log_index, log.last_index()), m.prev_log_term
-        )
-        self._send(
-            AppendEntriesResponse(
-                self.group,
-                self.term,
-                self.id,
-                m.src,
-                False,
-                m.prev_log_index,
-                hint_index,
-                hint_term,
-            )
-        )
-
-    def _handle_heartbeat(self, m: Heartbeat) -> None:
-        # The leader never sends a commit past what we match, so this is safe.
-        self.log.commit_to(min(m.commit, self.log.last_index()))
-        self._send(HeartbeatResponse(self.group, self.term, self.id, m.src, m.context))
-
-    # -- leaders -------------------------------------------------------------
-
-    def _tick_leader(self) -> None:
-        self.heartbeat_elapsed += 1
-        self.election_elapsed += 1
-        if self.election_elapsed >= self.config.election_ticks:
-            self.election_elapsed = 0
-            if self.config.check_quorum:
-                if not self._quorum_active():
-                    self._become_follower(self.term, NONE)
-                    return
-                for peer, pr in self.progress.items():
-                    if peer != self.id:
-                        pr.recent_active = False
-        if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
-            self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat()
-
-    def _quorum_active(self) -> bool:
-        active = {p: pr.recent_active or p == self.id for p, pr in self.progress.items()}
-        return quorum.majority_vote(self.voters, active) is quorum.VoteResult.WON
-
-    def _broadcast_append(self) -> None:
-        for peer in self.progress:
-            if peer != self.id:
-                self._send_append(peer)
-
-    def _broadcast_heartbeat(self) -> None:
-        committed = self.log.committed
-        for peer, pr in self.progress.items():
-            if peer != self.id:
-                self._send(
-                    Heartbeat(self.group, self.term, self.id, peer, min(pr.match, committed))
-                )
-
-    def _send_append(self, peer: NodeId, send_if_empty: bool = True) -> bool:
-        """Send the next AppendEntries to ``peer`` if its flow control allows."""
-        pr = self.progress[peer]
-        if pr.is_paused():
-            return False
-        log = self.log
-        prev = pr.next - 1
-        if pr.next < log.first_index():
-            self._send_snapshot(peer, pr)
-            return False
-        prev_term = log.term(prev)
-        last = log.last_index()
-        cfg = self.config
-        if pr.next <= last:
-            hi = min(last + 1, pr.next + cfg.max_entries_per_msg)
-            entries = log.entries(pr.next, hi, cfg.max_bytes_per_msg)
-        else:
-            entries = []
-        if not entries and not send_if_empty:
-            return False
-        self._send(
-            AppendEntries(
-                self.group, self.term, self.id, peer, prev, prev_term, tuple(entries), log.committed
-            )
-        )
-        if entries and pr.state is ProgressState.REPLICATE:
-            pr.next = entries[-1].index + 1
-            pr.inflights.add(entries[-1].index, entries_size(entries))
-        else:
-            pr.probe_sent = True
-        return True
-
-    def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
-        snap = self._snapshot
-        if snap is None or snap.index < self.log.first_index() - 1:
-            # Compaction always follows a snapshot the runtime reported: this is a
-            # local bug, not anything a peer did.
-            raise LogSafetyError(
-                f"entries before {self.log.first_index()} for {peer} are compacted, and no "
-                f"snapshot covers them (newest: {snap})"
-            )
-        pr.become_snapshot(snap.index)
-        self._snapshot_sends.append((peer, snap))
-
-    def _handle_append_response(self, m: AppendEntriesResponse) -> None:
-        pr = self.progress.get(m.src)
-        if pr is None:
-            return
-        if m.index > self.log.last_index():
-            self._reject(m, f"answers for index {m.index}, past our last {self.log.last_index()}")
-            return
-        pr.recent_active = True
-        if (
-            not m.success
-            and pr.state is ProgressState.PROBE
-            and m.index == pr.next - 1
-            and m.hint_index < pr.match
-        ):
-            # It rejects our probe just after what it acknowledged in this term, and
-            # its own log ends below that: its durable state went backwards (a wiped
-            # or restored disk). Probing above its log would never end: probe from
-            # where its log really ends.
-            self._reject(
-                m,
-                f"its log went backwards: it acknowledged up to {pr.match} in term "
-                f"{self.term}, and now ends at or below {m.hint_index} (data lost on its disk?)",
-            )
-            pr.match = m.hint_index
-            pr.become_probe()
-            pr.next = m.hint_index + 1
-            self._send_append(m.src)
-            return
-        if not m.success:
-            next_probe = m.hint_index
-            if m.hint_term > 0:
-                next_probe, _ = self.log.find_conflict_by_term(m.hint_index, m.hint_term)
-            if pr.maybe_decrease_to(m.index, next_probe):
-                if pr.state is ProgressState.REPLICATE:
-                    pr.become_probe()
-                self._send_append(m.src)
-            return
-        probe_matched = pr.state is ProgressState.PROBE and m.index == pr.match
-        if not pr.maybe_update(m.index) and not probe_matched:
-            # A duplicate or reordered acknowledgement; it still frees the window.
-            if pr.state is ProgressState.REPLICATE:
-                pr.inflights.free_le(m.index)
-            return
-        if pr.state is ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state is ProgressState.SNAPSHOT:
-            if pr.match < pr.pending_snapshot:
-                return  # an older acknowledgement; the install is still going on
-            pr.become_probe()
-            pr.become_replicate()
-        elif pr.state is ProgressState.REPLICATE:
-            pr.inflights.free_le(m.index)
-        self._maybe_commit()
-        # Stream whatever the window now admits.
-        while self._send_append(m.src, send_if_empty=False):
-            pass
-
-    def _handle_heartbeat_response(self, m: HeartbeatResponse) -> None:
-        pr = self.progress.get(m.src)
-        if pr is None:
-            return
-        pr.recent_active = True
-        pr.probe_sent = False
-        if pr.state is ProgressState.REPLICATE and pr.inflights.full():
-            pr.inflights.free_first()
-        if pr.match < self.log.last_index():
-            self._send_append(m.src)
-
-    def _maybe_commit(self) -> bool:
-        self_pr = self.progress.get(self.id)
-        if self_pr is not None:
-            self_pr.match = max(self_pr.match, self._stable_index)
-        match = {p: pr.match for p, pr in self.progress.items()}
-        index = quorum.majority_index(self.voters, match)
-        log = self.log
-        # Paper 5.4.2: only an entry of the current term commits by counting replicas.
-        if index > log.committed and log.term_or_none(index) == self.term:
-            log.commit_to(index)
-            return True
-        return False
 
     # -- plumbing ------------------------------------------------------------
 
