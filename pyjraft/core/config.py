@@ -39,6 +39,18 @@ class CoreConfig:
     """Entry bytes per AppendEntries (one larger entry still goes alone)."""
     max_apply_bytes: int = 16 << 20
     """Committed entry bytes handed out per `Ready`."""
+    read_lease_ticks: int = 0
+    """How long after a heartbeat round a majority answered the leader may serve
+    lease reads with no round trip (`pyjraft.core.read_only`); it must be shorter
+    than ``election_ticks`` by a margin for clock drift. 0: ``election_ticks``
+    less a fifth (at least one tick)."""
+
+    @property
+    def lease_ticks(self) -> int:
+        """``read_lease_ticks``, or its default."""
+        if self.read_lease_ticks:
+            return self.read_lease_ticks
+        return self.election_ticks - max(1, self.election_ticks // 5)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -54,6 +66,11 @@ class CoreConfig:
             raise ConfigError(f"duplicate voters: {self.voters}")
         if set(self.voters) & set(self.learners):
             raise ConfigError("a member cannot be both voter and learner")
+        if not 0 <= self.read_lease_ticks < self.election_ticks:
+            raise ConfigError(
+                f"read_lease_ticks ({self.read_lease_ticks}) must be below election_ticks "
+                f"({self.election_ticks}): the lease must end before anyone can be elected"
+            )
         for name in (
             "max_inflight_msgs",
             "max_inflight_bytes",

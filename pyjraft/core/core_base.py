@@ -15,6 +15,7 @@ from pyjraft.core.config import CoreConfig
 from pyjraft.core.messages import Message
 from pyjraft.core.progress import Progress
 from pyjraft.core.raft_log import RaftLog
+from pyjraft.core.read_only import ReadOnly, ReadState
 from pyjraft.core.types import GroupId, NodeId, Role, SnapshotMeta
 
 
@@ -40,6 +41,9 @@ class CoreBase:
     _stable_index: int
     _snapshot: SnapshotMeta | None
     _snapshot_sends: list[tuple[NodeId, SnapshotMeta]]
+    ticks: int
+    read_only: ReadOnly
+    _read_states: list[ReadState]
 
     @property
     def promotable(self) -> bool:

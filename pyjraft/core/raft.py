@@ -8,6 +8,8 @@ Theory of operation
 - `step(message)` delivers a message from a peer;
 - `propose(data)` / `propose_batch(datas)` appends user entries (leader only);
 - `campaign()` starts an election now;
+- `read_index(ctx, lease=False)` asks for a linearizable read (leader only;
+  see `pyjraft.core.read_only`): ``Ready.read_states`` says when it is safe;
 - `restore(leader, term, snapshot)` offers a snapshot received from the
   leader; `report_snapshot(peer, ok)` and `set_snapshot(snapshot)` tell a
   leader how a transfer ended and which snapshot is its newest;
@@ -72,6 +74,7 @@ from pyjraft.core.messages import (
 )
 from pyjraft.core.progress import Progress, ProgressState
 from pyjraft.core.raft_log import RaftLog
+from pyjraft.core.read_only import ReadOnly, ReadState
 from pyjraft.core.ready import Ready
 from pyjraft.core.replication import Replication
 from pyjraft.core.types import (
@@ -137,6 +140,11 @@ class RaftCore(Elections, Replication):
         self._bad: list[BadMessage] = []
         self._snapshot_sends: list[tuple[NodeId, SnapshotMeta]] = []
         self._restored: SnapshotMeta | None = None  # handed out in the next Ready
+        self.ticks = 0  # ticks since start, in any role: the lease's clock
+        self.read_only = ReadOnly(self.id)
+        self._read_states: list[ReadState] = []
+        # Reads asked before this leader committed an entry of its term.
+        self._reads_waiting: list[tuple[bytes, bool]] = []
         self._persisted_hard_state = hard_state
         self._last_soft = SoftState(NONE, Role.FOLLOWER, self.term)
         # Highest index the runtime reported durable; the leader counts itself to here.
@@ -162,12 +170,19 @@ class RaftCore(Elections, Replication):
 
     # -- inputs --------------------------------------------------------------
 
-    def tick(self) -> None:
-        """Advance logical time by one tick."""
+    def tick(self, n: int = 1) -> None:
+        """Advance logical time by ``n`` ticks. A leader given several at once (the
+        runtime catching up after its loop stalled) checks its quorum and sends
+        heartbeats once, but its lease sees all of them: a lease read must never
+        be served on a clock that fell behind. Anyone else counts them one by one."""
+        self.ticks += n
         if self.role is Role.LEADER:
-            self._tick_leader()
-        else:
+            self._tick_leader(n)
+            return
+        for _ in range(n):
             self._tick_election()
+            if self.promotable and self.leader == self.id:
+                return  # won an election: the rest of the ticks were its own
 
     def campaign(self) -> None:
         """Start an election now (with a pre-vote round when enabled)."""
@@ -277,6 +292,53 @@ class RaftCore(Elections, Replication):
                 if self.role is not Role.LEADER and self.promotable:
                     self._hup(transfer=True)
 
+    def read_index(self, ctx: bytes, lease: bool = False) -> None:
+        """Ask for a linearizable read; ``ctx`` identifies it in `Ready.read_states`.
+
+        Safe reads confirm leadership with a heartbeat round (all reads asked
+        before one round starts share it); with ``lease`` and check-quorum, a
+        leader within its lease answers at once and falls back to a round
+        otherwise. A new leader answers only once an entry of its term is
+        committed. Raises `NotLeaderError` on a non-leader. Reads not yet
+        answered when leadership is lost are dropped: the runtime fails them.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if not self._committed_in_term():
+            self._reads_waiting.append((ctx, lease))
+            return
+        self._start_reads([(ctx, lease)])
+
+    def lease_valid(self) -> bool:
+        """Whether this leader may serve lease reads now (`pyjraft.core.read_only`)."""
+        return (
+            self.role is Role.LEADER
+            and self.config.check_quorum
+            and self._committed_in_term()
+            and self.ticks < self.read_only.lease_until(self.voters, self._lease_span())
+        )
+
+    def _committed_in_term(self) -> bool:
+        return self.log.term_or_none(self.log.committed) == self.term
+
+    def _start_reads(self, reads: list[tuple[bytes, bool]]) -> None:
+        index = self.log.committed
+        lease = self.lease_valid()
+        waiting = False
+        for ctx, wants_lease in reads:
+            if len(self.voters) == 1 or (wants_lease and lease):
+                self._read_states.append(ReadState(index, ctx))
+            else:
+                self.read_only.add_read(index, ctx)
+                waiting = True
+        if waiting:
+            self._broadcast_heartbeat()
+
+    def _commit_advanced(self) -> None:
+        if self._reads_waiting and self._committed_in_term():
+            reads, self._reads_waiting = self._reads_waiting, []
+            self._start_reads(reads)
+
     def restore(self, leader: NodeId, term: int, snap: SnapshotMeta) -> bool:
         """Offer ``snap``, received from ``leader`` of ``term``, to this follower.
 
@@ -344,6 +406,7 @@ class RaftCore(Elections, Replication):
             or self._bad
             or self._restored is not None
             or self._snapshot_sends
+            or self._read_states
             or self.leader != soft.leader
             or self.role is not soft.role
             or self.term != soft.term
@@ -366,6 +429,8 @@ class RaftCore(Elections, Replication):
             rd.snapshot, self._restored = self._restored, None
         if self._snapshot_sends:
             rd.snapshots_to_send, self._snapshot_sends = self._snapshot_sends, []
+        if self._read_states:
+            rd.read_states, self._read_states = self._read_states, []
         rd.entries = self.log.next_unstable()
         self.log.accept_unstable(rd.entries)
         rd.committed_entries = self.log.next_committed(self.config.max_apply_bytes)
@@ -414,6 +479,9 @@ class RaftCore(Elections, Replication):
             self.config.election_ticks
         )
         self.votes = {}
+        # Reads of an earlier leadership are gone (the runtime fails their callers).
+        self.read_only = ReadOnly(self.id)
+        self._reads_waiting = []
         cfg = self.config
         nxt = self.log.last_index() + 1
         self.progress = {}

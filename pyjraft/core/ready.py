@@ -26,6 +26,9 @@ until `RaftCore.report_snapshot` says the transfer ended (the follower's
 acknowledgement of the install also ends it). On the receiving side, the
 runtime hands the received snapshot to `RaftCore.restore`.
 
+``read_states`` are linearizable reads (`RaftCore.read_index`) now safe to
+serve: each once this node has applied its index.
+
 ``bad_messages`` are messages the core dropped because no correct peer could
 have sent them (`pyjraft.core.validate`): the runtime logs them and counts
 them; they change nothing.
@@ -40,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pyjraft.core.messages import Message
+from pyjraft.core.read_only import ReadState
 from pyjraft.core.types import Entry, HardState, NodeId, SnapshotMeta, SoftState
 from pyjraft.core.validate import BadMessage
 
@@ -67,6 +71,8 @@ class Ready:
     snapshots_to_send: list[tuple[NodeId, SnapshotMeta]] = field(default_factory=list)
     """Followers that need the leader's snapshot (named with the snapshot the
     core knows as newest; the runtime may send a newer one)."""
+    read_states: list[ReadState] = field(default_factory=list)
+    """Reads confirmed: serve each once applied up to its index."""
     bad_messages: list[BadMessage] = field(default_factory=list)
     """Messages dropped as impossible for a correct peer, to log."""
 

@@ -25,6 +25,7 @@ from pyjraft.core.messages import (
 )
 from pyjraft.core.progress import Progress, ProgressState
 from pyjraft.core.raft_log import LogSafetyError
+from pyjraft.core.read_only import context_round, round_context
 from pyjraft.core.types import NONE, NodeId, Role, entries_size
 
 
@@ -71,9 +72,10 @@ class Replication(CoreBase):
         self.log.commit_to(min(m.commit, self.log.last_index()))
         self._send(HeartbeatResponse(self.group, self.term, self.id, m.src, m.context))
 
-    def _tick_leader(self) -> None:
-        self.heartbeat_elapsed += 1
-        self.election_elapsed += 1
+    def _tick_leader(self, n: int = 1) -> None:
+        self.heartbeat_elapsed += n
+        self.election_elapsed += n
+        self.read_only.trim(self.ticks, self._lease_span())
         if self.election_elapsed >= self.config.election_ticks:
             self.election_elapsed = 0
             if self.config.check_quorum:
@@ -97,11 +99,14 @@ class Replication(CoreBase):
                 self._send_append(peer)
 
     def _broadcast_heartbeat(self) -> None:
+        # Every broadcast is a read round (`pyjraft.core.read_only`): its number
+        # rides in the context and comes back in the responses.
+        ctx = round_context(self.read_only.new_round(self.ticks))
         committed = self.log.committed
         for peer, pr in self.progress.items():
             if peer != self.id:
                 self._send(
-                    Heartbeat(self.group, self.term, self.id, peer, min(pr.match, committed))
+                    Heartbeat(self.group, self.term, self.id, peer, min(pr.match, committed), ctx)
                 )
 
     def _send_append(self, peer: NodeId, send_if_empty: bool = True) -> bool:
@@ -210,6 +215,11 @@ class Replication(CoreBase):
         if pr is None:
             return
         pr.recent_active = True
+        rnd = context_round(m.context)
+        if rnd is not None and m.src in self.voters:
+            self.read_only.ack(m.src, rnd)
+            if self.read_only.waiting:
+                self._read_states.extend(self.read_only.release(self.voters))
         pr.probe_sent = False
         if pr.state is ProgressState.REPLICATE and pr.inflights.full():
             pr.inflights.free_first()
@@ -226,5 +236,13 @@ class Replication(CoreBase):
         # Paper 5.4.2: only an entry of the current term commits by counting replicas.
         if index > log.committed and log.term_or_none(index) == self.term:
             log.commit_to(index)
+            self._commit_advanced()
             return True
         return False
+
+    def _commit_advanced(self) -> None:
+        raise NotImplementedError
+
+    def _lease_span(self) -> int:
+        """How long a confirmed round keeps the lease (see `pyjraft.core.read_only`)."""
+        return self.config.lease_ticks

@@ -9,13 +9,15 @@ One handler serves every request (a msgpack map, see
   `pyjraft.client.serve_apply`: the reply is the state machine's result, or
   the client library's error convention (``not_leader``, ``overloaded``:
   nothing was proposed; ``unknown_outcome``). No task per write.
-* Reads (``get``, ``get_many``, ``scan``) wait for a read barrier, then read
-  the local LMDB store. ``linearizable`` (the default) and ``lease`` go
-  through `read_index` (today the temporary shim in
-  `pyjraft.kv._read_barrier`); ``serializable`` reads the local state at
-  once, on any replica, and may be stale. A barrier that fails answers
-  ``not_leader`` (with the hint) or ``unavailable``: a read changes
-  nothing, so the client retries it anywhere. No task per read either.
+* Reads (``get``, ``get_many``, ``scan``) wait for `Node.read_index`, then
+  read the local LMDB store: ``linearizable`` (the default) confirms
+  leadership with a heartbeat round shared by the reads of one loop turn,
+  ``lease`` needs no round while the leader's lease holds; on a follower,
+  both ask the leader for the read index and serve locally once applied
+  that far. ``serializable`` reads the local state at once, on any replica,
+  and may be stale. A read index that fails answers ``not_leader`` (with
+  the hint) or ``unavailable``: a read changes nothing, so the client
+  retries it anywhere. No task per read either.
 * A ``watch`` is a long poll: it answers at once with the events after the
   client's cursor, or waits (up to ``wait_ms``) for the store to change. A
   client resumes from the cursor in the reply on any replica, so a watch
@@ -41,7 +43,6 @@ from pyjraft.client import (
     serve_apply,
 )
 from pyjraft.core.errors import NotLeaderError
-from pyjraft.kv._read_barrier import read_index
 from pyjraft.kv.machine import KvStateMachine
 from pyjraft.kv.protocol import (
     WRITE_OPS,
@@ -112,7 +113,7 @@ class KvService:
             return _replied(self.read_now(read))
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
-            barrier = asyncio.ensure_future(read_index(node, lease=read.read == "lease"))
+            barrier = node.read_index(lease=read.read == "lease")
         except Exception as e:
             self._barrier_failed(reply, e)
             return reply

@@ -6,6 +6,7 @@ from pyjraft.node.errors import (
     NotLeaderError,
     OverloadedError,
     RaftError,
+    ReadTimeoutError,
     ShutdownError,
     StateMachineError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "NotLeaderError",
     "OverloadedError",
     "RaftError",
+    "ReadTimeoutError",
     "ShutdownError",
     "StateMachine",
     "StateMachineError",

@@ -33,6 +33,11 @@ class StateMachineError(RaftError):
     left the group (its replica state is unknown). See `StateMachine.on_error`."""
 
 
+class ReadTimeoutError(RaftError):
+    """A linearizable read was not confirmed in time (no quorum answered, or this
+    node did not apply far enough). Nothing was read; retrying is safe."""
+
+
 class NodeStorageError(RaftError):
     """Durable storage failed; the node stopped. The operation's outcome is unknown."""
 
@@ -43,6 +48,7 @@ __all__ = [
     "NotLeaderError",
     "OverloadedError",
     "RaftError",
+    "ReadTimeoutError",
     "ShutdownError",
     "StateMachineError",
 ]

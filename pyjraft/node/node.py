@@ -75,6 +75,7 @@ from pyjraft.node.fsm_caller import FSMCaller
 from pyjraft.node.metrics import NodeMetrics
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
+from pyjraft.node.reads import ReadManager
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
 from pyjraft.node.writer import LogWriter, settle
 from pyjraft.storage.api import LogStorage, MetaStorage
@@ -126,6 +127,7 @@ class Node:
             voters=o.peers,
             group=o.group,
             election_ticks=o.election_ticks,
+            read_lease_ticks=o.read_lease_ticks,
             heartbeat_ticks=1,
             pre_vote=o.pre_vote,
             check_quorum=o.check_quorum,
@@ -183,6 +185,7 @@ class Node:
             "bad_messages": 0,
         }
         self._bad_log = RateLimitedLog(log, per_second=5)
+        self._reads = ReadManager(self)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -290,6 +293,25 @@ class Node:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_proposals)
+
+    def read_index(self, lease: bool = False, timeout: float | None = None) -> asyncio.Future[int]:
+        """A linearizable read: the future resolves to a read index once this node
+        has applied at least that far; read the state machine then.
+
+        ReadIndex by default: the leader confirms it still leads with one
+        heartbeat round to a majority (reads of one loop turn share it). With
+        ``lease``, a leader within its lease (check-quorum on; see
+        `pyjraft.core.read_only` for the clock assumption) answers with no round
+        trip. On a follower, the read index comes from the leader, and the
+        follower serves once it has applied that far. Raises (when awaited)
+        `NotLeaderError` (no leader known, or the leader asked stepped down;
+        ``.leader`` says whom to try), `ReadTimeoutError` (after ``timeout``
+        seconds, default `NodeOptions.read_timeout_ms`), `LeadershipLostError`
+        (leadership changed before the read was confirmed), `ShutdownError`.
+        Nothing is written: every failure is safe to retry.
+        """
+        t = self.options.read_timeout_ms / 1000 if timeout is None else timeout
+        return self._reads.read_index(lease, t)
 
     @property
     def id(self) -> str:
@@ -414,6 +436,14 @@ class Node:
                 self._tick_base = now
                 break
 
+    def _catch_up_leader(self, now: float) -> None:
+        """Give a leader (or candidate) the ticks that passed since its last one,
+        in one go: its lease must see the real time, a stalled loop included."""
+        n = int((now - self._tick_base) / self._tick_s)
+        if n > 0:
+            self._tick_base += n * self._tick_s
+            self._core.tick(n)
+
     def _on_tick(self) -> None:
         if self.state is not NodeState.RUNNING:
             return
@@ -423,7 +453,8 @@ class Node:
             if self._core.role is Role.FOLLOWER:
                 self._catch_up(now)
             else:
-                self._core.tick()
+                # At least one tick; more if the loop stalled (one heartbeat round).
+                self._core.tick(max(1, int((now - self._tick_base) / self._tick_s)))
         except Exception as exc:
             self._fatal(exc)
             return
@@ -549,6 +580,8 @@ class Node:
                 self._bad_log.warning("raft node %s/%s dropped a %s", self.group, self.id, bad)
         if rd.soft_state is not None:
             yield self._on_soft_state(rd.soft_state)
+        if rd.read_states:
+            self._reads.confirmed(rd.read_states)
         if rd.eager_messages:
             self.transport.send(rd.eager_messages)
         pipelined = False
@@ -665,6 +698,7 @@ class Node:
         """Record ``entries`` as applied and settle the callers waiting on them."""
         self._fsm.applied_index = entries[-1].index
         self.stats["applied"] += len(user)
+        self._reads.applied(entries[-1].index)
         waiting = self._waiting
         if not waiting:
             return
@@ -697,6 +731,7 @@ class Node:
                     "(the entry may still commit)"
                 )
             )
+            self._reads.leadership_lost()
             if self._leader_started:
                 self._leader_started = False
                 await self._fsm.leader_stop(Status("stepped_down", f"term {soft.term}"))
@@ -749,6 +784,7 @@ class Node:
         queue, self._queue = self._queue, []
         _fail_queue(queue, exc)
         self._fail_waiting(exc)
+        self._reads.close(exc)
 
 
 _DATA = operator.itemgetter(0)

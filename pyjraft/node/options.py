@@ -78,6 +78,13 @@ class NodeOptions:
     """Record latency and batch-size histograms (`pyjraft.node.metrics`): a few
     clock reads per batch, never per entry. Counters and gauges (`Node.stats`,
     `Node.status`) exist either way; `pyjraft.ops` exports both."""
+    read_timeout_ms: int = 5000
+    """Default time `Node.read_index` waits for a read to be confirmed and applied."""
+    read_lease_ms: int = 0
+    """How long after a majority answered a heartbeat round the leader may serve
+    lease reads with no round trip; must be below the election timeout by a
+    margin for clock drift between the nodes (0: 80% of it). See
+    `pyjraft.core.read_only` for the clock assumption."""
     pre_vote: bool = True
     """Raft thesis 9.6 pre-vote."""
     check_quorum: bool = True
@@ -109,6 +116,14 @@ class NodeOptions:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.read_timeout_ms < 1:
+            raise ConfigError(f"read_timeout_ms must be >= 1, got {self.read_timeout_ms}")
+        if not 0 <= self.read_lease_ms < self.election_timeout_ms:
+            raise ConfigError(
+                f"read_lease_ms ({self.read_lease_ms}) must be below election_timeout_ms "
+                f"({self.election_timeout_ms}): the lease must end before anyone else can "
+                "be elected"
+            )
         if self.busy_poll_us < 0:
             raise ConfigError(f"busy_poll_us must be >= 0, got {self.busy_poll_us}")
         if self.log_cache_bytes < 0:
@@ -123,3 +138,11 @@ class NodeOptions:
     def election_ticks(self) -> int:
         """The election timeout in ticks (a tick is one heartbeat interval)."""
         return max(2, self.election_timeout_ms // self.heartbeat_ms)
+
+    @property
+    def read_lease_ticks(self) -> int:
+        """``read_lease_ms`` in ticks (0: the core's default, 80%); always below
+        the election timeout."""
+        if not self.read_lease_ms:
+            return 0
+        return max(1, min(self.read_lease_ms // self.heartbeat_ms, self.election_ticks - 1))

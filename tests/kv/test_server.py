@@ -1,5 +1,5 @@
-"""The server's parts: the history compactor, the temporary read barrier, and
-what a replica that does not lead answers."""
+"""The server's parts: the history compactor, linearizable reads through
+ReadIndex, and what a replica that does not lead answers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 
 from pyjraft.client import DeadlineExceededError
 from pyjraft.kv import Client
-from pyjraft.kv._read_barrier import read_index
 from pyjraft.kv.compactor import HistoryCompactor
 from pyjraft.node import NotLeaderError
 from pyjraft.testing.ports import free_ports
@@ -65,21 +64,19 @@ def test_compactor_does_nothing_on_a_follower(tmp_path: object) -> None:
     assert asyncio.run(c.run_once()) == 0
 
 
-def test_reads_of_one_turn_share_one_barrier(server: ServerThread) -> None:
+def test_linearizable_reads_write_nothing_to_the_log(server: ServerThread) -> None:
     assert server.server is not None and server.server.node is not None
     node = server.server.node
+    _writes(server, 3)
 
     async def main() -> None:
-        before = node.stats["proposals"]
-        first = read_index(node)
-        second = read_index(node, lease=True)
-        assert first is second
-        index = await first
-        assert index >= 1 and node.applied_index >= index
-        assert node.stats["proposals"] == before + 1
-        third = read_index(node)  # arrived after the barrier was proposed: a new one
-        assert third is not first
-        assert await third > index
+        proposals, last = node.stats["proposals"], node._core.log.last_index()
+        async with Client([server.addr], rng=random.Random(3)) as kv:
+            for read in ("linearizable", "lease"):
+                got = await kv.get(b"k002", read=read)  # type: ignore[arg-type]
+                assert got is not None and got.value == b"v"
+        assert node.stats["proposals"] == proposals
+        assert node._core.log.last_index() == last
 
     server.call(main())
 
@@ -92,7 +89,7 @@ def test_a_replica_that_does_not_lead(start_server: Callable[..., ServerThread])
 
     async def barrier() -> None:
         with pytest.raises(NotLeaderError):
-            await read_index(node)
+            await node.read_index()
 
     server.call(barrier())
 

@@ -48,6 +48,8 @@ def _run_core(args: argparse.Namespace) -> int:
         totals["elections"] += res.elections
         totals["crashes"] += res.crashes
         totals["garbled"] += res.garbled
+        totals["reads"] += res.reads
+        totals["reads_served"] += res.reads_served
         totals["snapshots_taken"] += res.snapshots_taken
         totals["snapshots_installed"] += res.snapshots_installed
         totals["snapshot_transfers_failed"] += res.snapshot_transfers_failed

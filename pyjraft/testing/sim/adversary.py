@@ -28,6 +28,18 @@ class Adversary:
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
+        self.isolate_at_window: NodeId | None = None
+
+    def ticked(self, nid: NodeId, core: RaftCore) -> None:
+        """``nid``'s core just ticked."""
+        if (
+            nid == self.isolate_at_window
+            and core.role is Role.LEADER
+            and core.election_elapsed == 2
+            and not self.sim.healed
+        ):
+            self.isolate_at_window = None
+            self.sim.net.isolate(self.sim.ids, nid)
 
     def dies_now(self, nid: NodeId) -> bool:
         """Crash points right after the core stepped, before its runtime sends
@@ -99,6 +111,16 @@ class Adversary:
         elif action == "oneway":
             a, b = rng.sample(ids, 2)
             sim.net.cut_one_way(a, b)
+        elif action == "isolate_leader":
+            leaders = [n for n in ids if (c := sim.nodes[n].core) and c.role is Role.LEADER]
+            if leaders:
+                if sim.profile.regime == "lease":
+                    # Just inside its next check-quorum window, once the window
+                    # has seen an answer: it then passes that window's check and
+                    # goes on believing it leads for the longest it can.
+                    self.isolate_at_window = rng.choice(leaders)
+                else:
+                    sim.net.isolate(ids, rng.choice(leaders))
         elif action == "isolate":
             sim.net.isolate(ids, rng.choice(ids))
         elif action == "crash":

@@ -51,11 +51,26 @@ from pyjraft.testing.sim.contract import ContractChecker
 from pyjraft.testing.sim.disk import SimDisk, Write
 from pyjraft.testing.sim.network import SimNetwork
 from pyjraft.testing.sim.options import TICK, SimOptions, SimResult, draw_profile
+from pyjraft.testing.sim.reads import ReadDriver
 from pyjraft.testing.sim.snapshots import SnapshotDriver, chain
 
 __all__ = ["TICK", "SimOptions", "SimResult", "Simulation", "run_seed"]
 
-_TICK, _DELIVER, _PROPOSE, _FAULT, _HEAL, _WRITTEN, _KILL, _RESUME, _SNAP, _NUDGE = range(10)
+(
+    _TICK,
+    _DELIVER,
+    _PROPOSE,
+    _FAULT,
+    _HEAL,
+    _WRITTEN,
+    _KILL,
+    _RESUME,
+    _SNAP,
+    _NUDGE,
+    _READ,
+    _READ_RPC,
+    _READ_REPLY,
+) = range(13)
 _NORMAL = int(EntryType.NORMAL)
 
 
@@ -73,6 +88,7 @@ class _Node:
     """A snapshot received from the leader, waiting for its Ready to install it."""
     commit_seen: int = 0
     led_term: int = 0
+    last_tick: int = 0
     paused_until: int = 0
     """A paused process (a long GC, SIGSTOP) runs nothing until then: its timer,
     inbound messages and write completions wait, and what it had decided to
@@ -112,10 +128,13 @@ class Simulation:
         self.result = SimResult(seed, regime=self.profile.regime)
         self.adversary = Adversary(self)
         self.snapshots = SnapshotDriver(self)
+        self.reads = ReadDriver(self)
         for nid in ids:
             self.start(nid)
             self._schedule(self.rng.randrange(TICK), _TICK, nid)
         self._schedule(self.profile.propose_every, _PROPOSE, None)
+        if self.profile.read_every:
+            self._schedule(self.profile.read_every, _READ, None)
         if self.opt.faults:
             self._schedule(self.profile.fault_every, _FAULT, None)
         self._schedule(self.opt.chaos_ticks * TICK, _HEAL, None)
@@ -258,9 +277,20 @@ class Simulation:
             return payload  # type: ignore[no-any-return]
         if kind == _DELIVER:
             return payload.dst  # type: ignore[no-any-return]
-        if kind in (_WRITTEN, _NUDGE):
+        if kind in (_WRITTEN, _NUDGE, _READ_RPC, _READ_REPLY):
             return payload[0]  # type: ignore[no-any-return]
         return None
+
+    def schedule_read_rpc(self, leader: NodeId, ctx: bytes) -> None:
+        """A follower's read index request travels to ``leader``."""
+        follower = self.reads._reads[ctx].server
+        delay = 1 + self.rng.randrange(self.net.max_delay)
+        self._schedule(delay, _READ_RPC, (leader, follower, ctx))
+
+    def schedule_read_reply(self, server: NodeId, ctx: bytes, lost: bool) -> None:
+        """The leader's read index travels back to the follower ``server``."""
+        delay = 1 + self.rng.randrange(self.net.max_delay)
+        self._schedule(delay, _READ_REPLY, (server, ctx, lost))
 
     def schedule_snapshot(self, delay: int, payload: Any) -> None:
         """A snapshot transfer that ends after ``delay`` (see `SnapshotDriver.arrive`)."""
@@ -289,14 +319,33 @@ class Simulation:
             return node.nid  # drains what it had decided before pausing
         if kind == _TICK:
             nid: NodeId = payload
-            core = self.nodes[nid].core
-            # Clocks drift: each node's tick length varies a little.
-            self._schedule(TICK + self.rng.randrange(-5, 6), _TICK, nid)
+            node = self.nodes[nid]
+            core = node.core
+            # Clocks drift: each node's clock has its own rate, and jitters.
+            rate = self.profile.clock_rate[node.pos]
+            self._schedule(rate + self.rng.randrange(-3, 4), _TICK, nid)
+            # A process that was paused gets every tick that passed meanwhile, in
+            # one go, as the runtime's timer catches up: its lease must not
+            # outlive the time that really passed.
+            ticks = max(1, round((self.now - node.last_tick) / rate)) if node.last_tick else 1
+            node.last_tick = self.now
             if core is None:
                 return None
             self.current = nid
-            core.tick()
+            core.tick(ticks)
+            self.adversary.ticked(nid, core)
             return nid
+        if kind == _READ:
+            if self.healed:
+                return None
+            self._schedule(self.profile.read_every, _READ, None)
+            return self.reads.begin()
+        if kind == _READ_RPC:
+            if payload[1] != payload[0] and self.net.is_cut_between(payload[1], payload[0]):
+                return None
+            return self.reads.at_leader(payload[0], payload[2])
+        if kind == _READ_REPLY:
+            return self.reads.reply(payload[1], payload[2])
         if kind == _DELIVER:
             msg: Message = payload
             core = self.nodes[msg.dst].core
@@ -427,6 +476,8 @@ class Simulation:
             self._send(rd.eager_messages)
             if rd.snapshots_to_send:
                 self.snapshots.send(nid, rd.snapshots_to_send)
+            if rd.read_states:
+                self.reads.confirmed(nid, rd.read_states)
             if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
                 self.crash(nid)  # before anything of this Ready is durable
                 return
@@ -494,6 +545,7 @@ class Simulation:
             snap = node.disk.snapshot
             assert snap is not None and snap[0] == rd.snapshot
             node.applied, node.sm_hash = rd.snapshot.index, snap[1]
+            self.reads.maybe_complete(node.nid)
         self._send(rd.messages)
         # With pipelined writes in flight, what a majority made durable may not
         # be durable here yet: the node applies it anyway (it is committed).
@@ -520,6 +572,7 @@ class Simulation:
         node.applied = entries[-1].index
         node.sm_hash = chain(node.sm_hash, entries)
         self.snapshots.after_apply(node.nid)
+        self.reads.maybe_complete(node.nid)
         pending = self.pending
         if not pending:
             return
@@ -531,6 +584,7 @@ class Simulation:
             if data is not None and data == e.data:
                 # The proposer applied its own entry: the client gets its answer.
                 self.acked[data] = e.index
+                self.reads.written(e.index)
 
     # -- convergence ---------------------------------------------------------
 

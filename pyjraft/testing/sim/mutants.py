@@ -32,6 +32,7 @@ from pyjraft.core.messages import (
 from pyjraft.core.progress import Progress
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.raft_log import RaftLog
+from pyjraft.core.read_only import ReadState
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import NONE, Entry, NodeId, Role, SnapshotMeta
 
@@ -244,6 +245,34 @@ class AppendsPastCompaction(RaftCore):
         self._send_append(peer)
 
 
+class ReadsWithoutConfirmation(RaftCore):
+    """Thesis 6.4 broken: the leader answers a read at its commit index at once,
+    without a heartbeat round to confirm it still leads."""
+
+    def _start_reads(self, reads: list[tuple[bytes, bool]]) -> None:
+        for ctx, _ in reads:
+            self._read_states.append(ReadState(self.log.committed, ctx))
+
+
+class ReadsBeforeTermCommit(RaftCore):
+    """Thesis 6.4 broken: a new leader serves reads before an entry of its own
+    term is committed, when its commit index may lag what was committed."""
+
+    def read_index(self, ctx: bytes, lease: bool = False) -> None:
+        if self.role is not Role.LEADER:
+            super().read_index(ctx, lease)
+            return
+        self._start_reads([(ctx, lease)])
+
+
+class LeaseOutlivesElection(RaftCore):
+    """Thesis 6.4 broken: the leader lease is longer than the election timeout,
+    so a deposed leader serves lease reads after a new leader was elected."""
+
+    def _lease_span(self) -> int:
+        return 3 * self.config.election_ticks
+
+
 @dataclass(frozen=True, slots=True)
 class Mutant:
     """A planted bug: its name, the core class, and what it breaks."""
@@ -267,6 +296,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("pre-vote-elects", PreVoteResponseChangesTerm, "9.6 pre-vote is not a vote"),
     Mutant("restores-stale-snapshot", RestoresStaleSnapshot, "5.1 restore only past commit"),
     Mutant("appends-past-compaction", AppendsPastCompaction, "5.1 send a snapshot instead"),
+    Mutant("reads-without-confirmation", ReadsWithoutConfirmation, "6.4 confirm leadership"),
+    Mutant("reads-before-term-commit", ReadsBeforeTermCommit, "6.4 commit in term first"),
+    Mutant("lease-outlives-election", LeaseOutlivesElection, "6.4 lease < election timeout"),
 )
 """Every planted bug the simulator must catch."""
 

@@ -43,6 +43,10 @@ class SimNetwork:
         self.slow = set()
         self.max_delay = 5
 
+    def is_cut_between(self, src: NodeId, dst: NodeId) -> bool:
+        """Whether what ``src`` sends ``dst`` is lost now."""
+        return (src, dst) in self.cut
+
     def is_cut(self, m: Message) -> bool:
         """Whether ``m``'s link is cut now."""
         return (m.src, m.dst) in self.cut

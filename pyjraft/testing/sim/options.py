@@ -17,16 +17,19 @@ from typing import Any
 TICK = 100
 """Simulated time units per nominal tick; delays are in these units."""
 
-REGIMES = ("mixed", "churn", "slow", "split", "figure8", "stale")
+REGIMES = ("mixed", "churn", "slow", "split", "figure8", "stale", "lease")
 """Fault regimes a seed may draw: ``mixed`` partitions and crashes; ``churn``
 kills leaders young and forces elections without waiting for timeouts;
 ``slow`` has slow disks and long, uneven message delays; ``split`` cuts the
 cluster often; ``figure8`` cuts leaders off as they win and as their commit
 index moves, so that logs diverge and old-term entries are re-replicated
 (the paper's Figure 8); ``stale`` pauses leaders between accepting a
-proposal and sending it, so their appends arrive after newer terms' ones."""
+proposal and sending it, so their appends arrive after newer terms' ones;
+``lease`` runs check-quorum everywhere, reads often (half with the lease),
+and cuts leaders off for long enough that a new one is elected and
+acknowledges writes while the old one still believes it leads."""
 
-_REGIME_WEIGHTS = (2, 2, 2, 2, 3, 3)
+_REGIME_WEIGHTS = (2, 2, 2, 2, 3, 3, 4)
 """How often each of `REGIMES` is drawn: the specialist regimes, which set up
 the rarest schedules, a little more often."""
 
@@ -81,6 +84,9 @@ class Profile:
     """Upper bound of such a long delay."""
     slow_links: frozenset[tuple[int, int]]
     """Links (by node position) whose every message takes a long delay."""
+    clock_rate: tuple[int, ...]
+    """Per node, the length of its tick in time units: clocks run at slightly
+    different rates (within the lease's margin for drift)."""
     disk_latency: tuple[int, ...]
     """Per node: how long a write takes to become durable (0: at once)."""
     pipelined: bool
@@ -120,6 +126,10 @@ class Profile:
     snapshot_dup: float
     """Chance that a finished transfer is offered again later (a retried RPC
     whose first answer was lost): by then usually stale."""
+    read_every: int
+    """Time between client reads (0: none)."""
+    lease_reads: bool
+    """Half the reads ask for the lease (only where every node runs check-quorum)."""
     max_inflight_msgs: int
     max_inflight_bytes: int
     max_entries_per_msg: int
@@ -136,6 +146,7 @@ _FAULTS: dict[str, tuple[str, ...]] = {
         "restart",
         "heal",
         "pause",
+        "isolate_leader",
     ),
     "churn": (
         "crash_leader",
@@ -148,9 +159,28 @@ _FAULTS: dict[str, tuple[str, ...]] = {
         "force_election",
     ),
     "figure8": ("crash_leader", "restart", "restart", "isolate"),
-    "stale": ("pause", "pause", "restart", "crash_leader", "heal"),
+    "lease": ("isolate_leader", "isolate_leader", "heal", "restart"),
+    "stale": (
+        "pause",
+        "pause",
+        "restart",
+        "crash_leader",
+        "heal",
+        "isolate_leader",
+        "isolate_leader",
+    ),
     "slow": ("crash", "restart", "isolate", "heal", "force_election", "crash_leader", "pause"),
-    "split": ("partition", "oneway", "heal", "heal", "restart", "crash", "force_election", "pause"),
+    "split": (
+        "partition",
+        "oneway",
+        "heal",
+        "heal",
+        "restart",
+        "crash",
+        "force_election",
+        "pause",
+        "isolate_leader",
+    ),
 }
 
 
@@ -162,6 +192,8 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
     if regime not in _FAULTS:
         raise ValueError(f"unknown regime {regime!r}; known: {', '.join(REGIMES)}")
     election = rng.choice(("on", "on", "off", "mixed", "pre_vote_only", "check_quorum_only"))
+    if regime == "lease":
+        election = "on"
     if election == "mixed":
         pre_vote = tuple(rng.random() < 0.5 for _ in range(n))
         check_quorum = tuple(rng.random() < 0.5 for _ in range(n))
@@ -209,6 +241,11 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         crash_mid_ready = 0.0
     elif regime == "split":
         fault_every = rng.choice([2, 5, 10]) * TICK
+    elif regime == "lease":
+        fault_every = rng.choice([20, 30]) * TICK
+        crash_mid_ready = pause_after_propose = isolate_on_win = kill_on_commit = 0.0
+        drop = min(drop, 0.01)
+        max_delay = min(max_delay, 30)
     elif regime == "stale":
         fault_every = rng.choice([10, 20, 30]) * TICK
         lag_on_win = rng.choice([0.0, 0.3])
@@ -218,6 +255,9 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
     garble = rng.choice([0.0, 0.0, 0.0, 0.01, 0.05]) if faults else 0.0
     tiny_bytes = rng.random() < 0.25
     snapshot_every = rng.choice([0, 0, 10, 30, 30, 100, 400])
+    read_every = rng.choice([0, 5, 20, 100]) * TICK // 10
+    if regime == "lease":
+        read_every = rng.choice([2, 5]) * TICK // 10
     return Profile(
         regime=regime,
         pre_vote=pre_vote,
@@ -229,6 +269,7 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         tail=tail,
         tail_delay=tail_delay,
         slow_links=slow_links,
+        clock_rate=tuple(TICK + (rng.randrange(-7, 8) if faults else 0) for _ in range(n)),
         disk_latency=disk_latency,
         pipelined=rng.random() < 0.3,
         fault_every=fault_every,
@@ -241,12 +282,14 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         pause_after_propose=pause_after_propose if faults else 0.0,
         garble=garble,
         crash_mid_ready=crash_mid_ready,
-        propose_every=rng.choice([2, 10, 40]) * TICK // 10,
+        propose_every=rng.choice([2, 10] if regime == "lease" else [2, 10, 40]) * TICK // 10,
         snapshot_every=snapshot_every,
         compact_margin=rng.choice([0, 0, 5, 50]),
         snapshot_transfer=rng.choice([1, 5, 20]) * TICK,
         snapshot_fail=rng.choice([0.0, 0.1, 0.3]) if faults else 0.0,
         snapshot_dup=rng.choice([0.0, 0.3, 0.6]) if faults else 0.0,
+        read_every=read_every,
+        lease_reads=all(check_quorum) and (regime == "lease" or rng.random() < 0.7),
         max_inflight_msgs=1 if regime == "figure8" else rng.choice([1, 4, 256]),
         max_inflight_bytes=rng.choice([64, 1024]) if tiny_bytes else 64 << 20,
         max_entries_per_msg=1 if kill_new_leaders else rng.choice([1, 8, 4096]),
@@ -271,6 +314,8 @@ class SimResult:
     regime: str = ""
     bad_messages: int = 0
     """Messages the cores dropped as impossible (garbled ones included)."""
+    reads: int = 0
+    reads_served: int = 0
     snapshots_taken: int = 0
     snapshots_installed: int = 0
     """Snapshots followers restored from their leader."""
