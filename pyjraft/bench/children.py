@@ -36,6 +36,16 @@ def _kill_pid(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def track_child(pid: int) -> None:
+    """Record a child started elsewhere (``subprocess.Popen``) for `kill_all_children`."""
+    _LIVE.add(pid)
+
+
+def forget_child(pid: int) -> None:
+    """Stop tracking ``pid`` (reaped by its owner: its number may be reused)."""
+    _LIVE.discard(pid)
+
+
 def kill_all_children() -> None:
     """SIGKILL every child still alive, by pid (the last-resort exit path)."""
     for pid in list(_LIVE):

@@ -354,6 +354,11 @@ def parse_args(
 def main(argv: Sequence[str] | None = None, prog: str = "python -m pyjraft.bench") -> int:
     """Run the benchmark; print the table, then the JSON line. The exit code is
     0 on success, 2 on a failed run, 3 on timeout or signal."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "kv":
+        from pyjraft.bench.kv import main as kv_main
+
+        return kv_main(argv[1:], prog=f"{prog} kv")
     args = parse_args(argv, prog)
     try:
         # The library's loop (uvloop when installed), as a user's client would run:
