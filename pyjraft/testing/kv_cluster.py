@@ -47,10 +47,11 @@ def kv_serve_takes_tls() -> bool:
 class KvProcessCluster:
     """``n`` KV replicas as child processes: start, kill, restart, observe.
 
-    ``tls_files`` (from `pyjraft.certs.make_cluster_certs`, with a client
-    named ``client_name``) runs the replicas and this cluster's own status
-    calls over mutual TLS. ``on_spawn(pid)`` is called for each process
-    started (a pid file, a registry of children). ``node_args`` are extra
+    ``tls`` makes certificates for the replicas and a client named
+    ``client_name`` (`pyjraft.certs.make_cluster_certs`, in ``base/tls``)
+    and runs the replicas and this cluster's own calls over mutual TLS.
+    ``on_spawn(pid)`` is called for each process started (a pid file, a
+    registry of children). ``node_args`` are extra
     ``kv serve`` arguments for every replica.
     """
 
@@ -63,8 +64,8 @@ class KvProcessCluster:
         election_timeout_ms: int = 1000,
         heartbeat_ms: int = 0,
         node_args: Sequence[str] = (),
-        tls_files: dict[str, Any] | None = None,
-        client_name: str = "",
+        tls: bool = False,
+        client_name: str = "client",
         on_spawn: Callable[[int], None] | None = None,
         log_level: str = "WARNING",
     ) -> None:
@@ -75,9 +76,12 @@ class KvProcessCluster:
         self.node_args = list(node_args)
         self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.tls_files = tls_files or {}
+        self.tls_files: dict[str, Any] = {}
         self.client_tls: TlsConfig | None = None
-        if self.tls_files:
+        if tls:
+            from pyjraft.certs import make_cluster_certs
+
+            self.tls_files = dict(make_cluster_certs(base / "tls", self.addrs, [client_name]))
             f = self.tls_files[f"client:{client_name}"]
             self.client_tls = TlsConfig.load(f.cert, f.key, self.tls_files["ca"].cert)
         self.on_spawn = on_spawn
