@@ -254,7 +254,7 @@ def _profile_start(
     if binary is None:
         sys.stderr.write("--profile: py-spy is not installed (pip install py-spy)\n")
         return None
-    out_dir = Path(args.profile_dir or base)
+    out_dir = Path(args.profile_dir or ".")
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = args.warmup + args.seconds
     tag = f"{workload}-c{c}"
@@ -447,8 +447,7 @@ async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         code = 2
     finally:
         kill_all_children()
-        if args.profile_dir is None:
-            shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
         out["wall_s"] = round(time.time() - t0, 1)
     out["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     out["results"] = [{k: v for k, v in r.items() if k != "profile"} for r in results]
@@ -512,7 +511,7 @@ def parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
         help="aetcd (gRPC, the default when installed) or http (etcd's JSON gateway, aiohttp)",
     )
     ap.add_argument("--profile", type=_profile, default=None, metavar="WORKLOAD:C")
-    ap.add_argument("--profile-dir", default=None, help="keep the profiles (and data) here")
+    ap.add_argument("--profile-dir", default=None, help="where --profile writes its stacks")
     ap.add_argument("--data-root", default=None, help="parent of the data directories")
     ap.add_argument("--timeout", type=float, default=3600.0, help="bound on the whole run (s)")
     args = ap.parse_args(argv)
