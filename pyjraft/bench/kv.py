@@ -31,9 +31,12 @@ etcd has put, a linearizable read (ReadIndex) and a serializable one: each
 pyjraft read mode is compared to etcd's linearizable read, and
 ``get-serializable`` to etcd's serializable read.
 
-``--profile WORKLOAD:C`` records the pyjraft leader and this client process
-with py-spy during that phase of the first round and prints where their
-CPU went. The last line of output is one JSON object with every figure.
+``--profile WORKLOAD:C`` (repeatable) records the pyjraft leader and this
+client process with py-spy during that phase of the first round and prints
+where their CPU went (``--profile-mode cpu``) or, with ``--profile-mode
+wall``, where the main thread's wall-clock time went: waiting for input,
+blocked in ``fdatasync``, or computing (`pyjraft.bench.pyspy`). The last
+line of output is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -75,12 +78,13 @@ PROFILE_GROUPS = {
     "client library": ("pyjraft/client", "kv/client.py"),
     "kv service": ("kv/service.py", "kv/protocol.py"),
     "kv state machine (LMDB)": ("kv/machine.py", "kv/store.py"),
-    "raft node runtime": ("pyjraft/node",),
+    "raft node runtime": ("pyjraft/node/node.py", "pyjraft/node/fsm_caller.py", "node/writer.py"),
     "raft core": ("pyjraft/core",),
-    "log storage": ("pyjraft/storage",),
-    "msgpack": ("msgpack",),
+    "log storage (fdatasync included)": ("pyjraft/storage",),
+    "log fdatasync": ("sync_data",),
+    "event loop idle (waiting for input)": ("=Runner.run (",),
 }
-"""Inclusive-time buckets of a profile, by module path."""
+"""Inclusive-time buckets of a profile, by module path or frame."""
 
 
 def _median_range(values: list[float], nd: int = 1) -> dict[str, float]:
@@ -246,7 +250,7 @@ def _print_phase(r: dict[str, Any]) -> None:
 def _profile_start(
     args: argparse.Namespace, round_no: int, workload: str, c: int, leader_pid: int, base: Path
 ) -> dict[str, Any] | None:
-    if round_no != 0 or args.profile != (workload, c):
+    if round_no != 0 or (workload, c) not in args.profile:
         return None
     from pyjraft.bench.pyspy import Recording, pyspy_binary
 
@@ -259,8 +263,12 @@ def _profile_start(
     seconds = args.warmup + args.seconds
     tag = f"{workload}-c{c}"
     return {
-        "leader": Recording(binary, leader_pid, seconds, out_dir / f"leader-{tag}.txt"),
-        "client": Recording(binary, os.getpid(), seconds, out_dir / f"client-{tag}.txt"),
+        "leader": Recording(
+            binary, leader_pid, seconds, out_dir / f"leader-{tag}.txt", args.profile_mode
+        ),
+        "client": Recording(
+            binary, os.getpid(), seconds, out_dir / f"client-{tag}.txt", args.profile_mode
+        ),
     }
 
 
@@ -270,7 +278,9 @@ def _profile_end(recordings: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for who, rec in recordings.items():
         if rec.wait():
-            out[who] = summarize_stacks(rec.out, groups=PROFILE_GROUPS)
+            wall = rec.mode == "wall"
+            out[who] = summarize_stacks(rec.out, groups=PROFILE_GROUPS, main_thread_only=wall)
+            out[who]["mode"] = rec.mode
             out[who]["file"] = str(rec.out)
         else:
             out[who] = {"error": f"py-spy wrote nothing (see {rec.out.with_suffix('.log')})"}
@@ -382,12 +392,13 @@ def render(args: argparse.Namespace, out: dict[str, Any]) -> str:
             f"{'met' if v['read_goal_met'] else 'MISSED' if v['read_goal_met'] is False else '-'})"
         )
     for r in out.get("profiles", []):
-        lines.append(f"profile of {r['workload']} c={r['concurrency']} (py-spy, GIL samples):")
+        lines.append(f"profile of {r['workload']} c={r['concurrency']} (py-spy):")
         for who, prof in r["profile"].items():
             if "error" in prof:
                 lines.append(f"  {who}: {prof['error']}")
                 continue
-            lines.append(f"  {who} ({prof['samples']} samples, {prof['file']}): inclusive")
+            what = "main thread, wall clock" if prof["mode"] == "wall" else "GIL held: CPU"
+            lines.append(f"  {who} ({what}, {prof['samples']} samples, {prof['file']}): inclusive")
             for g, pct in sorted(prof["inclusive"].items(), key=lambda x: -x[1]):
                 lines.append(f"    {pct:5.1f}%  {g}")
             lines.append("   self:")
@@ -510,7 +521,21 @@ def parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
         default=None,
         help="aetcd (gRPC, the default when installed) or http (etcd's JSON gateway, aiohttp)",
     )
-    ap.add_argument("--profile", type=_profile, default=None, metavar="WORKLOAD:C")
+    ap.add_argument(
+        "--profile",
+        type=_profile,
+        action="append",
+        default=[],
+        metavar="WORKLOAD:C",
+        help="profile this phase of the first round (repeatable)",
+    )
+    ap.add_argument(
+        "--profile-mode",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu: samples holding the GIL; wall: every sample of the main thread, idle and "
+        "blocking calls included (where a request's time goes at low concurrency)",
+    )
     ap.add_argument("--profile-dir", default=None, help="where --profile writes its stacks")
     ap.add_argument("--data-root", default=None, help="parent of the data directories")
     ap.add_argument("--timeout", type=float, default=3600.0, help="bound on the whole run (s)")
