@@ -304,7 +304,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             "p50_ms": _median_range([r["p50_ms"] for r in rs if r["ok"]] or [float("nan")], 3),
             "p99_ms": _median_range([r["p99_ms"] for r in rs if r["ok"]] or [float("nan")], 3),
             "errors": sum(r["errors"] for r in rs),
-            "client_cpu_pct": statistics.median(r["client_cpu_pct"] or 0 for r in rs),
+            "client_cpu_pct": round(statistics.median(r["client_cpu_pct"] or 0 for r in rs), 1),
         }
         per_read = [
             r["log_entries_per_read"] for r in rs if r.get("log_entries_per_read") is not None
