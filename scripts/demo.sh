@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# pyjraft demo: a 3-node replicated counter on 127.0.0.1, a leader crash, a restart.
+# pyjraft demo: a 3-replica key-value store on 127.0.0.1 under a mixed load, a leader
+# crash, a restart, and a check that every acknowledged write is on every replica.
 #
 #   scripts/demo.sh            # creates .venv if missing, installs pyjraft, runs the demo
+#   scripts/demo.sh --quick    # the short version; its last line is a JSON summary
+#   scripts/demo.sh --counter  # the counter walk-through instead
 #   PYTHON=python3.12 scripts/demo.sh
 #
 # Every process it starts is killed on exit (normal, error, Ctrl-C). Takes < 60 s.
@@ -41,7 +44,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-PYJRAFT_DEMO_PID_FILE="$PIDS_FILE" timeout 58 .venv/bin/python -m pyjraft.cli demo "$@" &
+PYJRAFT_DEMO_PID_FILE="$PIDS_FILE" timeout 100 .venv/bin/python -m pyjraft.cli demo "$@" &
 DEMO_PID=$!
 set +e
 wait "$DEMO_PID"

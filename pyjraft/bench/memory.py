@@ -301,7 +301,8 @@ async def run_cluster(
     args: argparse.Namespace, tmp: str, last_index: int, deadline: float, out: dict[str, Any]
 ) -> None:
     """Steps 3 and 4 of the module docstring; fills ``out``."""
-    from pyjraft.bench.driver import Child, client_workload
+    from pyjraft.bench.children import Child
+    from pyjraft.bench.runs import client_workload
     from pyjraft.storage.meta import FileMetaStorage
     from pyjraft.testing.ports import free_ports
 
@@ -434,7 +435,7 @@ async def run_cluster(
 
 async def amain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """Build, probe, recover, load; the JSON result and an exit code."""
-    from pyjraft.bench.driver import kill_all_children
+    from pyjraft.bench.children import kill_all_children
 
     t_start = time.time()
     deadline = t_start + args.timeout
@@ -619,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.probe_open is not None:
         print(json.dumps(probe_open(args.probe_open, args.segment_bytes)))
         return 0
-    from pyjraft.bench.driver import kill_all_children
+    from pyjraft.bench.children import kill_all_children
 
     try:
         out, code = asyncio.run(amain(args))
