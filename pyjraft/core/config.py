@@ -39,6 +39,11 @@ class CoreConfig:
     """Entry bytes per AppendEntries (one larger entry still goes alone)."""
     max_apply_bytes: int = 16 << 20
     """Committed entry bytes handed out per `Ready`."""
+    catchup_margin: int = 1000
+    """A voter joining the group votes only once its log is within this many
+    entries of the leader's (thesis 4.2.1)."""
+    catchup_timeout_ticks: int = 100
+    """A change whose joining voters have not caught up by then is abandoned."""
     read_lease_ticks: int = 0
     """How long after a heartbeat round a majority answered the leader may serve
     lease reads with no round trip (`pyjraft.core.read_only`); it must be shorter
@@ -66,6 +71,8 @@ class CoreConfig:
             raise ConfigError(f"duplicate voters: {self.voters}")
         if set(self.voters) & set(self.learners):
             raise ConfigError("a member cannot be both voter and learner")
+        if self.catchup_margin < 0 or self.catchup_timeout_ticks < 1:
+            raise ConfigError("catchup_margin must be >= 0 and catchup_timeout_ticks >= 1")
         if not 0 <= self.read_lease_ticks < self.election_ticks:
             raise ConfigError(
                 f"read_lease_ticks ({self.read_lease_ticks}) must be below election_ticks "

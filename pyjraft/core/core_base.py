@@ -10,13 +10,15 @@ This base declares what they share, so each part type-checks alone.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
+from pyjraft.core import quorum
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.messages import Message
 from pyjraft.core.progress import Progress
 from pyjraft.core.raft_log import RaftLog
 from pyjraft.core.read_only import ReadOnly, ReadState
-from pyjraft.core.types import GroupId, NodeId, Role, SnapshotMeta
+from pyjraft.core.types import ConfState, Entry, GroupId, NodeId, Role, SnapshotMeta
 
 
 class CoreBase:
@@ -30,8 +32,14 @@ class CoreBase:
     vote: NodeId
     leader: NodeId
     role: Role
+    conf: ConfState
+    """The latest configuration in the log (committed or not): the one in force."""
     voters: tuple[NodeId, ...]
+    """Its voters (the incoming ones, during a joint change)."""
+    outgoing: tuple[NodeId, ...]
+    """The outgoing voters of a joint change (empty otherwise)."""
     learners: tuple[NodeId, ...]
+    _members: frozenset[NodeId]
     progress: dict[NodeId, Progress]
     votes: dict[NodeId, bool]
     election_elapsed: int
@@ -47,8 +55,21 @@ class CoreBase:
 
     @property
     def promotable(self) -> bool:
-        """Whether this member may become leader (it is a voter)."""
-        return self.id in self.voters
+        """Whether this member may become leader (it votes, incoming or outgoing)."""
+        return self.id in self.voters or self.id in self.outgoing
+
+    def _all_voters(self) -> tuple[NodeId, ...]:
+        if not self.outgoing:
+            return self.voters
+        return (*self.voters, *(v for v in self.outgoing if v not in self.voters))
+
+    def _vote_result(self, votes: dict[NodeId, bool]) -> quorum.VoteResult:
+        """A tally of ``votes`` in the configuration in force (joint: both halves)."""
+        return quorum.joint_vote(self.voters, self.outgoing, votes)
+
+    def _quorum_index(self, match: Mapping[NodeId, int]) -> int:
+        """The highest index a quorum of the configuration in force has."""
+        return quorum.joint_index(self.voters, self.outgoing, match)
 
     def _send(self, m: Message) -> None:
         raise NotImplementedError
@@ -66,4 +87,33 @@ class CoreBase:
         raise NotImplementedError
 
     def _become_leader(self) -> None:
+        raise NotImplementedError
+
+    def _send_append(self, peer: NodeId, send_if_empty: bool = True) -> bool:
+        raise NotImplementedError
+
+    def _broadcast_append(self) -> None:
+        raise NotImplementedError
+
+    # Implemented by one part, called by another (the parts' MRO puts these last).
+
+    def _commit_advanced(self) -> None:
+        raise NotImplementedError
+
+    def _tick_membership(self) -> None:
+        raise NotImplementedError
+
+    def _confs_appended(self, entries: list[Entry]) -> None:
+        raise NotImplementedError
+
+    def _maybe_send_timeout_now(self) -> None:
+        raise NotImplementedError
+
+    def _may_campaign(self) -> bool:
+        raise NotImplementedError
+
+    def _leader_heard(self) -> None:
+        raise NotImplementedError
+
+    def _hand_over_to_priority(self) -> None:
         raise NotImplementedError

@@ -24,8 +24,15 @@ class Elections(CoreBase):
     def _tick_election(self) -> None:
         self.election_elapsed += 1
         if self.promotable and self.election_elapsed >= self.randomized_election_ticks:
-            self.election_elapsed = 0
-            self._hup(transfer=False)
+            if self._may_campaign():  # priority election: see pyjraft.core.membership
+                self.election_elapsed = 0
+                self._hup(transfer=False)
+            else:
+                # Not campaigning yet: keep counting from the leader's last contact
+                # (our check-quorum lease must end), and look again a timeout later.
+                self.randomized_election_ticks = self.election_elapsed + (
+                    self.config.election_ticks + self._rng.randrange(self.config.election_ticks)
+                )
 
     def _in_lease(self) -> bool:
         return (
@@ -53,7 +60,7 @@ class Elections(CoreBase):
             return
         last_index = self.log.last_index()
         last_term = self.log.last_term()
-        for peer in self.voters:
+        for peer in self._all_voters():
             if peer == self.id:
                 continue
             if pre:
@@ -86,10 +93,10 @@ class Elections(CoreBase):
         self._send(VoteResponse(self.group, self.term, self.id, m.src, grant))
 
     def _handle_vote_response(self, src: NodeId, granted: bool) -> None:
-        if src not in self.voters:
+        if src not in self.voters and src not in self.outgoing:
             return
         self.votes.setdefault(src, granted)
-        result = quorum.majority_vote(self.voters, self.votes)
+        result = self._vote_result(self.votes)
         if result is quorum.VoteResult.WON:
             if self.role is Role.PRE_CANDIDATE:
                 self._become_candidate()

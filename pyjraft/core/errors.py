@@ -27,3 +27,7 @@ class ProposalDroppedError(RaftError):
 
 class ConfigError(RaftError, ValueError):
     """An invalid option or configuration."""
+
+
+class ConfChangeBusyError(RaftError):
+    """A configuration change is already in progress (one at a time)."""

@@ -55,11 +55,13 @@ from collections.abc import Sequence
 from functools import partial
 from itertools import repeat
 
+from pyjraft.core import conf as confs
 from pyjraft.core import validate
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.election import Elections
-from pyjraft.core.errors import NotLeaderError
+from pyjraft.core.errors import NotLeaderError, ProposalDroppedError
 from pyjraft.core.log_reader import LogReader
+from pyjraft.core.membership import Membership
 from pyjraft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -98,7 +100,7 @@ _NOOP = int(EntryType.NOOP)
 _VOTE_REQUESTS = (VoteRequest, PreVoteRequest)
 
 
-class RaftCore(Elections, Replication):
+class RaftCore(Elections, Replication, Membership):
     """One member of one raft group. See the module docstring."""
 
     def __init__(
@@ -125,11 +127,6 @@ class RaftCore(Elections, Replication):
         self.vote = hard_state.vote
         self.leader: NodeId = NONE
         self.role = Role.FOLLOWER
-        self.voters: tuple[NodeId, ...] = config.voters
-        self.learners: tuple[NodeId, ...] = config.learners
-        self._members = frozenset((*self.voters, *self.learners))
-        if snapshot is not None and snapshot.conf.voters:
-            self._set_conf(snapshot.conf)
         self.progress: dict[NodeId, Progress] = {}
         self.votes: dict[NodeId, bool] = {}
         self.election_elapsed = 0
@@ -146,9 +143,17 @@ class RaftCore(Elections, Replication):
         # Reads asked before this leader committed an entry of its term.
         self._reads_waiting: list[tuple[bytes, bool]] = []
         self._persisted_hard_state = hard_state
+        self._durable_term = hard_state.term  # the term the runtime made durable
         self._last_soft = SoftState(NONE, Role.FOLLOWER, self.term)
         # Highest index the runtime reported durable; the leader counts itself to here.
         self._stable_index = log.last_index()
+        # The configuration: the snapshot's, else the bootstrap one, then the
+        # configuration entries of the log (`pyjraft.core.membership`).
+        if snapshot is not None and snapshot.conf.voters:
+            base = snapshot.conf
+        else:
+            base = ConfState(config.voters, config.learners)
+        self._init_membership(base)
         self._become_follower(self.term, NONE)
 
     # -- properties ----------------------------------------------------------
@@ -203,6 +208,8 @@ class RaftCore(Elections, Replication):
         """
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.leader)
+        if self._transfer is not None:
+            raise ProposalDroppedError("leadership transfer in progress")
         term = self.term
         start = self.log.last_index() + 1
         normal = _NORMAL
@@ -215,23 +222,49 @@ class RaftCore(Elections, Replication):
         self._broadcast_append()
         return last
 
-    def step(self, m: Message) -> None:
+    def step(self, m: Message, from_node: bool = True) -> None:
         """Deliver a message from a peer. A message no correct peer could send is
         dropped and reported in `Ready.bad_messages`; this never raises for
-        what a peer sends."""
+        what a peer sends.
+
+        ``from_node``: whether the transport authenticated the sender as a node
+        of the cluster (a TLS node certificate naming ``m.src``; in plaintext
+        mode the operator vouches for every peer). Only such a sender outside
+        our configuration may be taken as a leader we have not learned of yet.
+        """
         if m.group != self.group or m.dst != self.id:
             return
         if m.src not in self._members or m.src == self.id:
-            why = "claims to come from this node" if m.src == self.id else "from a non-member"
-            self._reject(m, why)
-            return
+            # A leader's messages from outside our configuration are the leader of a
+            # configuration we have not learned yet (we are joining, or lagged behind
+            # a change that brought it in), if they come from a node with a newer
+            # term, or with ours while we know no other leader for it; anything else
+            # from a stranger is refused (forged or misrouted, a removed member).
+            newer_leader = (
+                from_node
+                and type(m) in (AppendEntries, Heartbeat)
+                and (m.term > self.term or (m.term == self.term and self.leader in (NONE, m.src)))
+            )
+            # A node with no configuration yet (just added) votes as Raft says, on
+            # terms and logs alone: the group may need its vote to finish its change.
+            joining_vote = from_node and not self._members and type(m) in _VOTE_REQUESTS
+            if not (newer_leader or joining_vote) or m.src == self.id:
+                why = "claims to come from this node" if m.src == self.id else "from a non-member"
+                self._reject(m, why)
+                return
         why_not = validate.problem(m, self.term)
         if why_not is not None:
             self._reject(m, why_not)
             return
-        if type(m) in _VOTE_REQUESTS and m.src not in self.voters:
+        if (
+            type(m) in _VOTE_REQUESTS
+            and self._members
+            and m.src not in self.voters
+            and m.src not in self.outgoing
+        ):
             # Before the term rules: a learner's or a removed voter's campaign must
-            # not move our term.
+            # not move our term. (A node with no configuration yet, just added,
+            # votes as Raft says: on terms and logs alone.)
             self._reject(m, "a vote request from a non-voter")
             return
         if type(m) is TimeoutNow and (m.term != self.term or m.src != self.leader):
@@ -315,7 +348,9 @@ class RaftCore(Elections, Replication):
             self.role is Role.LEADER
             and self.config.check_quorum
             and self._committed_in_term()
-            and self.ticks < self.read_only.lease_until(self.voters, self._lease_span())
+            and self._lease_off_term != self.term
+            and self.ticks
+            < self.read_only.lease_until(self.voters, self._lease_span(), self.outgoing)
         )
 
     def _committed_in_term(self) -> bool:
@@ -326,7 +361,7 @@ class RaftCore(Elections, Replication):
         lease = self.lease_valid()
         waiting = False
         for ctx, wants_lease in reads:
-            if len(self.voters) == 1 or (wants_lease and lease):
+            if self._all_voters() == (self.id,) or (wants_lease and lease):
                 self._read_states.append(ReadState(index, ctx))
             else:
                 self.read_only.add_read(index, ctx)
@@ -335,6 +370,7 @@ class RaftCore(Elections, Replication):
             self._broadcast_heartbeat()
 
     def _commit_advanced(self) -> None:
+        self._conf_committed()
         if self._reads_waiting and self._committed_in_term():
             reads, self._reads_waiting = self._reads_waiting, []
             self._start_reads(reads)
@@ -366,7 +402,7 @@ class RaftCore(Elections, Replication):
         self._stable_index = snap.index
         self._restored = snap
         if snap.conf.voters:
-            self._set_conf(snap.conf)
+            self._confs_restored(snap.conf)
         self._send(AppendEntriesResponse(self.group, term, self.id, leader, True, snap.index))
         return True
 
@@ -407,6 +443,7 @@ class RaftCore(Elections, Replication):
             or self._restored is not None
             or self._snapshot_sends
             or self._read_states
+            or self._conf_events
             or self.leader != soft.leader
             or self.role is not soft.role
             or self.term != soft.term
@@ -431,6 +468,8 @@ class RaftCore(Elections, Replication):
             rd.snapshots_to_send, self._snapshot_sends = self._snapshot_sends, []
         if self._read_states:
             rd.read_states, self._read_states = self._read_states, []
+        if self._conf_events:
+            rd.conf_events, self._conf_events = self._conf_events, []
         rd.entries = self.log.next_unstable()
         self.log.accept_unstable(rd.entries)
         rd.committed_entries = self.log.next_committed(self.config.max_apply_bytes)
@@ -453,6 +492,8 @@ class RaftCore(Elections, Replication):
 
     def advance(self, rd: Ready) -> None:
         """Report that ``rd`` was handled: its state is durable and its entries applied."""
+        if rd.hard_state is not None:
+            self._durable_term = max(self._durable_term, rd.hard_state.term)
         if rd.snapshot is not None:
             self.log.snapshot_installed(rd.snapshot)
             self.set_snapshot(rd.snapshot)
@@ -482,11 +523,13 @@ class RaftCore(Elections, Replication):
         # Reads of an earlier leadership are gone (the runtime fails their callers).
         self.read_only = ReadOnly(self.id)
         self._reads_waiting = []
+        self._membership_reset()
         cfg = self.config
         nxt = self.log.last_index() + 1
         self.progress = {}
-        for peer in (*self.voters, *self.learners):
-            pr = Progress(nxt, cfg.max_inflight_msgs, cfg.max_inflight_bytes, peer in self.learners)
+        for peer in sorted(confs.members(self.conf) | {self.id}):
+            learner = peer not in self.voters and peer not in self.outgoing
+            pr = Progress(nxt, cfg.max_inflight_msgs, cfg.max_inflight_bytes, learner)
             if peer == self.id:
                 pr.match = self._stable_index
                 pr.recent_active = True
@@ -519,16 +562,19 @@ class RaftCore(Elections, Replication):
 
     # -- plumbing ------------------------------------------------------------
 
-    def _set_conf(self, conf: ConfState) -> None:
-        self.voters = conf.voters
-        self.learners = conf.learners
-        self._members = frozenset((*conf.voters, *conf.learners, *conf.voters_outgoing))
-
     def _reject(self, m: Message, reason: str) -> None:
         self._bad.append(BadMessage(m, reason))
 
     def _send(self, m: Message) -> None:
-        if self.role is Role.LEADER and isinstance(m, (AppendEntries, Heartbeat, TimeoutNow)):
+        # A leader's appends may leave before its write (thesis 10.2.1), but not
+        # before its term is durable: a leader that won alone (the only voter, or
+        # a transfer target voting for itself) has not written its term yet, so
+        # its messages wait for that write.
+        if (
+            self.role is Role.LEADER
+            and isinstance(m, (AppendEntries, Heartbeat, TimeoutNow))
+            and self._durable_term == self.term
+        ):
             self._eager.append(m)
         else:
             self._msgs.append(m)

@@ -102,27 +102,32 @@ class ReadOnly:
         if rnd <= self._round and rnd > self._acked.get(peer, 0):
             self._acked[peer] = rnd
 
-    def confirmed(self, voters: Collection[NodeId]) -> int:
-        """The latest round a majority of ``voters`` answered (we answer all)."""
+    def confirmed(self, voters: Collection[NodeId], outgoing: Collection[NodeId] = ()) -> int:
+        """The latest round a majority of ``voters`` (and of ``outgoing``, in a joint
+        configuration) answered; we answer every round ourselves."""
         acked = dict(self._acked)
         acked[self.self_id] = self._round
-        return quorum.majority_index(voters, acked)
+        return quorum.joint_index(voters, outgoing, acked)
 
-    def release(self, voters: Collection[NodeId]) -> list[ReadState]:
+    def release(
+        self, voters: Collection[NodeId], outgoing: Collection[NodeId] = ()
+    ) -> list[ReadState]:
         """The reads whose round a majority has answered."""
         pending = self._pending
         if not pending:
             return []
-        done = self.confirmed(voters)
+        done = self.confirmed(voters, outgoing)
         out = []
         while pending and pending[0][0] <= done:
             _, index, ctx = pending.popleft()
             out.append(ReadState(index, ctx))
         return out
 
-    def lease_until(self, voters: Collection[NodeId], lease_ticks: int) -> int:
+    def lease_until(
+        self, voters: Collection[NodeId], lease_ticks: int, outgoing: Collection[NodeId] = ()
+    ) -> int:
         """The tick before which the lease holds (0: no lease)."""
-        done = self.confirmed(voters)
+        done = self.confirmed(voters, outgoing)
         sent = self._sent
         for rnd, tick in sent:
             if rnd == done:

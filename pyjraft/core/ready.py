@@ -26,6 +26,9 @@ until `RaftCore.report_snapshot` says the transfer ended (the follower's
 acknowledgement of the install also ends it). On the receiving side, the
 runtime hands the received snapshot to `RaftCore.restore`.
 
+``conf_events`` report the steps of a configuration change or leadership
+transfer the runtime asked for (`pyjraft.core.membership.ConfEvent`).
+
 ``read_states`` are linearizable reads (`RaftCore.read_index`) now safe to
 serve: each once this node has applied its index.
 
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pyjraft.core.membership import ConfEvent
 from pyjraft.core.messages import Message
 from pyjraft.core.read_only import ReadState
 from pyjraft.core.types import Entry, HardState, NodeId, SnapshotMeta, SoftState
@@ -71,6 +75,8 @@ class Ready:
     snapshots_to_send: list[tuple[NodeId, SnapshotMeta]] = field(default_factory=list)
     """Followers that need the leader's snapshot (named with the snapshot the
     core knows as newest; the runtime may send a newer one)."""
+    conf_events: list[ConfEvent] = field(default_factory=list)
+    """Steps of configuration changes and leadership transfers."""
     read_states: list[ReadState] = field(default_factory=list)
     """Reads confirmed: serve each once applied up to its index."""
     bad_messages: list[BadMessage] = field(default_factory=list)

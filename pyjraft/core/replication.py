@@ -37,6 +37,7 @@ class Replication(CoreBase):
             self._become_follower(self.term, leader)
         self.leader = leader
         self.election_elapsed = 0
+        self._leader_heard()
 
     def _handle_append(self, m: AppendEntries) -> None:
         log = self.log
@@ -46,6 +47,8 @@ class Replication(CoreBase):
             )
             return
         last_new = log.maybe_append(m.prev_log_index, m.prev_log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._confs_appended(list(m.entries))
         # A conflict may have replaced entries already durable here: they no longer count.
         self._stable_index = min(self._stable_index, log.in_progress)
         if last_new is not None:
@@ -78,20 +81,24 @@ class Replication(CoreBase):
         self.read_only.trim(self.ticks, self._lease_span())
         if self.election_elapsed >= self.config.election_ticks:
             self.election_elapsed = 0
+            if self.config.check_quorum and not self._quorum_active():
+                self._become_follower(self.term, NONE)
+                return
+            # Once per election timeout: hand over to a better-placed voter
+            # (priority election), judged on who answered in the window now over.
+            self._hand_over_to_priority()
             if self.config.check_quorum:
-                if not self._quorum_active():
-                    self._become_follower(self.term, NONE)
-                    return
                 for peer, pr in self.progress.items():
                     if peer != self.id:
                         pr.recent_active = False
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat()
+        self._tick_membership()
 
     def _quorum_active(self) -> bool:
         active = {p: pr.recent_active or p == self.id for p, pr in self.progress.items()}
-        return quorum.majority_vote(self.voters, active) is quorum.VoteResult.WON
+        return self._vote_result(active) is quorum.VoteResult.WON
 
     def _broadcast_append(self) -> None:
         for peer in self.progress:
@@ -111,9 +118,9 @@ class Replication(CoreBase):
 
     def _send_append(self, peer: NodeId, send_if_empty: bool = True) -> bool:
         """Send the next AppendEntries to ``peer`` if its flow control allows."""
-        pr = self.progress[peer]
-        if pr.is_paused():
-            return False
+        pr = self.progress.get(peer)
+        if pr is None or pr.is_paused():
+            return False  # (a peer the configuration just dropped has no progress)
         log = self.log
         prev = pr.next - 1
         if pr.next < log.first_index():
@@ -206,6 +213,9 @@ class Replication(CoreBase):
         elif pr.state is ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         self._maybe_commit()
+        if self.role is not Role.LEADER:
+            return  # the commit finished a change that removed us
+        self._maybe_send_timeout_now()
         # Stream whatever the window now admits.
         while self._send_append(m.src, send_if_empty=False):
             pass
@@ -216,10 +226,10 @@ class Replication(CoreBase):
             return
         pr.recent_active = True
         rnd = context_round(m.context)
-        if rnd is not None and m.src in self.voters:
+        if rnd is not None and (m.src in self.voters or m.src in self.outgoing):
             self.read_only.ack(m.src, rnd)
             if self.read_only.waiting:
-                self._read_states.extend(self.read_only.release(self.voters))
+                self._read_states.extend(self.read_only.release(self.voters, self.outgoing))
         pr.probe_sent = False
         if pr.state is ProgressState.REPLICATE and pr.inflights.full():
             pr.inflights.free_first()
@@ -231,7 +241,7 @@ class Replication(CoreBase):
         if self_pr is not None:
             self_pr.match = max(self_pr.match, self._stable_index)
         match = {p: pr.match for p, pr in self.progress.items()}
-        index = quorum.majority_index(self.voters, match)
+        index = self._quorum_index(match)
         log = self.log
         # Paper 5.4.2: only an entry of the current term commits by counting replicas.
         if index > log.committed and log.term_or_none(index) == self.term:
@@ -239,9 +249,6 @@ class Replication(CoreBase):
             self._commit_advanced()
             return True
         return False
-
-    def _commit_advanced(self) -> None:
-        raise NotImplementedError
 
     def _lease_span(self) -> int:
         """How long a confirmed round keeps the lease (see `pyjraft.core.read_only`)."""

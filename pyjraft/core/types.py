@@ -116,11 +116,14 @@ class SoftState:
 
 @dataclass(frozen=True, slots=True)
 class ConfState:
-    """A group's membership: voters, learners, and (during a joint change) old voters."""
+    """A group's membership: voters, learners, and (during a joint change) the
+    outgoing voters; ``priorities`` lists the voters whose election priority is
+    not 1 (0: never leads; higher: preferred). See `pyjraft.core.conf`."""
 
     voters: tuple[NodeId, ...]
     learners: tuple[NodeId, ...] = ()
     voters_outgoing: tuple[NodeId, ...] = field(default=())
+    priorities: tuple[tuple[NodeId, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
+from pyjraft.core import conf
 from pyjraft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -41,6 +42,7 @@ _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
 _TERM = operator.itemgetter(0)
 _INDEX = operator.itemgetter(1)
 _TYPE = operator.itemgetter(2)
+_CONFIG = int(EntryType.CONFIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,14 @@ def _append_problem(m: AppendEntries) -> str | None:
     terms = list(map(_TERM, entries))
     if terms[0] < m.prev_log_term or terms[-1] > m.term or (n > 1 and terms != sorted(terms)):
         return f"entry terms {terms[0]}..{terms[-1]} are out of order (leader's term {m.term})"
-    if not _ENTRY_TYPES.issuperset(map(_TYPE, entries)):
+    types = set(map(_TYPE, entries))
+    if not _ENTRY_TYPES.issuperset(types):
         return "an entry has an unknown type"
+    if _CONFIG in types:
+        for e in entries:
+            if e.type == _CONFIG:
+                try:
+                    conf.decode(e.data)
+                except ValueError as exc:
+                    return f"entry {e.index}: {exc}"
     return None

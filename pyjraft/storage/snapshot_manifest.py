@@ -116,24 +116,51 @@ def encode_conf_state(conf: ConfState) -> dict[str, list[str]]:
     """``conf`` as a msgpack-ready map. The one place a configuration is encoded for
     snapshots: a field added to `ConfState` is added here and in `decode_conf_state`
     (and an older reader refuses the unknown key rather than drop it)."""
-    return {
+    out: dict[str, list[Any]] = {
         "voters": list(conf.voters),
         "learners": list(conf.learners),
         "voters_outgoing": list(conf.voters_outgoing),
     }
+    if conf.priorities:
+        out["priorities"] = [[peer, prio] for peer, prio in conf.priorities]
+    return out
 
 
 def decode_conf_state(obj: object) -> ConfState:
     """The configuration `encode_conf_state` produced; `InvalidSnapshotError` if it
     is not one (unknown or missing keys, ids that are not short non-empty strings,
     duplicates, a learner that is also a voter, no voters)."""
-    if not isinstance(obj, dict) or set(obj) != set(_CONF_KEYS):
+    if not isinstance(obj, dict) or not set(_CONF_KEYS) <= set(obj) <= {*_CONF_KEYS, "priorities"}:
         keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise InvalidSnapshotError(f"configuration must have keys {list(_CONF_KEYS)}: {keys}")
+        raise InvalidSnapshotError(
+            f"configuration must have keys {list(_CONF_KEYS)} (and maybe priorities): {keys}"
+        )
     lists = [_node_ids(obj[k], k) for k in _CONF_KEYS]
-    conf = ConfState(voters=lists[0], learners=lists[1], voters_outgoing=lists[2])
+    conf = ConfState(
+        voters=lists[0],
+        learners=lists[1],
+        voters_outgoing=lists[2],
+        priorities=_priorities(obj.get("priorities", [])),
+    )
     _check_conf(conf)
     return conf
+
+
+def _priorities(value: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_SNAPSHOT_MEMBERS:
+        raise InvalidSnapshotError("configuration: priorities must be a short array")
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, (list, tuple))
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not _is_int(item[1])
+            or not 0 <= item[1] <= 1 << 16
+        ):
+            raise InvalidSnapshotError(f"configuration: bad priority {item!r:.80}")
+        out.append((item[0], int(item[1])))
+    return tuple(sorted(out))
 
 
 def _is_int(value: object) -> bool:

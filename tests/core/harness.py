@@ -84,9 +84,13 @@ class Network:
         logs: dict[NodeId, list[Entry]] | None = None,
         hard_states: dict[NodeId, HardState] | None = None,
         overrides: dict[NodeId, dict[str, Any]] | None = None,
+        voters: Sequence[NodeId] | None = None,
         **config: Any,
     ) -> None:
+        """``voters``: the bootstrap configuration (default: every id); the
+        other ids start with no configuration, as nodes about to be added do."""
         self.ids = tuple(ids)
+        self.voters = tuple(voters) if voters is not None else self.ids
         self.seed = seed
         self.config = config
         self.overrides = overrides or {}
@@ -108,7 +112,9 @@ class Network:
 
     def _config(self, nid: NodeId) -> CoreConfig:
         kw = {**self.config, **self.overrides.get(nid, {})}
-        return CoreConfig(id=nid, voters=self.ids, **kw)
+        if nid not in self.voters:
+            kw.pop("learners", None)
+        return CoreConfig(id=nid, voters=self.voters if nid in self.voters else (), **kw)
 
     # -- access --------------------------------------------------------------
 

@@ -19,6 +19,24 @@ REGRESSION_SEEDS: list[tuple[int, int]] = [
     # entry per message and one message in flight (the churn regime), needed
     # more than the fixed 600-tick bound; it was catching up all along.
     (108455, 5),
+    # Found while building snapshots, reads and membership (each schedule has
+    # changed since, as the simulator grew; kept for the coverage they give):
+    # a pipelined leader's snapshot beyond its own log after a crash (518/3); a
+    # configuration dropped when its entry was compacted, two leaders in one
+    # term (50/3); a joining voter counted as caught up before it answered
+    # (64/3, 145/5); a removed leader stepping down before the new voters could
+    # elect anyone (170/3); a node with no configuration refusing votes (70/3);
+    # a priority-0 voter's lease never ending (222/3); a lone voter's appends
+    # before its term was durable (23/5, 65/5).
+    (518, 3),
+    (50, 3),
+    (64, 3),
+    (145, 5),
+    (170, 3),
+    (70, 3),
+    (222, 3),
+    (23, 5),
+    (65, 5),
 ]
 
 

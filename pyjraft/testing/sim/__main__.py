@@ -49,6 +49,9 @@ def _run_core(args: argparse.Namespace) -> int:
         totals["crashes"] += res.crashes
         totals["garbled"] += res.garbled
         totals["reads"] += res.reads
+        totals["conf_changes"] += res.conf_changes
+        totals["conf_changes_done"] += res.conf_changes_done
+        totals["transfers"] += res.transfers
         totals["reads_served"] += res.reads_served
         totals["snapshots_taken"] += res.snapshots_taken
         totals["snapshots_installed"] += res.snapshots_installed

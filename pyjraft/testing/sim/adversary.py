@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from pyjraft.core.messages import Message, TimeoutNow
 from pyjraft.core.raft import RaftCore
-from pyjraft.core.types import NONE, NodeId, Role
+from pyjraft.core.types import NONE, ConfState, NodeId, Role
 from pyjraft.testing.sim.checker import SafetyViolation, Violation
 from pyjraft.testing.sim.garble import garble
 from pyjraft.testing.sim.options import TICK
@@ -29,6 +29,23 @@ class Adversary:
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
         self.isolate_at_window: NodeId | None = None
+
+    def conf_appended(self, nid: NodeId, core: RaftCore, before: ConfState) -> None:
+        """Leader ``nid`` just put a new configuration in force: sometimes cut the
+        cluster along the change, the joining voters with the leader on one
+        side and the leaving ones with the rest on the other, so that each side
+        holds a majority of one configuration (what joint consensus is for)."""
+        sim = self.sim
+        p = sim.profile.split_on_change
+        if sim.healed or not p or sim.rng.random() >= p:
+            return
+        new = set(core.conf.voters)
+        old = set(before.voters) | set(before.voters_outgoing)
+        side = {nid} | (new - old)
+        if len(side) == 1:
+            side |= set(sim.rng.sample(sorted(new), max(0, len(new) // 2)))
+        sim.net.split(sim.ids, side)
+        sim.result.split_on_change += 1
 
     def ticked(self, nid: NodeId, core: RaftCore) -> None:
         """``nid``'s core just ticked."""
@@ -89,7 +106,7 @@ class Adversary:
         sim.result.garbled += 1
         before = (core.term, core.vote, core.role, core.leader, core.log.last_index())
         reported = len(core._bad)
-        core.step(bad)
+        core.step(bad, from_node=bad.src != "stranger")
         after = (core.term, core.vote, core.role, core.leader, core.log.last_index())
         if after != before or (must_report and len(core._bad) != reported + 1):
             raise SafetyViolation(

@@ -79,14 +79,15 @@ class SafetyChecker:
 
     def _check_elected(self, nid: NodeId, core: RaftCore) -> None:
         term = core.term
-        granted = {v: v == nid or self.votes.get((term, v)) == nid for v in core.voters}
-        if quorum.majority_vote(core.voters, granted) is not quorum.VoteResult.WON:
+        electors = set(core.voters) | set(core.outgoing)
+        granted = {v: v == nid or self.votes.get((term, v)) == nid for v in electors}
+        if quorum.joint_vote(core.voters, core.outgoing, granted) is not quorum.VoteResult.WON:
             voters = sorted(v for v, ok in granted.items() if ok)
             self._fail(
                 "election safety",
                 nid,
                 f"leads term {term} with votes of that term from only {voters} of "
-                f"{sorted(core.voters)}",
+                f"{sorted(core.voters)} (outgoing {sorted(core.outgoing)})",
             )
 
     def check_role(self, nid: NodeId, core: RaftCore) -> None:
@@ -105,7 +106,10 @@ class SafetyChecker:
             self._check_leader_completeness(nid, core)
         else:
             _, prev_last, prev_last_term = prev
-            if last < prev_last or core.log.term_or_none(prev_last) != prev_last_term:
+            compacted = prev_last < core.log.first_index()  # in its snapshot now
+            if last < prev_last or (
+                not compacted and core.log.term_or_none(prev_last) != prev_last_term
+            ):
                 self._fail(
                     "leader append-only",
                     nid,

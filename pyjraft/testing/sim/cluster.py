@@ -39,16 +39,18 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyjraft.core import conf as confs
 from pyjraft.core.config import CoreConfig
-from pyjraft.core.errors import NotLeaderError
+from pyjraft.core.errors import NotLeaderError, ProposalDroppedError
 from pyjraft.core.messages import Message, VoteResponse
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
-from pyjraft.core.types import Entry, EntryType, NodeId, Role, SnapshotMeta
+from pyjraft.core.types import ConfState, Entry, EntryType, NodeId, Role, SnapshotMeta
 from pyjraft.testing.sim.adversary import Adversary
 from pyjraft.testing.sim.checker import SafetyChecker, SafetyViolation, Violation
 from pyjraft.testing.sim.contract import ContractChecker
 from pyjraft.testing.sim.disk import SimDisk, Write
+from pyjraft.testing.sim.membership import MembershipDriver
 from pyjraft.testing.sim.network import SimNetwork
 from pyjraft.testing.sim.options import TICK, SimOptions, SimResult, draw_profile
 from pyjraft.testing.sim.reads import ReadDriver
@@ -70,7 +72,8 @@ __all__ = ["TICK", "SimOptions", "SimResult", "Simulation", "run_seed"]
     _READ,
     _READ_RPC,
     _READ_REPLY,
-) = range(13)
+    _CONF,
+) = range(14)
 _NORMAL = int(EntryType.NORMAL)
 
 
@@ -107,8 +110,9 @@ class Simulation:
         self.opt = options or SimOptions()
         self.rng = random.Random(seed)
         self.profile = draw_profile(self.rng, self.opt)
-        ids = [f"n{i + 1}" for i in range(self.opt.nodes)]
+        ids = [f"n{i + 1}" for i in range(self.opt.nodes + self.profile.spares)]
         self.ids = ids
+        self.initial_voters = tuple(ids[: self.opt.nodes])
         self.nodes = {nid: _Node(nid, i) for i, nid in enumerate(ids)}
         self.net = SimNetwork(self.rng, self.profile, ids)
         self.checker = SafetyChecker()
@@ -121,6 +125,7 @@ class Simulation:
         self._seq = 0
         self._events: list[tuple[int, int, int, Any]] = []
         self.current: NodeId = "-"
+        self.confs_before: dict[NodeId, ConfState] = {}
         self.healed = False
         self.pending: dict[tuple[NodeId, int, int], bytes] = {}
         self.acked: dict[bytes, int] = {}
@@ -129,12 +134,15 @@ class Simulation:
         self.adversary = Adversary(self)
         self.snapshots = SnapshotDriver(self)
         self.reads = ReadDriver(self)
+        self.membership = MembershipDriver(self)
         for nid in ids:
             self.start(nid)
             self._schedule(self.rng.randrange(TICK), _TICK, nid)
         self._schedule(self.profile.propose_every, _PROPOSE, None)
         if self.profile.read_every:
             self._schedule(self.profile.read_every, _READ, None)
+        if self.profile.conf_change_every:
+            self._schedule(self.profile.conf_change_every, _CONF, None)
         if self.opt.faults:
             self._schedule(self.profile.fault_every, _FAULT, None)
         self._schedule(self.opt.chaos_ticks * TICK, _HEAL, None)
@@ -151,7 +159,8 @@ class Simulation:
         i = node.pos
         cfg = CoreConfig(
             id=nid,
-            voters=tuple(self.ids),
+            # Spares start with no configuration: they join when a change adds them.
+            voters=self.initial_voters if nid in self.initial_voters else (),
             election_ticks=self.opt.election_ticks,
             heartbeat_ticks=self.opt.heartbeat_ticks,
             pre_vote=p.pre_vote[i],
@@ -227,6 +236,9 @@ class Simulation:
                     f"{self.result.messages} messages sent"
                 )
             self.current = "-"
+            self.confs_before = {
+                n: node.core.conf for n, node in self.nodes.items() if node.core is not None
+            }
             touched = self._dispatch(kind, payload)
             if touched is not None:
                 self.current = touched
@@ -254,6 +266,9 @@ class Simulation:
         core = node.core
         if core is None:
             return
+        before = self.confs_before.get(nid)
+        if before is not None and core.conf != before and core.role is Role.LEADER:
+            self.adversary.conf_appended(nid, core, before)
         self.checker.check_role(nid, core)
         commit = core.log.committed
         if commit < node.commit_seen:
@@ -266,7 +281,10 @@ class Simulation:
             )
         if commit > node.commit_seen:
             node.commit_seen = commit
-            self.contract.on_commit(nid, core, commit)
+            if core.role is Role.LEADER:
+                # The leader decides; a follower only learns (under a configuration
+                # that may be newer than the one its leader decided under).
+                self.contract.on_commit(nid, core, commit, self.confs_before.get(nid))
             self.checker.check_commit(nid, core)
 
     def _liveness(self, detail: str) -> None:
@@ -335,6 +353,12 @@ class Simulation:
             core.tick(ticks)
             self.adversary.ticked(nid, core)
             return nid
+        if kind == _CONF:
+            if self.healed:
+                return None
+            every = self.profile.conf_change_every
+            self._schedule(every + self.rng.randrange(every), _CONF, None)
+            return self.membership.act()
         if kind == _READ:
             if self.healed:
                 return None
@@ -409,8 +433,8 @@ class Simulation:
         self.current = nid
         try:
             last = node.core.propose_batch(datas)
-        except NotLeaderError:
-            return None
+        except (NotLeaderError, ProposalDroppedError):
+            return None  # a leadership transfer refuses proposals
         first = last - len(datas) + 1
         for i, d in enumerate(datas):
             self.pending[(nid, node.incarnation, first + i)] = d
@@ -478,6 +502,9 @@ class Simulation:
                 self.snapshots.send(nid, rd.snapshots_to_send)
             if rd.read_states:
                 self.reads.confirmed(nid, rd.read_states)
+            for ev in rd.conf_events:
+                if ev.kind == "done":
+                    self.result.conf_changes_done += 1
             if self.crash_mid_ready and rng.random() < self.crash_mid_ready:
                 self.crash(nid)  # before anything of this Ready is durable
                 return
@@ -603,7 +630,9 @@ class Simulation:
         commit = leader.log.committed
         if commit < need or leader.log.term_or_none(commit) != leader.term:
             return False
-        return all(self.nodes[n].applied >= commit for n in self.ids)
+        # Every member of the configuration in force at the commit index.
+        members = confs.members(leader.conf_at(commit))
+        return all(self.nodes[n].applied >= commit for n in self.ids if n in members)
 
     def _convergence_report(self, stalled: bool) -> str:
         parts = [repr(self.nodes[n].core) + f" applied={self.nodes[n].applied}" for n in self.ids]

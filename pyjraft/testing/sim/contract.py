@@ -35,7 +35,7 @@ from pyjraft.core.messages import (
     VoteResponse,
 )
 from pyjraft.core.raft import RaftCore
-from pyjraft.core.types import Entry, NodeId, Role
+from pyjraft.core.types import ConfState, Entry, NodeId, Role
 from pyjraft.storage.memory import MemoryLogStorage
 from pyjraft.testing.sim.checker import SafetyViolation, Violation
 from pyjraft.testing.sim.disk import SimDisk
@@ -135,18 +135,28 @@ class ContractChecker:
                 f"{index} to that term's leader",
             )
 
-    def on_commit(self, nid: NodeId, core: RaftCore, index: int) -> None:
-        """``core`` on ``nid`` has just moved its commit index to ``index``."""
+    def on_commit(
+        self, nid: NodeId, core: RaftCore, index: int, conf_before: ConfState | None = None
+    ) -> None:
+        """``core`` on ``nid`` has just moved its commit index to ``index``. The
+        configuration may have changed in the same step (a commit that finishes
+        a change stage appends the next): the one before counts too."""
         term = core.log.term_or_none(index)
         if term is None:
             return
         durable = {peer: disk.holds(index, term) for peer, disk in self._disks.items()}
-        if quorum.majority_vote(core.voters, durable) is not quorum.VoteResult.WON:
+        won = quorum.VoteResult.WON
+        if conf_before is not None and (
+            quorum.joint_vote(conf_before.voters, conf_before.voters_outgoing, durable) is won
+        ):
+            return
+        if quorum.joint_vote(core.voters, core.outgoing, durable) is not won:
             holders = sorted(p for p, ok in durable.items() if ok)
             self._fail(
                 nid,
                 f"committed index {index} (term {term}) while it is durable only on "
-                f"{holders or 'no node'} of voters {sorted(core.voters)}",
+                f"{holders or 'no node'} of voters {sorted(core.voters)} "
+                f"(outgoing {sorted(core.outgoing)})",
             )
 
     def on_apply(self, nid: NodeId, entries: list[Entry]) -> None:

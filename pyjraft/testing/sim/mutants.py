@@ -34,7 +34,7 @@ from pyjraft.core.raft import RaftCore
 from pyjraft.core.raft_log import RaftLog
 from pyjraft.core.read_only import ReadState
 from pyjraft.core.ready import Ready
-from pyjraft.core.types import NONE, Entry, NodeId, Role, SnapshotMeta
+from pyjraft.core.types import NONE, ConfState, Entry, NodeId, Role, SnapshotMeta
 
 
 class VotesSkipLogCheck(RaftCore):
@@ -114,7 +114,7 @@ class TruncatesOnStaleAppend(RaftCore):
 class CountsStaleVotes(RaftCore):
     """Paper 5.1 broken: a candidate counts vote responses from earlier terms."""
 
-    def step(self, m: Message) -> None:
+    def step(self, m: Message, from_node: bool = True) -> None:
         if (
             isinstance(m, VoteResponse)
             and m.group == self.group
@@ -124,7 +124,7 @@ class CountsStaleVotes(RaftCore):
         ):
             self._handle_vote_response(m.src, m.granted)
             return
-        super().step(m)
+        super().step(m, from_node)
 
 
 class HeartbeatCommitUnclamped(RaftCore):
@@ -156,7 +156,7 @@ class AcceptsStaleLeader(RaftCore):
     """Paper 5.1 broken: AppendEntries from an older term are accepted as if
     current (the stale leader's entries overwrite newer ones)."""
 
-    def step(self, m: Message) -> None:
+    def step(self, m: Message, from_node: bool = True) -> None:
         if (
             isinstance(m, AppendEntries)
             and m.group == self.group
@@ -166,7 +166,7 @@ class AcceptsStaleLeader(RaftCore):
         ):
             self._handle_append(m)
             return
-        super().step(m)
+        super().step(m, from_node)
 
 
 class _KeepsConflictsLog(RaftLog):
@@ -196,7 +196,7 @@ class PreVoteResponseChangesTerm(RaftCore):
     adopt the (not yet campaigned) term as if it were elected in it, skipping
     the real vote."""
 
-    def step(self, m: Message) -> None:
+    def step(self, m: Message, from_node: bool = True) -> None:
         if (
             isinstance(m, PreVoteResponse)
             and m.group == self.group
@@ -211,7 +211,7 @@ class PreVoteResponseChangesTerm(RaftCore):
                 self.vote = self.id
                 self._become_leader()
             return
-        super().step(m)
+        super().step(m, from_node)
 
 
 class RestoresStaleSnapshot(RaftCore):
@@ -273,6 +273,68 @@ class LeaseOutlivesElection(RaftCore):
         return 3 * self.config.election_ticks
 
 
+class ConfWhenCommitted(RaftCore):
+    """Thesis 4.1 broken: a configuration takes effect only once committed, not
+    when appended (a leader elected meanwhile uses the old one)."""
+
+    def _use_conf(self, conf: ConfState) -> None:
+        committed = self.log.committed
+        in_force = self._base_conf
+        for index, _, c in self._conf_log:
+            if index <= committed:
+                in_force = c
+        super()._use_conf(in_force)
+
+    def _conf_committed(self) -> None:
+        super()._conf_committed()
+        self._use_conf(self.conf)
+
+
+class SkipsJointConsensus(RaftCore):
+    """Thesis 4.3 broken: a change of voters goes straight from the old
+    configuration to the new one, without the joint step."""
+
+    def _append_conf(self, conf: ConfState) -> None:
+        if conf.voters_outgoing:
+            conf = ConfState(conf.voters, conf.learners, (), conf.priorities)
+        super()._append_conf(conf)
+
+
+class CountsLearnerVotes(RaftCore):
+    """Thesis 4.2.1 broken: a candidate asks learners for votes and counts them
+    as if they were voters."""
+
+    def _request_votes(self, pre: bool, transfer: bool) -> None:
+        super()._request_votes(pre, transfer)
+        if (self.role is Role.PRE_CANDIDATE) != pre:
+            return
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for peer in self.learners:
+            if pre:
+                self._send(
+                    PreVoteRequest(self.group, self.term + 1, self.id, peer, last_index, last_term)
+                )
+            else:
+                self._send(
+                    VoteRequest(
+                        self.group, self.term, self.id, peer, last_index, last_term, transfer
+                    )
+                )
+
+    def _handle_vote_response(self, src: NodeId, granted: bool) -> None:
+        if src in self.learners:
+            self.votes.setdefault(src, granted)
+            electorate = (*self.voters, *self.learners)
+            if quorum.majority_vote(electorate, self.votes) is quorum.VoteResult.WON:
+                if self.role is Role.PRE_CANDIDATE:
+                    self._become_candidate()
+                    self._request_votes(pre=False, transfer=False)
+                else:
+                    self._become_leader()
+            return
+        super()._handle_vote_response(src, granted)
+
+
 @dataclass(frozen=True, slots=True)
 class Mutant:
     """A planted bug: its name, the core class, and what it breaks."""
@@ -299,6 +361,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("reads-without-confirmation", ReadsWithoutConfirmation, "6.4 confirm leadership"),
     Mutant("reads-before-term-commit", ReadsBeforeTermCommit, "6.4 commit in term first"),
     Mutant("lease-outlives-election", LeaseOutlivesElection, "6.4 lease < election timeout"),
+    Mutant("conf-when-committed", ConfWhenCommitted, "4.1 a configuration rules once appended"),
+    Mutant("skips-joint-consensus", SkipsJointConsensus, "4.3 joint consensus"),
+    Mutant("counts-learner-votes", CountsLearnerVotes, "4.2.1 learners do not vote"),
 )
 """Every planted bug the simulator must catch."""
 

@@ -78,6 +78,10 @@ class SimNetwork:
         side = set(self.rng.sample(ids, self.rng.randrange(1, len(ids))))
         self.cut = {(a, b) for a in ids for b in ids if (a in side) != (b in side)}
 
+    def split(self, ids: list[NodeId], side: set[NodeId]) -> None:
+        """Cut ``side`` off from the other nodes, both ways."""
+        self.cut = {(a, b) for a in ids for b in ids if (a in side) != (b in side)}
+
     def isolate(self, ids: list[NodeId], a: NodeId) -> None:
         """Cut ``a`` off from everyone, both ways."""
         self.cut = {(x, y) for x in ids for y in ids if a in (x, y) and x != y}

@@ -17,7 +17,7 @@ from typing import Any
 TICK = 100
 """Simulated time units per nominal tick; delays are in these units."""
 
-REGIMES = ("mixed", "churn", "slow", "split", "figure8", "stale", "lease")
+REGIMES = ("mixed", "churn", "slow", "split", "figure8", "stale", "lease", "members")
 """Fault regimes a seed may draw: ``mixed`` partitions and crashes; ``churn``
 kills leaders young and forces elections without waiting for timeouts;
 ``slow`` has slow disks and long, uneven message delays; ``split`` cuts the
@@ -27,9 +27,11 @@ index moves, so that logs diverge and old-term entries are re-replicated
 proposal and sending it, so their appends arrive after newer terms' ones;
 ``lease`` runs check-quorum everywhere, reads often (half with the lease),
 and cuts leaders off for long enough that a new one is elected and
-acknowledges writes while the old one still believes it leads."""
+acknowledges writes while the old one still believes it leads; ``members``
+changes the configuration often, by leaps (several voters at once), and cuts
+the cluster along each change as the leader puts it in force."""
 
-_REGIME_WEIGHTS = (2, 2, 2, 2, 3, 3, 4)
+_REGIME_WEIGHTS = (2, 2, 2, 2, 3, 4, 4, 4)
 """How often each of `REGIMES` is drawn: the specialist regimes, which set up
 the rarest schedules, a little more often."""
 
@@ -130,6 +132,13 @@ class Profile:
     """Time between client reads (0: none)."""
     lease_reads: bool
     """Half the reads ask for the lease (only where every node runs check-quorum)."""
+    spares: int
+    """Nodes beyond ``SimOptions.nodes``: not members at first."""
+    split_on_change: float
+    """Chance that the cluster is cut along a configuration change the moment
+    the leader puts it in force (see `Adversary.conf_appended`)."""
+    conf_change_every: int
+    """Time between membership changes and leadership transfers (0: none)."""
     max_inflight_msgs: int
     max_inflight_bytes: int
     max_entries_per_msg: int
@@ -160,15 +169,8 @@ _FAULTS: dict[str, tuple[str, ...]] = {
     ),
     "figure8": ("crash_leader", "restart", "restart", "isolate"),
     "lease": ("isolate_leader", "isolate_leader", "heal", "restart"),
-    "stale": (
-        "pause",
-        "pause",
-        "restart",
-        "crash_leader",
-        "heal",
-        "isolate_leader",
-        "isolate_leader",
-    ),
+    "members": ("heal", "heal", "force_election", "crash_leader", "restart", "restart"),
+    "stale": ("pause", "pause", "restart", "crash_leader", "heal"),
     "slow": ("crash", "restart", "isolate", "heal", "force_election", "crash_leader", "pause"),
     "split": (
         "partition",
@@ -186,11 +188,16 @@ _FAULTS: dict[str, tuple[str, ...]] = {
 
 def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
     """Draw one seed's regime and fault intensities."""
-    n = opt.nodes
     faults = opt.faults
     regime = opt.regime or rng.choices(REGIMES, _REGIME_WEIGHTS)[0]
     if regime not in _FAULTS:
         raise ValueError(f"unknown regime {regime!r}; known: {', '.join(REGIMES)}")
+    # Spare nodes start outside the group (no configuration) and may be added
+    # by membership changes; every per-node array covers them too.
+    spares = rng.choice([0, 0, 1, 2]) if faults else 0
+    if regime == "members":
+        spares = 2
+    n = opt.nodes + spares
     election = rng.choice(("on", "on", "off", "mixed", "pre_vote_only", "check_quorum_only"))
     if regime == "lease":
         election = "on"
@@ -255,6 +262,11 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
     garble = rng.choice([0.0, 0.0, 0.0, 0.01, 0.05]) if faults else 0.0
     tiny_bytes = rng.random() < 0.25
     snapshot_every = rng.choice([0, 0, 10, 30, 30, 100, 400])
+    conf_change_every = (rng.choice([0, 0, 10, 30]) * TICK) if faults else 0
+    split_on_change = rng.choice([0.0, 0.3]) if conf_change_every else 0.0
+    if regime == "members":
+        conf_change_every = rng.choice([3, 6]) * TICK
+        split_on_change = rng.choice([0.5, 0.8])
     read_every = rng.choice([0, 5, 20, 100]) * TICK // 10
     if regime == "lease":
         read_every = rng.choice([2, 5]) * TICK // 10
@@ -269,7 +281,7 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         tail=tail,
         tail_delay=tail_delay,
         slow_links=slow_links,
-        clock_rate=tuple(TICK + (rng.randrange(-7, 8) if faults else 0) for _ in range(n)),
+        clock_rate=tuple(TICK + (rng.randrange(-9, 10) if faults else 0) for _ in range(n)),
         disk_latency=disk_latency,
         pipelined=rng.random() < 0.3,
         fault_every=fault_every,
@@ -289,6 +301,9 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         snapshot_fail=rng.choice([0.0, 0.1, 0.3]) if faults else 0.0,
         snapshot_dup=rng.choice([0.0, 0.3, 0.6]) if faults else 0.0,
         read_every=read_every,
+        spares=spares,
+        conf_change_every=conf_change_every,
+        split_on_change=split_on_change,
         lease_reads=all(check_quorum) and (regime == "lease" or rng.random() < 0.7),
         max_inflight_msgs=1 if regime == "figure8" else rng.choice([1, 4, 256]),
         max_inflight_bytes=rng.choice([64, 1024]) if tiny_bytes else 64 << 20,
@@ -316,6 +331,11 @@ class SimResult:
     """Messages the cores dropped as impossible (garbled ones included)."""
     reads: int = 0
     reads_served: int = 0
+    conf_changes: int = 0
+    """Configuration changes the leaders accepted."""
+    conf_changes_done: int = 0
+    transfers: int = 0
+    split_on_change: int = 0
     snapshots_taken: int = 0
     snapshots_installed: int = 0
     """Snapshots followers restored from their leader."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING
 
-from pyjraft.core.types import ConfState, Entry, NodeId, SnapshotMeta
+from pyjraft.core.types import Entry, NodeId, SnapshotMeta
 from pyjraft.testing.sim.checker import SafetyViolation, Violation
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class SnapshotDriver:
         term = core.log.term_or_none(index)
         if term is None:
             return  # the core restored a newer snapshot meanwhile; it is being installed
-        meta = SnapshotMeta(index, term, ConfState(core.voters, core.learners))
+        meta = SnapshotMeta(index, term, core.conf_at(index))
         self.check_state(nid, index, node.sm_hash, "took a snapshot")
         node.disk.snapshot = (meta, node.sm_hash)  # published atomically
         sim.result.snapshots_taken += 1
