@@ -65,7 +65,9 @@ class ConfEvent:
 
     kind: str
     """``started``, ``joint``, ``done``, ``aborted``, ``transfer_started``,
-    ``transfer_aborted``."""
+    ``transfer_aborted`` (the leader stays), ``transfer_stepped_down`` (the
+    leader stepped down with a transfer under way: whether the target took
+    over is seen when a leader is known), ``reset``."""
     conf: ConfState
     """The target configuration (the target's id alone, for a transfer)."""
     detail: str = ""
@@ -98,6 +100,7 @@ class Membership(CoreBase):
     _lease_off_term: int
     _target_priority: int
     _conf_events: list[ConfEvent]
+    _reset_pending: ConfState | None
 
     # -- the configuration in force ------------------------------------------
 
@@ -108,6 +111,7 @@ class Membership(CoreBase):
         self._transfer = None
         self._lease_off_term = -1
         self._conf_events = []
+        self._reset_pending = None
         log = self.log
         # Configuration entries of the log beyond the snapshot. Bounded by what
         # compaction keeps (a runtime without snapshots reads its whole log once).
@@ -336,8 +340,34 @@ class Membership(CoreBase):
             target = self._transfer.target
             self._transfer = None
             self._conf_events.append(
-                ConfEvent("transfer_aborted", ConfState((target,)), "leadership changed")
+                ConfEvent("transfer_stepped_down", ConfState((target,)), "leadership changed")
             )
+
+    def reset_conf(self, voters: tuple[NodeId, ...]) -> None:
+        """UNSAFE: replace the configuration in force with ``voters`` without
+        consensus, for a group whose majority is lost for good (their disks are
+        gone). Once this node leads (it may campaign at once), it appends the
+        configuration so that it is replicated and survives restarts; until then
+        a restart forgets it. Every surviving node must be reset to the same set,
+        and the lost ones must never come back with their old data: otherwise
+        two groups may each believe they are the one. Raises `ConfigError`."""
+        conf = ConfState(tuple(voters))
+        problem = confs.check(conf)
+        if problem is not None:
+            raise ConfigError(f"invalid configuration: {problem}")
+        self._change = None
+        self._base_conf = conf
+        self._conf_log = []
+        self._use_conf(conf)
+        self._reset_pending = conf
+        self._conf_events.append(ConfEvent("reset", conf))
+
+    def _after_elected(self) -> None:
+        """A new leader: make a reset configuration part of the log."""
+        pending = self._reset_pending
+        if pending is not None:
+            self._reset_pending = None
+            self._append_conf(pending)
 
     # -- leadership transfer -------------------------------------------------
 

@@ -559,6 +559,7 @@ class RaftCore(Elections, Replication, Membership):
         noop = Entry(self.term, self.log.last_index() + 1, _NOOP, b"")
         self.log.append([noop])
         self._broadcast_append()
+        self._after_elected()
 
     # -- plumbing ------------------------------------------------------------
 

@@ -55,12 +55,13 @@ from itertools import repeat
 from time import perf_counter as _clock
 from typing import Any
 
+from pyjraft.core import conf as conf_codec
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.errors import NotLeaderError
 from pyjraft.core.messages import Message
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
-from pyjraft.core.types import NONE, ConfState, Entry, EntryType, HardState, Role, SoftState
+from pyjraft.core.types import NONE, Entry, EntryType, HardState, Role, SoftState
 from pyjraft.node import busy_poll
 from pyjraft.node.describe import describe_node, leader_contact_ms, peer_progress
 from pyjraft.node.errors import (
@@ -72,6 +73,7 @@ from pyjraft.node.errors import (
 )
 from pyjraft.node.events import NodeEvents
 from pyjraft.node.fsm_caller import FSMCaller
+from pyjraft.node.membership import MembershipManager, MembershipMethods
 from pyjraft.node.metrics import NodeMetrics
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
@@ -100,10 +102,11 @@ _Waiter = tuple[int, Done]
 _TYPE = operator.itemgetter(2)
 _NORMAL = int(EntryType.NORMAL)
 _NOOP = int(EntryType.NOOP)
+_CONFIG = int(EntryType.CONFIG)
 _NORMAL_ONLY = {_NORMAL}
 
 
-class Node:
+class Node(MembershipMethods):
     """One member of one raft group, driven on an asyncio loop. Create with `start`."""
 
     def __init__(
@@ -124,7 +127,9 @@ class Node:
         o = options
         config = CoreConfig(
             id=o.id,
-            voters=o.peers,
+            voters=() if o.join else o.peers,
+            catchup_margin=o.catchup_margin,
+            catchup_timeout_ticks=o.catchup_timeout_ticks,
             group=o.group,
             election_ticks=o.election_ticks,
             read_lease_ticks=o.read_lease_ticks,
@@ -186,6 +191,7 @@ class Node:
         }
         self._bad_log = RateLimitedLog(log, per_second=5)
         self._reads = ReadManager(self)
+        self._membership = MembershipManager(self)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -211,7 +217,8 @@ class Node:
         node = cls(options, machine, transport, log_storage, meta, rng=rng)
         transport.register_group(options.group, node._on_message)
         node._arm_timer(node._tick_base)
-        await node._fsm.configuration_committed(ConfState(voters=options.peers))
+        if node._core.conf.voters:
+            await node._fsm.configuration_committed(node._core.conf_at(node._core.commit_index))
         return node
 
     async def shutdown(self) -> None:
@@ -578,6 +585,10 @@ class Node:
             self.stats["bad_messages"] += len(rd.bad_messages)
             for bad in rd.bad_messages:
                 self._bad_log.warning("raft node %s/%s dropped a %s", self.group, self.id, bad)
+        if rd.conf_events:
+            # Before the soft state: a leader that removed itself finished its
+            # change (done) before it stepped down.
+            self._membership.events(rd.conf_events)
         if rd.soft_state is not None:
             yield self._on_soft_state(rd.soft_state)
         if rd.read_states:
@@ -638,6 +649,10 @@ class Node:
                 if metrics is not None:
                     metrics.applied(t0)
             self._complete(committed, user, all_normal, results)
+            if not all_normal:
+                for e in committed:
+                    if e.type == _CONFIG:
+                        yield self._fsm.configuration_committed(conf_codec.decode(e.data))
             if not self._leader_started and self._core.role is Role.LEADER:
                 term = self._core.term
                 if any(e.type == _NOOP and e.term == term for e in committed):
@@ -722,6 +737,7 @@ class Node:
         old = self._soft
         self._soft = soft
         self.events.soft_state(soft)
+        self._membership.role_changed(soft.leader, soft.role)
         if old.role is Role.LEADER and soft.role is not Role.LEADER:
             if self.metrics is not None:
                 self.metrics.leadership_ended()
@@ -785,6 +801,7 @@ class Node:
         _fail_queue(queue, exc)
         self._fail_waiting(exc)
         self._reads.close(exc)
+        self._membership.fail(exc)
 
 
 _DATA = operator.itemgetter(0)

@@ -85,6 +85,14 @@ class NodeOptions:
     lease reads with no round trip; must be below the election timeout by a
     margin for clock drift between the nodes (0: 80% of it). See
     `pyjraft.core.read_only` for the clock assumption."""
+    join: bool = False
+    """Start as a node an existing group is adding (`Node.add_peer` on its
+    leader): no configuration of its own; it learns the group's from the
+    leader's log or snapshot. ``peers`` then only names members to reach."""
+    catchup_margin: int = 1000
+    """A joining voter votes only once within this many entries of the leader."""
+    catchup_timeout_ms: int = 60_000
+    """A change whose joining voters have not caught up by then is abandoned."""
     pre_vote: bool = True
     """Raft thesis 9.6 pre-vote."""
     check_quorum: bool = True
@@ -93,8 +101,11 @@ class NodeOptions:
     def __post_init__(self) -> None:
         if not self.id:
             raise ConfigError("id must be set")
-        if self.id not in self.peers:
-            raise ConfigError(f"id {self.id} must be one of peers {self.peers}")
+        if self.id not in self.peers and not self.join:
+            raise ConfigError(
+                f"id {self.id} must be one of peers {self.peers} (or join=True for a node "
+                "that an existing group adds)"
+            )
         if len(set(self.peers)) != len(self.peers):
             raise ConfigError(f"duplicate peers in {self.peers}")
         if self.heartbeat_ms < 1:
@@ -138,6 +149,11 @@ class NodeOptions:
     def election_ticks(self) -> int:
         """The election timeout in ticks (a tick is one heartbeat interval)."""
         return max(2, self.election_timeout_ms // self.heartbeat_ms)
+
+    @property
+    def catchup_timeout_ticks(self) -> int:
+        """``catchup_timeout_ms`` in ticks."""
+        return max(1, self.catchup_timeout_ms // self.heartbeat_ms)
 
     @property
     def read_lease_ticks(self) -> int:

@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyjraft.core.types import Entry
+from pyjraft.core.types import ConfState, Entry
 from pyjraft.node import LeaderChangeContext, Node, NodeOptions, StateMachine, Status
 from pyjraft.transport.local import LocalNetwork, LocalTransport
 
@@ -42,6 +42,9 @@ class CounterMachine(StateMachine):
 
     def on_stop_following(self, ctx: LeaderChangeContext) -> None:
         self.events.append(("stop_following", ctx.leader))
+
+    def on_configuration_committed(self, conf: ConfState) -> None:
+        self.events.append(("conf", conf))
 
     def on_error(self, error: BaseException) -> None:
         self.events.append(("error", type(error).__name__))
@@ -85,11 +88,13 @@ class LocalCluster:
         self.nodes: dict[str, Node] = {}
         self.machines: dict[str, CounterMachine] = {}
 
-    async def start(self, nid: str) -> Node:
+    async def start(self, nid: str, join: bool = False) -> Node:
+        """Start ``nid``; ``join``: as a node the group is adding (not one of IDS)."""
         opts = NodeOptions(
             id=nid,
             peers=IDS,
             data_dir=f"{self.data_dir}/{nid}" if self.data_dir else None,
+            join=join,
             **self.options,
         )
         machine = self.machine_class()
