@@ -57,7 +57,7 @@ from typing import Any
 
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.errors import NotLeaderError
-from pyjraft.core.messages import Message
+from pyjraft.core.messages import Heartbeat, Message
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import NONE, ConfState, Entry, EntryType, HardState, Role, SoftState
@@ -72,6 +72,7 @@ from pyjraft.node.errors import (
 )
 from pyjraft.node.events import NodeEvents
 from pyjraft.node.fsm_caller import FSMCaller
+from pyjraft.node.heartbeat_gaps import HeartbeatGaps
 from pyjraft.node.metrics import NodeMetrics
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
@@ -183,6 +184,8 @@ class Node:
             "bad_messages": 0,
         }
         self._bad_log = RateLimitedLog(log, per_second=5)
+        self.heartbeat_gaps = HeartbeatGaps()
+        """Gaps between the leader's heartbeats as this node, following, receives them."""
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -344,6 +347,7 @@ class Node:
             "first_index": core.log.first_index(),
             "pending": len(self._queue) + len(self._waiting),
             "leader_contact_ms": leader_contact_ms(self),
+            "heartbeat_gap": self.heartbeat_gaps.summary(),
             "voters": list(core.voters),
             "learners": list(core.learners),
             "stats": dict(self.stats),
@@ -370,8 +374,11 @@ class Node:
             if was_follower:
                 # Ticks a sleeping follower has not been given yet: the lease
                 # check and the election clock must be current before stepping.
-                self._catch_up(self._loop.time())
+                now = self._loop.time()
+                self._catch_up(now)
             core.step(msg)
+            if was_follower and type(msg) is Heartbeat and msg.src == core.leader:
+                self.heartbeat_gaps.heartbeat(msg.src, msg.term, now)
             if was_follower and core.role is not Role.FOLLOWER:
                 self._rearm_timer()
         except Exception as exc:

@@ -180,6 +180,16 @@ class RaftCollector(Collector):
                     hist: Histogram = getattr(n.metrics, attr)
                     h.add_metric(lv, _buckets(hist), hist.sum)
             yield h
+        gaps = HistogramMetricFamily(
+            "pyjraft_heartbeat_gap_seconds",
+            "Follower: time between two heartbeats of its leader (same term) as received; "
+            "an election starts when it reaches the election timeout.",
+            labels=labels,
+        )
+        for lv, n, _ in statuses:
+            gap_hist = n.heartbeat_gaps.histogram
+            gaps.add_metric(lv, _buckets(gap_hist), gap_hist.sum)
+        yield gaps
         peer_labels = [*labels, "peer"]
         for key, name, doc in _PEER_GAUGES:
             g = GaugeMetricFamily(name, doc, labels=peer_labels)
