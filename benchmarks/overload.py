@@ -318,10 +318,41 @@ def _gap_p99(before: dict[str, Any], after: dict[str, Any]) -> tuple[int, float 
     return total, None  # above the largest bound
 
 
+async def _loop_lag(session: Any, url: str) -> float | None:
+    try:
+        async with session.get(url) as r:
+            text = await r.text()
+    except Exception:
+        return None
+    for line in text.splitlines():
+        if line.startswith("pyjraft_event_loop_lag_max_seconds "):
+            return float(line.split()[1])
+    return None
+
+
 async def _poll(
-    rpc: RpcClient, addrs: list[str], every: float, stop: asyncio.Event, seen: dict[str, Any]
+    rpc: RpcClient,
+    addrs: list[str],
+    every: float,
+    stop: asyncio.Event,
+    seen: dict[str, Any],
+    http: dict[str, str],
 ) -> None:
+    import aiohttp
+
+    session = aiohttp.ClientSession() if http else None
+
+    async def lag(addr: str) -> None:
+        assert session is not None
+        v = await _loop_lag(session, f"http://{http[addr]}/metrics")
+        if v is not None:
+            seen["loop_lag_max_ms"][addr] = max(
+                seen["loop_lag_max_ms"].get(addr, 0.0), round(v * 1000, 1)
+            )
+
     async def one(addr: str) -> None:
+        if http:
+            await lag(addr)
         t0 = time.perf_counter()
         st = await _status(rpc, addr, timeout=10.0)
         took = time.perf_counter() - t0
@@ -334,14 +365,18 @@ async def _poll(
         seen["terms"].add(st["term"])
         seen["max_pending"] = max(seen["max_pending"], st.get("pending", 0))
 
-    while not stop.is_set():
-        await asyncio.gather(*(one(a) for a in addrs))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
+    try:
+        while not stop.is_set():
+            await asyncio.gather(*(one(a) for a in addrs))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+    finally:
+        if session is not None:
+            await session.close()
 
 
 async def _flood(
-    args: argparse.Namespace, rpc: RpcClient, addrs: list[str], rate: float
+    args: argparse.Namespace, rpc: RpcClient, addrs: list[str], rate: float, http: dict[str, str]
 ) -> dict[str, Any]:
     lead = await _wait_leader(rpc, addrs)
     leader, term = lead["id"], lead["term"]
@@ -353,9 +388,10 @@ async def _flood(
         "leaders": set(),
         "terms": set(),
         "max_pending": 0,
+        "loop_lag_max_ms": {},
     }
     stop = asyncio.Event()
-    poller = asyncio.ensure_future(_poll(rpc, addrs, args.poll, stop, seen))
+    poller = asyncio.ensure_future(_poll(rpc, addrs, args.poll, stop, seen, http))
     try:
         results = await _run_workers(
             args, leader, args.connections, args.window, rate, args.seconds
@@ -394,6 +430,9 @@ async def _flood(
         "status_max_ms": seen["status_max_ms"],
         "status_failures": seen["status_failures"],
         "max_pending_seen": seen["max_pending"],
+        "loop_lag_max_ms": {
+            ("leader" if a == leader else a): v for a, v in seen["loop_lag_max_ms"].items()
+        },
         "heartbeat_gaps": gaps,
         "heartbeat_gap_p99_ms": max(p99s) if p99s else None,
         "heartbeat_goal_ms": round(threshold, 1),
@@ -423,6 +462,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
     procs: list[subprocess.Popen[bytes]] = []
     rpc = RpcClient()
+    http = {}
+    if args.loop_lag:
+        http = dict(zip(addrs, (f"127.0.0.1:{p}" for p in free_ports(3)), strict=True))
     try:
         for a in addrs:
             port = a.rsplit(":", 1)[1]
@@ -432,8 +474,10 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 "--id", a, "--peers", ",".join(addrs),
                 "--election-timeout-ms", str(args.election_timeout_ms),
                 "--heartbeat-ms", str(args.heartbeat_ms),
-                "--die-with-parent", "--log-level", "WARNING",
+                "--die-with-parent", "--log-level", args.node_log_level,
             ]  # fmt: skip
+            if http:
+                cmd += ["--http", http[a]]
             if args.unsafe_no_sync:
                 cmd.append("--unsafe-no-sync")
             with open(os.path.join(base, f"node-{port}.log"), "ab") as err:
@@ -464,7 +508,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             await _settle(rpc, addrs)
         floods = []
         for i in range(args.floods):
-            f = await _flood(args, rpc, addrs, rate)
+            f = await _flood(args, rpc, addrs, rate, http)
             floods.append(f)
             a = f["answers"]
             print(
@@ -475,7 +519,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 f"unanswered {f['unanswered']}, not sent {f['not_sent_window_full']}, ok per "
                 f"connection min/med/max {f['ok_per_connection_min_med_max']}; "
                 f"heartbeat gap p99 <= {f['heartbeat_gap_p99_ms']} ms (goal < "
-                f"{f['heartbeat_goal_ms']}); status max {f['status_max_ms']} ms",
+                f"{f['heartbeat_goal_ms']}); status max {f['status_max_ms']} ms"
+                + (f"; loop lag max {f['loop_lag_max_ms']} ms" if http else ""),
                 flush=True,
             )
             await _settle(rpc, addrs)
@@ -539,6 +584,12 @@ def main() -> None:
     ap.add_argument("--unsafe-no-sync", action="store_true")
     ap.add_argument("--dir", default=None, help="parent of the data directories")
     ap.add_argument("--keep", action="store_true", help="keep the data directories and logs")
+    ap.add_argument("--node-log-level", default="WARNING", help="the nodes' --log-level")
+    ap.add_argument(
+        "--loop-lag",
+        action="store_true",
+        help="run the nodes with --http and report each one's largest event-loop lag",
+    )
     args = ap.parse_args()
 
     async def go() -> int:

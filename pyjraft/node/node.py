@@ -77,6 +77,7 @@ from pyjraft.node.metrics import NodeMetrics
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
+from pyjraft.node.turns import QueueDelay, next_turn
 from pyjraft.node.writer import LogWriter, settle
 from pyjraft.storage.api import LogStorage, MetaStorage
 from pyjraft.transport.base import Transport
@@ -184,6 +185,7 @@ class Node:
             "bad_messages": 0,
         }
         self._bad_log = RateLimitedLog(log, per_second=5)
+        self._queue_delay = QueueDelay(o.max_queue_delay_ms / 1000)
         self.heartbeat_gaps = HeartbeatGaps()
         """Gaps between the leader's heartbeats as this node, following, receives them."""
 
@@ -285,9 +287,13 @@ class Node:
                 f"entry of {len(data)} bytes exceeds max_entry_bytes {self.options.max_entry_bytes}"
             )
         pending = len(self._queue) + len(self._waiting) + self._unwritten
-        if pending >= self.options.max_pending_proposals:
+        if pending >= self.options.max_pending_proposals or self._queue_delay.shedding:
             self.stats["overloaded"] += 1
-            raise OverloadedError(f"{pending} proposals pending; retry later")
+            raise OverloadedError(
+                self._queue_delay.reason(
+                    pending, self.options.max_pending_proposals, self._loop.time()
+                )
+            )
         # Copy only what could change under us (a bytearray, a memoryview).
         self._queue.append((data if type(data) is bytes else bytes(data), done))
         if not self._flush_scheduled:
@@ -440,7 +446,15 @@ class Node:
 
     def _flush_proposals(self) -> None:
         self._flush_scheduled = False
-        queue, self._queue = self._queue, []
+        queue = self._queue
+        limit = self.options.max_proposals_per_turn
+        if len(queue) > limit:
+            # One bounded batch per loop turn; the rest after timers and sockets.
+            queue, self._queue = queue[:limit], queue[limit:]
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_proposals)
+        else:
+            self._queue = []
         if not queue:
             return
         if self.state is not NodeState.RUNNING:
@@ -462,6 +476,7 @@ class Node:
         )
         self.stats["proposals"] += len(queue)
         self.stats["batches"] += 1
+        self._queue_delay.proposed(last, self._loop.time())
         if self.metrics is not None:
             self.metrics.proposed(len(queue), last)
         self._send_eager()
@@ -502,8 +517,11 @@ class Node:
                 # One Ready per loop turn: a long catch-up (say, re-applying the
                 # log after a restart) must not starve heartbeats and votes. But a
                 # write may have committed entries a follower acknowledged first:
-                # those are applied now, not a loop turn later (the latency path).
-                wrote = bool(rd.entries) and core.log.has_next_committed()
+                # those are applied now, not a loop turn later (the latency path),
+                # unless this Ready applied some already (one apply batch a turn).
+                wrote = (
+                    bool(rd.entries) and not rd.committed_entries and core.log.has_next_committed()
+                )
             else:
                 self._schedule_drive()
                 return
@@ -537,7 +555,7 @@ class Node:
         return True
 
     def _resumed(self, fut: asyncio.Future[Any]) -> None:
-        # What the handler waited for is done: go on, then on to the next Ready.
+        # What the handler waited for is done: go on, then (next turn) on to the next Ready.
         if fut.cancelled():
             self._resume(None, asyncio.CancelledError())
         elif fut.exception() is not None:
@@ -545,7 +563,8 @@ class Node:
         else:
             self._resume(fut.result(), None)
         if self._handling is None:
-            self._drive()
+            # The next Ready in the next turn: this one may have applied a batch.
+            self._schedule_drive()
 
     def _handle(self, rd: Ready) -> Generator[Awaitable[Any] | None, Any, None]:
         """Handle one Ready; yields what it must wait for (see the module doc)."""
@@ -599,19 +618,14 @@ class Node:
             metrics = self.metrics
             if metrics is not None and self._core.role is Role.LEADER:
                 metrics.committed(rd.commit_index)
-            all_normal = set(map(_TYPE, committed)) == _NORMAL_ONLY
-            user = committed if all_normal else [e for e in committed if e.type == _NORMAL]
-            results: list[Any] = []
-            if user:
-                t0 = _clock() if metrics is not None else 0.0
-                applied = self._fsm.apply_now(user)
-                if isinstance(applied, list):
-                    results = applied
-                else:
-                    results = yield applied
-                if metrics is not None:
-                    metrics.applied(t0)
-            self._complete(committed, user, all_normal, results)
+            step = self.options.max_applies_per_turn
+            for start in range(0, len(committed), step):
+                if start:
+                    # Bounded work per loop turn: heartbeats and votes go first.
+                    yield next_turn(self._loop)
+                    if self.state is not NodeState.RUNNING:
+                        return
+                yield from self._apply(committed[start : start + step])
             if not self._leader_started and self._core.role is Role.LEADER:
                 term = self._core.term
                 if any(e.type == _NOOP and e.term == term for e in committed):
@@ -622,6 +636,23 @@ class Node:
             self._core.advance(rd)
         # advance may have committed our own entries (leader counted itself).
         self._send_eager()
+
+    def _apply(self, entries: list[Entry]) -> Generator[Awaitable[Any] | None, Any, None]:
+        """Apply committed ``entries`` and settle their callers (part of `_handle`)."""
+        metrics = self.metrics
+        all_normal = set(map(_TYPE, entries)) == _NORMAL_ONLY
+        user = entries if all_normal else [e for e in entries if e.type == _NORMAL]
+        results: list[Any] = []
+        if user:
+            t0 = _clock() if metrics is not None else 0.0
+            applied = self._fsm.apply_now(user)
+            if isinstance(applied, list):
+                results = applied
+            else:
+                results = yield applied
+            if metrics is not None:
+                metrics.applied(t0)
+        self._complete(entries, user, all_normal, results)
 
     def _written(self, _fut: asyncio.Future[None] | None) -> None:
         """Writes of the writer thread finished: advance their Readies, in order,
@@ -675,6 +706,7 @@ class Node:
         waiting = self._waiting
         if not waiting:
             return
+        self._queue_delay.applied(entries[-1].index, self._loop.time())
         pop = waiting.pop
         if all_normal:
             pairs: Iterable[tuple[Entry, Any]] = zip(entries, results, strict=True)
@@ -749,6 +781,7 @@ class Node:
 
     def _fail_waiting(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, {}
+        self._queue_delay.clear()
         for _, done in waiting.values():
             done(None, exc)
 

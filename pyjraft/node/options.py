@@ -43,6 +43,20 @@ class NodeOptions:
     """Proposals queued, awaiting commit or (with ``leader_write_thread``)
     awaiting the leader's own log write, beyond which `apply` fails fast with
     `OverloadedError` instead of growing memory."""
+    max_queue_delay_ms: int = 500
+    """A leader refuses new proposals with `OverloadedError` while its oldest
+    proposal still waiting to be applied has waited longer than this: load
+    is shed at the door, so the queue holds about this much work and callers
+    hear "overloaded" (retry) rather than wait past their timeouts (see
+    `pyjraft.node.turns`). 0 turns it off (``max_pending_proposals`` alone
+    then bounds the queue)."""
+    max_proposals_per_turn: int = 4096
+    """Queued proposals proposed per turn of the event loop (one batch); the
+    rest wait for the next turn, after timers and sockets had theirs."""
+    max_applies_per_turn: int = 4096
+    """Committed entries applied (and their callers answered) per turn of the
+    event loop; a longer run of them goes on in the next turn, so heartbeats
+    and votes are never starved by a backlog."""
     max_entry_bytes: int = 16 << 20
     """Largest accepted entry."""
     sync: bool = True
@@ -104,11 +118,15 @@ class NodeOptions:
             "max_inflight_bytes",
             "apply_batch_bytes",
             "max_pending_proposals",
+            "max_proposals_per_turn",
+            "max_applies_per_turn",
             "max_entry_bytes",
             "segment_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_delay_ms < 0:
+            raise ConfigError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         if self.busy_poll_us < 0:
             raise ConfigError(f"busy_poll_us must be >= 0, got {self.busy_poll_us}")
         if self.log_cache_bytes < 0:

@@ -186,6 +186,8 @@ class TcpTransport(HandlerRegistry):
         self._turn_started = False
         self._turn_frames_left = self._limits.max_frames_per_turn
         self._turn_bytes_left = self._limits.max_bytes_per_turn
+        self._raft_frames_left = self._limits.max_frames_per_turn
+        self._raft_bytes_left = self._limits.max_bytes_per_turn
         self._rpc = RpcClient(tls=tls, max_frame_size=max_frame_size, stats=self.stats)
         self._closed = False
 
@@ -526,6 +528,8 @@ class TcpTransport(HandlerRegistry):
         self._turn_started = False
         self._turn_frames_left = self._limits.max_frames_per_turn
         self._turn_bytes_left = self._limits.max_bytes_per_turn
+        self._raft_frames_left = self._limits.max_frames_per_turn
+        self._raft_bytes_left = self._limits.max_bytes_per_turn
 
     def _dispatch(self, msgs: list[Message], node_id: str | None) -> None:
         stats = self.stats
