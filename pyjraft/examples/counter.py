@@ -268,6 +268,7 @@ async def _serve(args: argparse.Namespace) -> int:
         heartbeat_ms=heartbeat,
         sync=not args.unsafe_no_sync,
         metrics=args.http is not None,
+        segment_bytes=args.segment_bytes,
     )
     hosted: list[Node] = []
     # Before anything slow: SIGUSR2's default action would kill the process.
@@ -402,6 +403,12 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
         "--unsafe-no-sync",
         action="store_true",
         help="skip fdatasync (UNSAFE: acknowledged writes can be lost on power failure)",
+    )
+    s.add_argument(
+        "--segment-bytes",
+        type=int,
+        default=64 << 20,
+        help="log segment file size (default: 64 MiB)",
     )
     add_tls_arguments(s, server=True)
     s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)

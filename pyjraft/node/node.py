@@ -77,6 +77,7 @@ from pyjraft.node.metrics import NodeMetrics
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
+from pyjraft.node.storage_retry import StorageRetry
 from pyjraft.node.turns import QueueDelay, next_turn
 from pyjraft.node.writer import LogWriter, settle
 from pyjraft.storage.api import LogStorage, MetaStorage
@@ -149,7 +150,11 @@ class Node:
         self._idle.set()
         self._loop = asyncio.get_running_loop()
         self._writer = (
-            LogWriter(self._loop, partial(self._persist, None), f"raft-writer-{o.group}")
+            LogWriter(
+                self._loop,
+                lambda entries: self._storage_retry.run_blocking(self._persist, None, entries),
+                f"raft-writer-{o.group}",
+            )
             if o.leader_write_thread and o.sync
             else None
         )
@@ -186,6 +191,9 @@ class Node:
         }
         self._bad_log = RateLimitedLog(log, per_second=5)
         self._queue_delay = QueueDelay(o.max_queue_delay_ms / 1000)
+        self._storage_retry = StorageRetry(
+            self.events, self.stats, o.storage_retry_timeout_ms / 1000
+        )
         self.heartbeat_gaps = HeartbeatGaps()
         """Gaps between the leader's heartbeats as this node, following, receives them."""
 
@@ -223,6 +231,7 @@ class Node:
             return
         was_error = self.state is NodeState.ERROR
         self.state = NodeState.STOPPING
+        self._storage_retry.abort()
         self._stop_participating()
         # Proposed entries may still commit on the other replicas: their outcome
         # is unknown. Only the not-yet-proposed queue gets ShutdownError.
@@ -354,6 +363,7 @@ class Node:
             "pending": len(self._queue) + len(self._waiting),
             "leader_contact_ms": leader_contact_ms(self),
             "heartbeat_gap": self.heartbeat_gaps.summary(),
+            "storage_stalled_ms": self._storage_retry.stalled_ms(),
             "voters": list(core.voters),
             "learners": list(core.learners),
             "stats": dict(self.stats),
@@ -601,10 +611,13 @@ class Node:
                         self._written(None)
                     # Whatever is queued for the network must not wait for the disk.
                     self.transport.flush()
-                    self._persist(hard_state, entries)
+                    # Out of file descriptors: retried, this Ready waiting (storage_retry).
+                    yield from self._storage_retry.run(self._persist, hard_state, entries)
                     self.stats["syncs"] += 1
                     if hard_state is not None:
                         self.events.hard_state(hard_state)
+            except NodeStorageError:
+                raise
             except Exception as exc:
                 raise NodeStorageError(f"storage write failed: {exc!r}") from exc
         committed = rd.committed_entries

@@ -59,6 +59,12 @@ class NodeOptions:
     and votes are never starved by a backlog."""
     max_entry_bytes: int = 16 << 20
     """Largest accepted entry."""
+    storage_retry_timeout_ms: int = 30_000
+    """How long a log or term/vote write that failed for want of a file
+    descriptor (`pyjraft.storage.TransientStorageError`) is retried, with
+    backoff, before the node gives up (`NodeStorageError`); the node keeps
+    running meanwhile, its messages that depend on the write held back
+    (`pyjraft.node.storage_retry`)."""
     sync: bool = True
     """fdatasync before acknowledging. ``False`` is UNSAFE: an acknowledged write can
     be lost if a majority of machines lose power or crash together."""
@@ -125,6 +131,10 @@ class NodeOptions:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.storage_retry_timeout_ms < 0:
+            raise ConfigError(
+                f"storage_retry_timeout_ms must be >= 0, got {self.storage_retry_timeout_ms}"
+            )
         if self.max_queue_delay_ms < 0:
             raise ConfigError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         if self.busy_poll_us < 0:

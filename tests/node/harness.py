@@ -75,9 +75,13 @@ class LocalCluster:
         seed: int,
         data_dir: str | None = None,
         machine: type[CounterMachine] = CounterMachine,
+        storage: Callable[[str], tuple[Any, Any]] | None = None,
         **options: Any,
     ) -> None:
+        """``storage(nid)``: the (log, meta) storage of node ``nid`` (default: by
+        ``data_dir``, or in memory)."""
         self.seed = seed
+        self.storage = storage
         self.machine_class = machine
         self.net = LocalNetwork(random.Random(seed))
         self.data_dir = data_dir
@@ -94,7 +98,15 @@ class LocalCluster:
         )
         machine = self.machine_class()
         transport = LocalTransport(self.net, nid)
-        node = await Node.start(opts, machine, transport, rng=random.Random(f"{self.seed}{nid}"))
+        log_storage, meta = self.storage(nid) if self.storage else (None, None)
+        node = await Node.start(
+            opts,
+            machine,
+            transport,
+            rng=random.Random(f"{self.seed}{nid}"),
+            log_storage=log_storage,
+            meta=meta,
+        )
         self.nodes[nid] = node
         self.machines[nid] = machine
         return node
