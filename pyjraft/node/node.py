@@ -47,9 +47,8 @@ import contextlib
 import enum
 import logging
 import operator
-import os
 import random
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from functools import partial
 from itertools import repeat
 from time import perf_counter as _clock
@@ -62,7 +61,7 @@ from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import NONE, ConfState, Entry, EntryType, HardState, Role, SoftState
 from pyjraft.node import busy_poll
-from pyjraft.node.describe import describe_node, leader_contact_ms, peer_progress
+from pyjraft.node.describe import describe_node, status_of
 from pyjraft.node.errors import (
     LeadershipLostError,
     NodeStorageError,
@@ -76,6 +75,8 @@ from pyjraft.node.heartbeat_gaps import HeartbeatGaps
 from pyjraft.node.metrics import NodeMetrics
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
+from pyjraft.node.registration import Registration
+from pyjraft.node.startup import open_registration, open_storage
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
 from pyjraft.node.storage_retry import StorageRetry
 from pyjraft.node.turns import QueueDelay, next_turn
@@ -179,20 +180,14 @@ class Node:
         self._tick_base = self._loop.time()
         self._busy_poll_s = o.busy_poll_us / 1e6
         self._busy_poll = busy_poll.for_loop(self._loop) if o.busy_poll_us else None
-        self.stats: dict[str, int] = {
-            "proposals": 0,
-            "batches": 0,
-            "readies": 0,
-            "syncs": 0,
-            "applied": 0,
-            "overloaded": 0,
-            "timer_wakeups": 0,
-            "bad_messages": 0,
-        }
+        counters = "proposals batches readies syncs applied overloaded timer_wakeups bad_messages"
+        self.stats: dict[str, int] = dict.fromkeys(counters.split(), 0)
         self._bad_log = RateLimitedLog(log, per_second=5)
+        self.registration: Registration | None = None
+        """This instance's registration with its peers (None without a data_dir)."""
         self._queue_delay = QueueDelay(o.max_queue_delay_ms / 1000)
         self._storage_retry = StorageRetry(
-            self.events, self.stats, o.storage_retry_timeout_ms / 1000
+            self.events, self.stats, o.storage_retry_timeout_ms / 1e3
         )
         self.heartbeat_gaps = HeartbeatGaps()
         """Gaps between the leader's heartbeats as this node, following, receives them."""
@@ -216,13 +211,23 @@ class Node:
         ``options.data_dir``, or in-memory storage when that is None.
         """
         if log_storage is None or meta is None:
-            log_storage, meta = await asyncio.to_thread(_open_storage, options)
-        assert log_storage is not None and meta is not None
+            log_storage, meta = await open_storage(options)
+        registration = await open_registration(options, transport, log_storage, meta)
         node = cls(options, machine, transport, log_storage, meta, rng=rng)
-        transport.register_group(options.group, node._on_message)
-        node._arm_timer(node._tick_base)
+        node.registration = registration
+        if registration is None:
+            node._join()
+        else:  # a new or wiped directory: its peers record this instance first
+            registration.begin(node.events.log, node._join, node._fatal)
         await node._fsm.configuration_committed(ConfState(voters=options.peers))
         return node
+
+    def _join(self) -> None:
+        """Take part in the group: step its messages, tick."""
+        if self.state is NodeState.RUNNING:
+            self.transport.register_group(self.group, self._on_message)
+            self._tick_base = self._loop.time()
+            self._arm_timer(self._tick_base)
 
     async def shutdown(self) -> None:
         """Stop: fail pending callers with `ShutdownError`, finish the write in
@@ -247,6 +252,8 @@ class Node:
             self.events.log.error("a Ready did not finish in 10 s")
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
+        if self.registration is not None:
+            await self.registration.close()
         if not was_error:
             await self._fsm.shutdown()
         with contextlib.suppress(Exception):
@@ -345,34 +352,9 @@ class Node:
         return self._fsm.applied_index
 
     def status(self) -> dict[str, Any]:
-        """A snapshot of this node's state, for status pages and admin tools."""
-        core = self._core
-        st: dict[str, Any] = {
-            "id": self.id,
-            "group": self.group,
-            "state": self.state.value,
-            # A failed node no longer takes part, whatever its core last was.
-            "role": "error" if self.state is NodeState.ERROR else core.role.value,
-            "term": core.term,
-            "leader": core.leader,
-            "vote": core.vote,
-            "commit_index": core.commit_index,
-            "applied_index": self.applied_index,
-            "last_index": core.log.last_index(),
-            "first_index": core.log.first_index(),
-            "pending": len(self._queue) + len(self._waiting),
-            "leader_contact_ms": leader_contact_ms(self),
-            "heartbeat_gap": self.heartbeat_gaps.summary(),
-            "storage_stalled_ms": self._storage_retry.stalled_ms(),
-            "voters": list(core.voters),
-            "learners": list(core.learners),
-            "stats": dict(self.stats),
-        }
-        if core.role is Role.LEADER:
-            st["peers"] = peer_progress(self)
-        if self.error is not None:
-            st["error"] = repr(self.error)
-        return st
+        """A snapshot of this node's state, for status pages and admin tools
+        (`pyjraft.node.describe.status_of`)."""
+        return status_of(self)
 
     def describe(self) -> dict[str, Any]:
         """Everything `status` says plus queue depths, timers, recent events and
@@ -565,7 +547,7 @@ class Node:
         return True
 
     def _resumed(self, fut: asyncio.Future[Any]) -> None:
-        # What the handler waited for is done: go on, then (next turn) on to the next Ready.
+        # What the handler waited for is done: go on, then (next turn) to the next Ready.
         if fut.cancelled():
             self._resume(None, asyncio.CancelledError())
         elif fut.exception() is not None:
@@ -573,8 +555,7 @@ class Node:
         else:
             self._resume(fut.result(), None)
         if self._handling is None:
-            # The next Ready in the next turn: this one may have applied a batch.
-            self._schedule_drive()
+            self._schedule_drive()  # not now: this Ready may have applied a batch
 
     def _handle(self, rd: Ready) -> Generator[Awaitable[Any] | None, Any, None]:
         """Handle one Ready; yields what it must wait for (see the module doc)."""
@@ -616,9 +597,9 @@ class Node:
                     self.stats["syncs"] += 1
                     if hard_state is not None:
                         self.events.hard_state(hard_state)
-            except NodeStorageError:
-                raise
             except Exception as exc:
+                if isinstance(exc, NodeStorageError):
+                    raise
                 raise NodeStorageError(f"storage write failed: {exc!r}") from exc
         committed = rd.committed_entries
         if rd.messages and not pipelined:
@@ -633,8 +614,7 @@ class Node:
                 metrics.committed(rd.commit_index)
             step = self.options.max_applies_per_turn
             for start in range(0, len(committed), step):
-                if start:
-                    # Bounded work per loop turn: heartbeats and votes go first.
+                if start:  # bounded work per loop turn: heartbeats and votes go first
                     yield next_turn(self._loop)
                     if self.state is not NodeState.RUNNING:
                         return
@@ -811,27 +791,3 @@ _DONE = operator.itemgetter(1)
 def _fail_queue(queue: list[tuple[bytes, Done]], exc: BaseException) -> None:
     for _, done in queue:
         done(None, exc)
-
-
-def _open_storage(options: NodeOptions) -> tuple[LogStorage, MetaStorage]:
-    if options.data_dir is None:
-        from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
-
-        return MemoryLogStorage(), MemoryMetaStorage()
-    from pyjraft.storage.meta import FileMetaStorage
-    from pyjraft.storage.segment_log import SegmentLogStorage
-
-    base = os.path.join(options.data_dir, options.group)
-    log_storage = SegmentLogStorage(
-        os.path.join(base, "log"),
-        sync=options.sync,
-        segment_bytes=options.segment_bytes,
-        cache_bytes=options.log_cache_bytes,
-    )
-    return log_storage, FileMetaStorage(base)
-
-
-def peers_from(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """Parse ``"a:1,b:2"`` (or a sequence) into a tuple of peer addresses."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    return tuple(p.strip() for p in items if p.strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyjraft.core.errors import ConfigError
@@ -23,6 +24,18 @@ class NodeOptions:
     """The raft group's name; many groups may share one transport."""
     data_dir: str | None = None
     """Directory for the log and term/vote; None keeps everything in memory (tests only)."""
+    cluster_id: str = "default"
+    """The cluster this member belongs to, written in its data directory's
+    identity (`pyjraft.storage.identity`) and checked at every start and by
+    its peers when it registers: a directory or a peer of another cluster is
+    refused."""
+    force_new_instance: bool = False
+    """Start on a data directory whose member its peers know as another
+    instance (its data was lost), and have them record this one instead.
+    RISKY: the member forgot the votes it cast and the entries it
+    acknowledged, so rejoining could elect a second leader in a term or
+    lose committed writes; see the README ("A member that lost its data").
+    Without it such a member refuses to start (`MemberDataLostError`)."""
     election_timeout_ms: int = 1000
     """Base election timeout; each election waits a random time in [t, 2t)."""
     heartbeat_ms: int = 100
@@ -106,6 +119,8 @@ class NodeOptions:
     def __post_init__(self) -> None:
         if not self.id:
             raise ConfigError("id must be set")
+        if not self.cluster_id or len(self.cluster_id.encode()) > 1024:
+            raise ConfigError("cluster_id must be a non-empty string of at most 1024 bytes")
         if self.id not in self.peers:
             raise ConfigError(f"id {self.id} must be one of peers {self.peers}")
         if len(set(self.peers)) != len(self.peers):
@@ -151,3 +166,9 @@ class NodeOptions:
     def election_ticks(self) -> int:
         """The election timeout in ticks (a tick is one heartbeat interval)."""
         return max(2, self.election_timeout_ms // self.heartbeat_ms)
+
+
+def peers_from(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """Parse ``"a:1,b:2"`` (or a sequence) into a tuple of peer addresses."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    return tuple(p.strip() for p in items if p.strip())

@@ -89,12 +89,13 @@ class LocalCluster:
         self.nodes: dict[str, Node] = {}
         self.machines: dict[str, CounterMachine] = {}
 
-    async def start(self, nid: str) -> Node:
+    async def start(self, nid: str, **overrides: Any) -> Node:
+        """Start (or restart) ``nid``; ``overrides`` are `NodeOptions` fields."""
         opts = NodeOptions(
             id=nid,
             peers=IDS,
             data_dir=f"{self.data_dir}/{nid}" if self.data_dir else None,
-            **self.options,
+            **{**self.options, **overrides},
         )
         machine = self.machine_class()
         transport = LocalTransport(self.net, nid)
