@@ -103,6 +103,8 @@ def describe_node(node: Node) -> dict[str, Any]:
         "handling_ready": node._handling is not None,
         "drive_scheduled": node._drive_scheduled,
         "max_pending_proposals": node.options.max_pending_proposals,
+        "oldest_proposal_ms": round(node._queue_delay.oldest_age(loop.time()) * 1000, 3),
+        "shedding": node._queue_delay.shedding,
     }
     out["timers"] = {
         "heartbeat_ms": node.options.heartbeat_ms,
