@@ -60,7 +60,9 @@ def test_a_member_restarted_on_its_directory_starts_at_once(tmp_path: Path) -> N
             leader = await c.leader()
             assert await leader.apply(b"1") == 1
             follower = next(nid for nid in IDS if nid != leader.id)
-            await wait_for(lambda: len(registry(c, follower)) == 3, 5, "registered everywhere")
+            await wait_for(
+                lambda: all(len(registry(c, nid)) == 3 for nid in IDS), 5, "every registry full"
+            )
             asked = {nid: dict(service(c.nodes[nid]).stats) for nid in IDS if nid != follower}
             await c.stop(follower)
             node = await c.start(follower)
@@ -103,8 +105,11 @@ def test_a_first_time_member_waits_for_a_majority_of_the_others(tmp_path: Path) 
             other = N2 if leader.id == N1 else N1
             await c.stop(other)
             third = await c.start(N3)  # needs N1 and N2: the cluster has data
-            await wait_for(lambda: service(leader).stats["registered"] >= 2, 5, "asked")
+            registration = third.registration
+            assert registration is not None
+            await wait_for(lambda: registration.accepted == {leader.id}, 5, "recorded by one")
             assert third.status()["registration"] == "pending: 1 of 2 peers recorded this instance"
+            assert other in registration.waiting
             assert third.term == 0 and not third.is_leader
             await c.start(other)
             await wait_for(lambda: third.status()["registration"] == "registered", 10, "joins")
