@@ -37,8 +37,9 @@ member that starts together with a member that never ran, while every peer
 that knows its former instance is down, from a new cluster.)
 
 After joining it goes on asking the members it has not reached, in the
-background, so that every member learns the instance; it also learns from
-each answer the instances its peers recorded for the others.
+background, so that every member learns the instance (a conflict found
+then stops the node too); it also learns from each answer the instances
+its peers recorded for the others.
 
 ``NodeOptions.force_new_instance`` makes the peers replace the instance
 they know (the member says so when they ask it who it is): for an operator
