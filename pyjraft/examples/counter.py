@@ -57,11 +57,14 @@ from pyjraft.client import (
     error_reply,
     serve_apply,
 )
+from pyjraft.core.errors import RaftError
 from pyjraft.core.types import Entry
 from pyjraft.node import Node, NodeOptions, StateMachine, peers_from
+from pyjraft.node.errors import RegistrationError
 from pyjraft.node.loop import run as run_on_best_loop
 from pyjraft.node.loop import tune_gc
 from pyjraft.ops import FORMATS, OpsServer, install_describe_signal, setup_logging
+from pyjraft.storage import StorageError
 from pyjraft.transport import InsecureBindError, RpcClient, TcpTransport, parse_address
 from pyjraft.transport.tls import Role, TlsConfig
 
@@ -268,6 +271,9 @@ async def _serve(args: argparse.Namespace) -> int:
         heartbeat_ms=heartbeat,
         sync=not args.unsafe_no_sync,
         metrics=args.http is not None,
+        segment_bytes=args.segment_bytes,
+        cluster_id=args.cluster_id,
+        force_new_instance=args.force_new_instance,
     )
     hosted: list[Node] = []
     # Before anything slow: SIGUSR2's default action would kill the process.
@@ -277,7 +283,7 @@ async def _serve(args: argparse.Namespace) -> int:
         server = await CounterServer.start(
             options, tls=tls, insecure_plaintext=args.insecure_plaintext
         )
-    except (InsecureBindError, ValueError, OSError) as e:
+    except (InsecureBindError, ValueError, OSError, StorageError, RaftError) as e:
         log.error("cannot start: %s", e)
         return EXIT_FAILURE
     node = server.node
@@ -314,6 +320,11 @@ async def _serve(args: argparse.Namespace) -> int:
         while not stopped.done():
             await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
             if failed.done() and not stopped.done():
+                if isinstance(failed.result(), RegistrationError):
+                    # Refused by its peers before it took part: it never started.
+                    log.error("counter server %s cannot start: %s", args.id, failed.result())
+                    status = EXIT_FAILURE
+                    break
                 if args.exit_on_error:
                     log.error(
                         "counter server %s: its node failed (%r); exiting with status %d",
@@ -403,6 +414,13 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
         action="store_true",
         help="skip fdatasync (UNSAFE: acknowledged writes can be lost on power failure)",
     )
+    add_identity_arguments(s)
+    s.add_argument(
+        "--segment-bytes",
+        type=int,
+        default=64 << 20,
+        help="log segment file size (default: 64 MiB)",
+    )
     add_tls_arguments(s, server=True)
     s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     add_ops_arguments(s)
@@ -425,6 +443,24 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
     cs.add_parser("get", help="print the value (linearizable)")
     cs.add_parser("status", help="print each replica's role, term, leader and applied index")
     return p
+
+
+def add_identity_arguments(p: argparse.ArgumentParser) -> None:
+    """The data-directory identity options of the server commands:
+    ``--cluster-id`` and ``--force-new-instance``."""
+    p.add_argument(
+        "--cluster-id",
+        default="default",
+        help="the cluster this member belongs to, written in its data directory and "
+        "checked by its peers (default: default)",
+    )
+    p.add_argument(
+        "--force-new-instance",
+        action="store_true",
+        help="start although the peers know this member as another instance (its data "
+        "directory was lost) and have them record this one: RISKY, it may vote twice in a "
+        "term or lose committed writes; see the README",
+    )
 
 
 def add_ops_arguments(p: argparse.ArgumentParser) -> None:

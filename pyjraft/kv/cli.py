@@ -12,6 +12,12 @@
     pyjraft kv compact REVISION ...
     pyjraft kv status ...
 
+``serve`` takes the counter server's TLS options (``--tls-cert --tls-key
+--tls-ca``, ``--insecure-plaintext``), its operations options (``--http``,
+``--log-format``, ``--log-level``, ``--[no-]exit-on-error``; SIGUSR2 logs the
+describe dump) and ``--cluster-id``/``--force-new-instance``; the client
+commands take ``--tls-cert --tls-key --tls-ca`` (a client certificate).
+
 Keys and values given as arguments are taken byte for byte (``os.fsencode``).
 ``--json`` prints JSON instead: a key or value is a string when it is
 UTF-8, else ``{"base64": "..."}``. ``--peers`` defaults to
@@ -34,13 +40,21 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from pyjraft.client import ClientError, UnknownOutcomeError
+from pyjraft.examples.counter import (
+    add_identity_arguments,
+    add_ops_arguments,
+    add_tls_arguments,
+)
 from pyjraft.kv.client import Client
 from pyjraft.kv.protocol import KvLimits
-from pyjraft.kv.server import KvOptions, serve
+from pyjraft.kv.server import EXIT_NODE_FAILED, KvOptions, serve
 from pyjraft.kv.store import DEFAULT_MAP_SIZE
 from pyjraft.kv.types import Compare, Event, KeyValue, Op
 from pyjraft.node import NodeOptions, peers_from
 from pyjraft.node.loop import run
+from pyjraft.ops import setup_logging
+from pyjraft.transport import RpcClient, parse_address
+from pyjraft.transport.tls import TlsConfig
 
 _DEFAULT_LIMITS = KvLimits()
 
@@ -156,7 +170,15 @@ def parse_txn_spec(spec: Any) -> tuple[list[Compare], list[Op], list[Op]]:
 
 
 async def _client_command(args: argparse.Namespace) -> int:
-    client = Client(args.peers, group=args.group, timeout=args.timeout, deadline=args.deadline)
+    try:
+        tls = TlsConfig.from_args(args.tls_cert, args.tls_key, args.tls_ca)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NO
+    rpc = RpcClient(tls=tls)
+    client = Client(
+        args.peers, group=args.group, timeout=args.timeout, deadline=args.deadline, rpc=rpc
+    )
     try:
         return await _run_command(client, args)
     except UnknownOutcomeError as e:
@@ -167,6 +189,7 @@ async def _client_command(args: argparse.Namespace) -> int:
         return EXIT_NO
     finally:
         await client.close()
+        await rpc.close()
 
 
 async def _run_command(client: Client, args: argparse.Namespace) -> int:
@@ -317,14 +340,20 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.die_with_parent:
         _die_with_parent()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format=f"%(asctime)s {args.id} %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        setup_logging(args.log_format, args.log_level, static={"node": args.id})
+        if args.http is not None:
+            parse_address(args.http)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        tls = TlsConfig.from_args(args.tls_cert, args.tls_key, args.tls_ca)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NO
     heartbeat = args.heartbeat_ms or max(1, min(100, args.election_timeout_ms // 10))
     options = NodeOptions(
         id=args.id,
@@ -334,6 +363,9 @@ def _serve(args: argparse.Namespace) -> int:
         election_timeout_ms=args.election_timeout_ms,
         heartbeat_ms=heartbeat,
         sync=not args.unsafe_no_sync,
+        metrics=args.http is not None,
+        cluster_id=args.cluster_id,
+        force_new_instance=args.force_new_instance,
     )
     kv_options = KvOptions(
         limits=KvLimits(max_key_bytes=args.max_key_bytes, max_value_bytes=args.max_value_bytes),
@@ -342,7 +374,18 @@ def _serve(args: argparse.Namespace) -> int:
         retain_revisions=args.retain_revisions,
         max_history_bytes=args.max_history_bytes,
     )
-    return run(lambda: serve(options, kv_options))
+    return run(
+        lambda: serve(
+            options,
+            kv_options,
+            tls=tls,
+            insecure_plaintext=args.insecure_plaintext,
+            http=args.http,
+            http_insecure_plaintext=args.http_insecure_plaintext,
+            exit_on_error=args.exit_on_error,
+            pretty_describe=args.log_format == "text",
+        )
+    )
 
 
 def build_parser(prog: str = "pyjraft kv") -> argparse.ArgumentParser:
@@ -374,7 +417,16 @@ def build_parser(prog: str = "pyjraft kv") -> argparse.ArgumentParser:
         help="skip the raft log's fdatasync (UNSAFE: acknowledged writes can be lost)",
     )
     s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
-    s.add_argument("--log-level", default="INFO")
+    add_identity_arguments(s)
+    add_tls_arguments(s, server=True)
+    add_ops_arguments(s)
+    s.add_argument(
+        "--exit-on-error",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"exit with status {EXIT_NODE_FAILED} when the node fails, so a supervisor "
+        "restarts it (default: on)",
+    )
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -387,6 +439,7 @@ def build_parser(prog: str = "pyjraft kv") -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt")
     common.add_argument("--deadline", type=float, default=10.0, help="seconds per call")
     common.add_argument("--json", action="store_true", help="print JSON")
+    add_tls_arguments(common, server=False)
     read = argparse.ArgumentParser(add_help=False)
     read.add_argument(
         "--read", choices=("linearizable", "lease", "serializable"), default="linearizable"
@@ -428,9 +481,10 @@ def build_parser(prog: str = "pyjraft kv") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = "pyjraft kv") -> int:
     """Entry point of ``pyjraft kv``; returns the exit status."""
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     if args.cmd == "serve":
-        return _serve(args)
+        return _serve(args, parser)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     fn: Callable[[], Coroutine[Any, Any, int]] = lambda: _client_command(args)  # noqa: E731
     try:

@@ -5,7 +5,14 @@ raft traffic and the ``kv`` service (as the counter example does). The
 store lives in ``DATA_DIR/GROUP/kv`` beside the raft log
 (``DATA_DIR/GROUP/log``). The service is registered before the node starts,
 so a client reaching a replica that is still opening its log is told
-``unavailable`` and moves on.
+``unavailable`` and moves on; its requests are bounded by
+`service_request_limit` (the largest valid request: a command of
+``KvLimits.max_request_bytes``, 2 MiB by default, plus its field names).
+
+`serve` runs a replica as ``pyjraft kv serve`` does: mutual TLS or
+loopback-only plaintext as the counter example, the operations endpoint
+(``http``), the describe dump on SIGUSR2, and a non-zero exit status when
+the node fails (70, or 1 when it never started: refused by its peers).
 """
 
 from __future__ import annotations
@@ -17,14 +24,18 @@ import signal
 from dataclasses import dataclass, field
 from functools import partial
 
+from pyjraft.core.errors import RaftError
 from pyjraft.kv.compactor import HistoryCompactor
 from pyjraft.kv.machine import KvStateMachine
 from pyjraft.kv.protocol import KvLimits
 from pyjraft.kv.service import KV_SERVICE, KvService
 from pyjraft.kv.store import DEFAULT_MAP_SIZE
 from pyjraft.node import Node, NodeOptions
+from pyjraft.node.errors import RegistrationError
 from pyjraft.node.loop import tune_gc
-from pyjraft.transport import TcpTransport, parse_address
+from pyjraft.storage import StorageError
+from pyjraft.transport import InsecureBindError, TcpTransport, parse_address
+from pyjraft.transport.tls import Role, TlsConfig
 
 log = logging.getLogger("pyjraft.kv")
 
@@ -49,6 +60,30 @@ class KvOptions:
     """Bytes of event history kept (0: no bound by size)."""
     compact_interval: float = 1.0
     """Seconds between the leader's checks of the history bounds."""
+
+
+EXIT_FAILURE = 1
+"""`serve`'s status when the replica could not start (or its peers refused it)."""
+EXIT_NODE_FAILED = 70
+"""`serve`'s status when its node failed (a storage or state machine error)."""
+REQUEST_OVERHEAD = 4096
+"""Bytes a request may take beyond its command (field names, map headers)."""
+
+
+def service_request_limit(limits: KvLimits) -> int:
+    """The ``kv`` service's ``max_request_bytes``: the largest valid request.
+
+    A write request carries its command's keys and values (a command is at
+    most ``max_request_bytes``; a put, one value of ``max_value_bytes`` and
+    a key); a ``get_many`` at most ``max_get_many`` keys. The transport
+    refuses anything larger before decoding it.
+    """
+    largest = max(
+        limits.max_request_bytes,
+        limits.max_value_bytes + limits.max_key_bytes,
+        limits.max_get_many * (limits.max_key_bytes + 3),
+    )
+    return largest + REQUEST_OVERHEAD
 
 
 def store_dir(options: NodeOptions) -> str:
@@ -84,9 +119,21 @@ class KvServer:
         options: NodeOptions,
         kv_options: KvOptions | None = None,
         transport: TcpTransport | None = None,
+        *,
+        tls: TlsConfig | None = None,
+        insecure_plaintext: bool = False,
     ) -> KvServer:
         """Open the store, listen on ``options.id`` (unless ``transport`` is
-        given), register the service, start the node."""
+        given), register the service, start the node.
+
+        The transport it makes speaks mutual TLS with ``tls`` (whose
+        certificate must name ``options.id``: `ValueError` otherwise);
+        without, ``options.id`` must be a loopback address unless
+        ``insecure_plaintext`` (`InsecureBindError`)."""
+        if tls is not None and (
+            tls.identity.role is not Role.NODE or tls.identity.name != options.id
+        ):
+            raise ValueError(f"the certificate names {tls.identity}, not this node ({options.id})")
         kv_options = kv_options if kv_options is not None else KvOptions()
         limits = kv_options.limits
         if limits.max_request_bytes > options.max_entry_bytes:
@@ -105,14 +152,18 @@ class KvServer:
         try:
             if transport is None:
                 host, port = parse_address(options.id)
-                transport = await TcpTransport.start(host, port)
+                transport = await TcpTransport.start(
+                    host, port, tls=tls, insecure_plaintext=insecure_plaintext
+                )
         except BaseException:
             machine.close()
             raise
         service = KvService(machine, limits)
         server = cls(machine, service, transport, kv_options)
         server.owns_transport = own_transport
-        transport.register_service(KV_SERVICE, service.handle)
+        transport.register_service(
+            KV_SERVICE, service.handle, max_request_bytes=service_request_limit(limits)
+        )
         try:
             server.node = await Node.start(options, machine, transport)
         except BaseException:
@@ -153,20 +204,104 @@ class KvServer:
         self.machine.close()
 
 
-async def serve(options: NodeOptions, kv_options: KvOptions | None = None) -> int:
-    """Run a replica until SIGTERM or SIGINT, then shut it down gracefully."""
-    server = await KvServer.start(options, kv_options)
-    tune_gc()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("KV replica %s of group %s is up (peers %s)", options.id, options.group, options.peers)
-    await stop.wait()
-    log.info("KV replica %s shutting down", options.id)
-    await server.shutdown()
+async def serve(
+    options: NodeOptions,
+    kv_options: KvOptions | None = None,
+    *,
+    tls: TlsConfig | None = None,
+    insecure_plaintext: bool = False,
+    http: str | None = None,
+    http_insecure_plaintext: bool = False,
+    exit_on_error: bool = True,
+    pretty_describe: bool = True,
+) -> int:
+    """Run a replica until SIGTERM or SIGINT, then shut it down gracefully;
+    return the exit status.
+
+    ``tls``/``insecure_plaintext`` as `KvServer.start`; ``http`` (``HOST:PORT``)
+    serves the operations endpoint (`pyjraft.ops.OpsServer`, with the same
+    TLS); SIGUSR2 logs the node's describe dump. When the node fails the
+    replica exits with `EXIT_NODE_FAILED` (70) unless not ``exit_on_error``
+    (it then stays up, reporting role ``error``); when its peers refuse its
+    data directory (`RegistrationError`) or it cannot start, `EXIT_FAILURE`.
+    """
+    from pyjraft.ops import OpsServer, install_describe_signal  # aiohttp: servers only
+
+    hosted: list[Node] = []
+    # Before anything slow: SIGUSR2's default action would kill the process.
+    install_describe_signal(lambda: hosted, pretty=pretty_describe)
+    try:
+        server = await KvServer.start(
+            options, kv_options, tls=tls, insecure_plaintext=insecure_plaintext
+        )
+    except (InsecureBindError, ValueError, OSError, StorageError, RaftError) as e:
+        log.error("KV replica %s cannot start: %s", options.id, e)
+        return EXIT_FAILURE
+    node = server.node
+    assert node is not None
+    hosted.append(node)
+    ops: OpsServer | None = None
+    status = 0
+    try:
+        if http is not None:
+            ops = OpsServer(nodes=[node], transports=[server.transport])
+            host, port = parse_address(http)
+            addr = await ops.start(
+                host,
+                port,
+                ssl=tls.server_context if tls is not None else None,
+                insecure_plaintext=http_insecure_plaintext,
+            )
+            log.info("ops endpoint on %s://%s/", "https" if tls is not None else "http", addr)
+        tune_gc()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "KV replica %s of group %s is up (peers %s)", options.id, options.group, options.peers
+        )
+        stopped = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(node.events.wait_failed())
+        try:
+            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done() and not stopped.done():
+                error = failed.result()
+                if isinstance(error, RegistrationError):
+                    log.error("KV replica %s cannot start: %s", options.id, error)
+                    status = EXIT_FAILURE
+                elif exit_on_error:
+                    log.error(
+                        "KV replica %s: its node failed (%r); exiting with status %d",
+                        options.id,
+                        error,
+                        EXIT_NODE_FAILED,
+                    )
+                    status = EXIT_NODE_FAILED
+                else:  # kept up on request: status says role "error", /health 503
+                    await stopped
+        finally:
+            stopped.cancel()
+            failed.cancel()
+    finally:
+        log.info("KV replica %s shutting down", options.id)
+        if ops is not None:
+            await ops.close()
+        try:
+            await server.shutdown()
+        except Exception as e:  # a store that failed may fail to close too
+            log.error("KV replica %s: shutdown failed: %r", options.id, e)
+            status = status or EXIT_FAILURE
     log.info("KV replica %s stopped", options.id)
-    return 0
+    return status
 
 
-__all__ = ["KvOptions", "KvServer", "serve", "store_dir"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_NODE_FAILED",
+    "KvOptions",
+    "KvServer",
+    "serve",
+    "service_request_limit",
+    "store_dir",
+]

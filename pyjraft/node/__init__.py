@@ -2,18 +2,20 @@
 
 from pyjraft.node.errors import (
     LeadershipLostError,
+    MemberDataLostError,
     NodeStorageError,
     NotLeaderError,
     OverloadedError,
     RaftError,
     ReadTimeoutError,
+    RegistrationError,
     ShutdownError,
     StateMachineError,
 )
 from pyjraft.node.fsm_caller import FSMCaller
 from pyjraft.node.loop import loop_factory, run, tune_gc
-from pyjraft.node.node import Done, Node, NodeState, peers_from
-from pyjraft.node.options import NodeOptions
+from pyjraft.node.node import Done, Node, NodeState
+from pyjraft.node.options import NodeOptions, peers_from
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "FSMCaller",
     "LeaderChangeContext",
     "LeadershipLostError",
+    "MemberDataLostError",
     "Node",
     "NodeOptions",
     "NodeState",
@@ -29,6 +32,7 @@ __all__ = [
     "OverloadedError",
     "RaftError",
     "ReadTimeoutError",
+    "RegistrationError",
     "ShutdownError",
     "StateMachine",
     "StateMachineError",

@@ -53,6 +53,42 @@ def peer_progress(node: Node) -> dict[str, dict[str, Any]]:
     }
 
 
+def status_of(node: Node) -> dict[str, Any]:
+    """`Node.status`: role, term, leader, indexes, queue, timers' health,
+    registration, counters and (on a leader) each peer's progress."""
+    from pyjraft.core.types import Role
+    from pyjraft.node.node import NodeState
+
+    core = node._core
+    st: dict[str, Any] = {
+        "id": node.id,
+        "group": node.group,
+        "state": node.state.value,
+        # A failed node no longer takes part, whatever its core last was.
+        "role": "error" if node.state is NodeState.ERROR else core.role.value,
+        "term": core.term,
+        "leader": core.leader,
+        "vote": core.vote,
+        "commit_index": core.commit_index,
+        "applied_index": node.applied_index,
+        "last_index": core.log.last_index(),
+        "first_index": core.log.first_index(),
+        "pending": len(node._queue) + len(node._waiting),
+        "leader_contact_ms": leader_contact_ms(node),
+        "heartbeat_gap": node.heartbeat_gaps.summary(),
+        "storage_stalled_ms": node._storage_retry.stalled_ms(),
+        "registration": None if node.registration is None else node.registration.summary(),
+        "voters": list(core.voters),
+        "learners": list(core.learners),
+        "stats": dict(node.stats),
+    }
+    if core.role is Role.LEADER:
+        st["peers"] = peer_progress(node)
+    if node.error is not None:
+        st["error"] = repr(node.error)
+    return st
+
+
 def describe_node(node: Node) -> dict[str, Any]:
     """A JSON-able dump of ``node``; see the module docstring."""
     core = node._core
@@ -67,6 +103,8 @@ def describe_node(node: Node) -> dict[str, Any]:
         "handling_ready": node._handling is not None,
         "drive_scheduled": node._drive_scheduled,
         "max_pending_proposals": node.options.max_pending_proposals,
+        "oldest_proposal_ms": round(node._queue_delay.oldest_age(loop.time()) * 1000, 3),
+        "shedding": node._queue_delay.shedding,
     }
     out["timers"] = {
         "heartbeat_ms": node.options.heartbeat_ms,

@@ -42,13 +42,27 @@ class NodeStorageError(RaftError):
     """Durable storage failed; the node stopped. The operation's outcome is unknown."""
 
 
+class RegistrationError(RaftError):
+    """The member's peers refused to record its data directory's instance
+    (`pyjraft.node.registration`); it never took part. Fatal."""
+
+
+class MemberDataLostError(RegistrationError):
+    """This member's data directory is not the one its peers know: it was lost
+    (wiped, replaced) since the member last ran, and the member refuses to
+    take part. The message says how to recover (README: "A member that lost
+    its data")."""
+
+
 __all__ = [
     "LeadershipLostError",
+    "MemberDataLostError",
     "NodeStorageError",
     "NotLeaderError",
     "OverloadedError",
     "RaftError",
     "ReadTimeoutError",
+    "RegistrationError",
     "ShutdownError",
     "StateMachineError",
 ]

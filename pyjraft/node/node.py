@@ -47,9 +47,8 @@ import contextlib
 import enum
 import logging
 import operator
-import os
 import random
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from functools import partial
 from itertools import repeat
 from time import perf_counter as _clock
@@ -58,12 +57,12 @@ from typing import Any
 from pyjraft.core import conf as conf_codec
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.errors import NotLeaderError
-from pyjraft.core.messages import Message
+from pyjraft.core.messages import Heartbeat, Message
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import NONE, Entry, EntryType, HardState, Role, SoftState
 from pyjraft.node import busy_poll
-from pyjraft.node.describe import describe_node, leader_contact_ms, peer_progress
+from pyjraft.node.describe import describe_node, status_of
 from pyjraft.node.errors import (
     LeadershipLostError,
     NodeStorageError,
@@ -73,12 +72,17 @@ from pyjraft.node.errors import (
 )
 from pyjraft.node.events import NodeEvents
 from pyjraft.node.fsm_caller import FSMCaller
+from pyjraft.node.heartbeat_gaps import HeartbeatGaps
 from pyjraft.node.membership import MembershipManager, MembershipMethods
 from pyjraft.node.metrics import NodeMetrics
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
 from pyjraft.node.reads import ReadManager
+from pyjraft.node.registration import Registration
+from pyjraft.node.startup import open_registration, open_storage
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
+from pyjraft.node.storage_retry import StorageRetry
+from pyjraft.node.turns import QueueDelay, next_turn
 from pyjraft.node.writer import LogWriter, settle
 from pyjraft.storage.api import LogStorage, MetaStorage
 from pyjraft.transport.base import Transport
@@ -154,7 +158,11 @@ class Node(MembershipMethods):
         self._idle.set()
         self._loop = asyncio.get_running_loop()
         self._writer = (
-            LogWriter(self._loop, partial(self._persist, None), f"raft-writer-{o.group}")
+            LogWriter(
+                self._loop,
+                lambda entries: self._storage_retry.run_blocking(self._persist, None, entries),
+                f"raft-writer-{o.group}",
+            )
             if o.leader_write_thread and o.sync
             else None
         )
@@ -179,19 +187,19 @@ class Node(MembershipMethods):
         self._tick_base = self._loop.time()
         self._busy_poll_s = o.busy_poll_us / 1e6
         self._busy_poll = busy_poll.for_loop(self._loop) if o.busy_poll_us else None
-        self.stats: dict[str, int] = {
-            "proposals": 0,
-            "batches": 0,
-            "readies": 0,
-            "syncs": 0,
-            "applied": 0,
-            "overloaded": 0,
-            "timer_wakeups": 0,
-            "bad_messages": 0,
-        }
+        counters = "proposals batches readies syncs applied overloaded timer_wakeups bad_messages"
+        self.stats: dict[str, int] = dict.fromkeys(counters.split(), 0)
         self._bad_log = RateLimitedLog(log, per_second=5)
         self._reads = ReadManager(self)
         self._membership = MembershipManager(self)
+        self.registration: Registration | None = None
+        """This instance's registration with its peers (None without a data_dir)."""
+        self._queue_delay = QueueDelay(o.max_queue_delay_ms / 1000)
+        self._storage_retry = StorageRetry(
+            self.events, self.stats, o.storage_retry_timeout_ms / 1e3
+        )
+        self.heartbeat_gaps = HeartbeatGaps()
+        """Gaps between the leader's heartbeats as this node, following, receives them."""
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -212,14 +220,24 @@ class Node(MembershipMethods):
         ``options.data_dir``, or in-memory storage when that is None.
         """
         if log_storage is None or meta is None:
-            log_storage, meta = await asyncio.to_thread(_open_storage, options)
-        assert log_storage is not None and meta is not None
+            log_storage, meta = await open_storage(options)
+        registration = await open_registration(options, transport, log_storage, meta)
         node = cls(options, machine, transport, log_storage, meta, rng=rng)
-        transport.register_group(options.group, node._on_message)
-        node._arm_timer(node._tick_base)
+        node.registration = registration
+        if registration is None:
+            node._join()
+        else:  # a new or wiped directory: its peers record this instance first
+            registration.begin(node.events.log, node._join, node._fatal)
         if node._core.conf.voters:
             await node._fsm.configuration_committed(node._core.conf_at(node._core.commit_index))
         return node
+
+    def _join(self) -> None:
+        """Take part in the group: step its messages, tick."""
+        if self.state is NodeState.RUNNING:
+            self.transport.register_group(self.group, self._on_message)
+            self._tick_base = self._loop.time()
+            self._arm_timer(self._tick_base)
 
     async def shutdown(self) -> None:
         """Stop: fail pending callers with `ShutdownError`, finish the write in
@@ -228,6 +246,7 @@ class Node(MembershipMethods):
             return
         was_error = self.state is NodeState.ERROR
         self.state = NodeState.STOPPING
+        self._storage_retry.abort()
         self._stop_participating()
         # Proposed entries may still commit on the other replicas: their outcome
         # is unknown. Only the not-yet-proposed queue gets ShutdownError.
@@ -243,6 +262,8 @@ class Node(MembershipMethods):
             self.events.log.error("a Ready did not finish in 10 s")
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
+        if self.registration is not None:
+            await self.registration.close()
         if not was_error:
             await self._fsm.shutdown()
         with contextlib.suppress(Exception):
@@ -292,9 +313,13 @@ class Node(MembershipMethods):
                 f"entry of {len(data)} bytes exceeds max_entry_bytes {self.options.max_entry_bytes}"
             )
         pending = len(self._queue) + len(self._waiting) + self._unwritten
-        if pending >= self.options.max_pending_proposals:
+        if pending >= self.options.max_pending_proposals or self._queue_delay.shedding:
             self.stats["overloaded"] += 1
-            raise OverloadedError(f"{pending} proposals pending; retry later")
+            raise OverloadedError(
+                self._queue_delay.reason(
+                    pending, self.options.max_pending_proposals, self._loop.time()
+                )
+            )
         # Copy only what could change under us (a bytearray, a memoryview).
         self._queue.append((data if type(data) is bytes else bytes(data), done))
         if not self._flush_scheduled:
@@ -356,32 +381,9 @@ class Node(MembershipMethods):
         return self._fsm.applied_index
 
     def status(self) -> dict[str, Any]:
-        """A snapshot of this node's state, for status pages and admin tools."""
-        core = self._core
-        st: dict[str, Any] = {
-            "id": self.id,
-            "group": self.group,
-            "state": self.state.value,
-            # A failed node no longer takes part, whatever its core last was.
-            "role": "error" if self.state is NodeState.ERROR else core.role.value,
-            "term": core.term,
-            "leader": core.leader,
-            "vote": core.vote,
-            "commit_index": core.commit_index,
-            "applied_index": self.applied_index,
-            "last_index": core.log.last_index(),
-            "first_index": core.log.first_index(),
-            "pending": len(self._queue) + len(self._waiting),
-            "leader_contact_ms": leader_contact_ms(self),
-            "voters": list(core.voters),
-            "learners": list(core.learners),
-            "stats": dict(self.stats),
-        }
-        if core.role is Role.LEADER:
-            st["peers"] = peer_progress(self)
-        if self.error is not None:
-            st["error"] = repr(self.error)
-        return st
+        """A snapshot of this node's state, for status pages and admin tools
+        (`pyjraft.node.describe.status_of`)."""
+        return status_of(self)
 
     def describe(self) -> dict[str, Any]:
         """Everything `status` says plus queue depths, timers, recent events and
@@ -399,8 +401,11 @@ class Node(MembershipMethods):
             if was_follower:
                 # Ticks a sleeping follower has not been given yet: the lease
                 # check and the election clock must be current before stepping.
-                self._catch_up(self._loop.time())
+                now = self._loop.time()
+                self._catch_up(now)
             core.step(msg)
+            if was_follower and type(msg) is Heartbeat and msg.src == core.leader:
+                self.heartbeat_gaps.heartbeat(msg.src, msg.term, now)
             if was_follower and core.role is not Role.FOLLOWER:
                 self._rearm_timer()
         except Exception as exc:
@@ -471,7 +476,15 @@ class Node(MembershipMethods):
 
     def _flush_proposals(self) -> None:
         self._flush_scheduled = False
-        queue, self._queue = self._queue, []
+        queue = self._queue
+        limit = self.options.max_proposals_per_turn
+        if len(queue) > limit:
+            # One bounded batch per loop turn; the rest after timers and sockets.
+            queue, self._queue = queue[:limit], queue[limit:]
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_proposals)
+        else:
+            self._queue = []
         if not queue:
             return
         if self.state is not NodeState.RUNNING:
@@ -493,6 +506,7 @@ class Node(MembershipMethods):
         )
         self.stats["proposals"] += len(queue)
         self.stats["batches"] += 1
+        self._queue_delay.proposed(last, self._loop.time())
         if self.metrics is not None:
             self.metrics.proposed(len(queue), last)
         self._send_eager()
@@ -533,8 +547,11 @@ class Node(MembershipMethods):
                 # One Ready per loop turn: a long catch-up (say, re-applying the
                 # log after a restart) must not starve heartbeats and votes. But a
                 # write may have committed entries a follower acknowledged first:
-                # those are applied now, not a loop turn later (the latency path).
-                wrote = bool(rd.entries) and core.log.has_next_committed()
+                # those are applied now, not a loop turn later (the latency path),
+                # unless this Ready applied some already (one apply batch a turn).
+                wrote = (
+                    bool(rd.entries) and not rd.committed_entries and core.log.has_next_committed()
+                )
             else:
                 self._schedule_drive()
                 return
@@ -568,7 +585,7 @@ class Node(MembershipMethods):
         return True
 
     def _resumed(self, fut: asyncio.Future[Any]) -> None:
-        # What the handler waited for is done: go on, then on to the next Ready.
+        # What the handler waited for is done: go on, then (next turn) to the next Ready.
         if fut.cancelled():
             self._resume(None, asyncio.CancelledError())
         elif fut.exception() is not None:
@@ -576,7 +593,7 @@ class Node(MembershipMethods):
         else:
             self._resume(fut.result(), None)
         if self._handling is None:
-            self._drive()
+            self._schedule_drive()  # not now: this Ready may have applied a batch
 
     def _handle(self, rd: Ready) -> Generator[Awaitable[Any] | None, Any, None]:
         """Handle one Ready; yields what it must wait for (see the module doc)."""
@@ -619,11 +636,14 @@ class Node(MembershipMethods):
                         self._written(None)
                     # Whatever is queued for the network must not wait for the disk.
                     self.transport.flush()
-                    self._persist(hard_state, entries)
+                    # Out of file descriptors: retried, this Ready waiting (storage_retry).
+                    yield from self._storage_retry.run(self._persist, hard_state, entries)
                     self.stats["syncs"] += 1
                     if hard_state is not None:
                         self.events.hard_state(hard_state)
             except Exception as exc:
+                if isinstance(exc, NodeStorageError):
+                    raise
                 raise NodeStorageError(f"storage write failed: {exc!r}") from exc
         committed = rd.committed_entries
         if rd.messages and not pipelined:
@@ -636,23 +656,13 @@ class Node(MembershipMethods):
             metrics = self.metrics
             if metrics is not None and self._core.role is Role.LEADER:
                 metrics.committed(rd.commit_index)
-            all_normal = set(map(_TYPE, committed)) == _NORMAL_ONLY
-            user = committed if all_normal else [e for e in committed if e.type == _NORMAL]
-            results: list[Any] = []
-            if user:
-                t0 = _clock() if metrics is not None else 0.0
-                applied = self._fsm.apply_now(user)
-                if isinstance(applied, list):
-                    results = applied
-                else:
-                    results = yield applied
-                if metrics is not None:
-                    metrics.applied(t0)
-            self._complete(committed, user, all_normal, results)
-            if not all_normal:
-                for e in committed:
-                    if e.type == _CONFIG:
-                        yield self._fsm.configuration_committed(conf_codec.decode(e.data))
+            step = self.options.max_applies_per_turn
+            for start in range(0, len(committed), step):
+                if start:  # bounded work per loop turn: heartbeats and votes go first
+                    yield next_turn(self._loop)
+                    if self.state is not NodeState.RUNNING:
+                        return
+                yield from self._apply(committed[start : start + step])
             if not self._leader_started and self._core.role is Role.LEADER:
                 term = self._core.term
                 if any(e.type == _NOOP and e.term == term for e in committed):
@@ -663,6 +673,30 @@ class Node(MembershipMethods):
             self._core.advance(rd)
         # advance may have committed our own entries (leader counted itself).
         self._send_eager()
+
+    def _apply(self, entries: list[Entry]) -> Generator[Awaitable[Any] | None, Any, None]:
+        """Apply committed ``entries`` and settle their callers (part of `_handle`)."""
+        metrics = self.metrics
+        all_normal = set(map(_TYPE, entries)) == _NORMAL_ONLY
+        user = entries if all_normal else [e for e in entries if e.type == _NORMAL]
+        results: list[Any] = []
+        if user:
+            t0 = _clock() if metrics is not None else 0.0
+            applied = self._fsm.apply_now(user)
+            if isinstance(applied, list):
+                results = applied
+            else:
+                results = yield applied
+            if metrics is not None:
+                metrics.applied(t0)
+        self._complete(entries, user, all_normal, results)
+        if not all_normal:
+            for e in entries:
+                if e.type == _CONFIG:
+                    conf = conf_codec.decode(e.data)
+                    if self.registration is not None and not conf.voters_outgoing:
+                        self.registration.forget_removed(conf_codec.members(conf))
+                    yield self._fsm.configuration_committed(conf)
 
     def _written(self, _fut: asyncio.Future[None] | None) -> None:
         """Writes of the writer thread finished: advance their Readies, in order,
@@ -717,6 +751,7 @@ class Node(MembershipMethods):
         waiting = self._waiting
         if not waiting:
             return
+        self._queue_delay.applied(entries[-1].index, self._loop.time())
         pop = waiting.pop
         if all_normal:
             pairs: Iterable[tuple[Entry, Any]] = zip(entries, results, strict=True)
@@ -793,6 +828,7 @@ class Node(MembershipMethods):
 
     def _fail_waiting(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, {}
+        self._queue_delay.clear()
         for _, done in waiting.values():
             done(None, exc)
 
@@ -811,27 +847,3 @@ _DONE = operator.itemgetter(1)
 def _fail_queue(queue: list[tuple[bytes, Done]], exc: BaseException) -> None:
     for _, done in queue:
         done(None, exc)
-
-
-def _open_storage(options: NodeOptions) -> tuple[LogStorage, MetaStorage]:
-    if options.data_dir is None:
-        from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
-
-        return MemoryLogStorage(), MemoryMetaStorage()
-    from pyjraft.storage.meta import FileMetaStorage
-    from pyjraft.storage.segment_log import SegmentLogStorage
-
-    base = os.path.join(options.data_dir, options.group)
-    log_storage = SegmentLogStorage(
-        os.path.join(base, "log"),
-        sync=options.sync,
-        segment_bytes=options.segment_bytes,
-        cache_bytes=options.log_cache_bytes,
-    )
-    return log_storage, FileMetaStorage(base)
-
-
-def peers_from(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """Parse ``"a:1,b:2"`` (or a sequence) into a tuple of peer addresses."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    return tuple(p.strip() for p in items if p.strip())

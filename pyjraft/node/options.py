@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyjraft.core.errors import ConfigError
@@ -23,6 +24,18 @@ class NodeOptions:
     """The raft group's name; many groups may share one transport."""
     data_dir: str | None = None
     """Directory for the log and term/vote; None keeps everything in memory (tests only)."""
+    cluster_id: str = "default"
+    """The cluster this member belongs to, written in its data directory's
+    identity (`pyjraft.storage.identity`) and checked at every start and by
+    its peers when it registers: a directory or a peer of another cluster is
+    refused."""
+    force_new_instance: bool = False
+    """Start on a data directory whose member its peers know as another
+    instance (its data was lost), and have them record this one instead.
+    RISKY: the member forgot the votes it cast and the entries it
+    acknowledged, so rejoining could elect a second leader in a term or
+    lose committed writes; see the README ("A member that lost its data").
+    Without it such a member refuses to start (`MemberDataLostError`)."""
     election_timeout_ms: int = 1000
     """Base election timeout; each election waits a random time in [t, 2t)."""
     heartbeat_ms: int = 100
@@ -43,8 +56,28 @@ class NodeOptions:
     """Proposals queued, awaiting commit or (with ``leader_write_thread``)
     awaiting the leader's own log write, beyond which `apply` fails fast with
     `OverloadedError` instead of growing memory."""
+    max_queue_delay_ms: int = 500
+    """A leader refuses new proposals with `OverloadedError` while its oldest
+    proposal still waiting to be applied has waited longer than this: load
+    is shed at the door, so the queue holds about this much work and callers
+    hear "overloaded" (retry) rather than wait past their timeouts (see
+    `pyjraft.node.turns`). 0 turns it off (``max_pending_proposals`` alone
+    then bounds the queue)."""
+    max_proposals_per_turn: int = 4096
+    """Queued proposals proposed per turn of the event loop (one batch); the
+    rest wait for the next turn, after timers and sockets had theirs."""
+    max_applies_per_turn: int = 4096
+    """Committed entries applied (and their callers answered) per turn of the
+    event loop; a longer run of them goes on in the next turn, so heartbeats
+    and votes are never starved by a backlog."""
     max_entry_bytes: int = 16 << 20
     """Largest accepted entry."""
+    storage_retry_timeout_ms: int = 30_000
+    """How long a log or term/vote write that failed for want of a file
+    descriptor (`pyjraft.storage.TransientStorageError`) is retried, with
+    backoff, before the node gives up (`NodeStorageError`); the node keeps
+    running meanwhile, its messages that depend on the write held back
+    (`pyjraft.node.storage_retry`)."""
     sync: bool = True
     """fdatasync before acknowledging. ``False`` is UNSAFE: an acknowledged write can
     be lost if a majority of machines lose power or crash together."""
@@ -101,6 +134,8 @@ class NodeOptions:
     def __post_init__(self) -> None:
         if not self.id:
             raise ConfigError("id must be set")
+        if not self.cluster_id or len(self.cluster_id.encode()) > 1024:
+            raise ConfigError("cluster_id must be a non-empty string of at most 1024 bytes")
         if self.id not in self.peers and not self.join:
             raise ConfigError(
                 f"id {self.id} must be one of peers {self.peers} (or join=True for a node "
@@ -122,6 +157,8 @@ class NodeOptions:
             "max_inflight_bytes",
             "apply_batch_bytes",
             "max_pending_proposals",
+            "max_proposals_per_turn",
+            "max_applies_per_turn",
             "max_entry_bytes",
             "segment_bytes",
         ):
@@ -135,6 +172,12 @@ class NodeOptions:
                 f"({self.election_timeout_ms}): the lease must end before anyone else can "
                 "be elected"
             )
+        if self.storage_retry_timeout_ms < 0:
+            raise ConfigError(
+                f"storage_retry_timeout_ms must be >= 0, got {self.storage_retry_timeout_ms}"
+            )
+        if self.max_queue_delay_ms < 0:
+            raise ConfigError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         if self.busy_poll_us < 0:
             raise ConfigError(f"busy_poll_us must be >= 0, got {self.busy_poll_us}")
         if self.log_cache_bytes < 0:
@@ -162,3 +205,9 @@ class NodeOptions:
         if not self.read_lease_ms:
             return 0
         return max(1, min(self.read_lease_ms // self.heartbeat_ms, self.election_ticks - 1))
+
+
+def peers_from(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """Parse ``"a:1,b:2"`` (or a sequence) into a tuple of peer addresses."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    return tuple(p.strip() for p in items if p.strip())

@@ -52,6 +52,16 @@ _NODE_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("applied", "pyjraft_applied_entries", "User entries applied to the state machine."),
     ("readies", "pyjraft_readies", "Ready batches handled."),
     ("timer_wakeups", "pyjraft_timer_wakeups", "Tick timer firings."),
+    (
+        "storage_retries",
+        "pyjraft_storage_retries",
+        "Storage writes retried after failing for want of a file descriptor.",
+    ),
+    (
+        "storage_stalls",
+        "pyjraft_storage_stalls",
+        "Storage writes that had to be retried at least once (file descriptors ran out).",
+    ),
 )
 
 _EVENT_COUNTERS: tuple[tuple[str, str, str], ...] = (
@@ -156,6 +166,14 @@ class RaftCollector(Collector):
             for lv, _, st in statuses:
                 g.add_metric(lv, st.get(key, 0))
             yield g
+        stalled = GaugeMetricFamily(
+            "pyjraft_storage_stalled_seconds",
+            "How long the storage write being retried has been failing (0: none is).",
+            labels=labels,
+        )
+        for lv, _, st in statuses:
+            stalled.add_metric(lv, st.get("storage_stalled_ms", 0.0) / 1000)
+        yield stalled
         role = GaugeMetricFamily(
             "pyjraft_role",
             "1 for the node's current role (error: the node failed).",
@@ -180,6 +198,16 @@ class RaftCollector(Collector):
                     hist: Histogram = getattr(n.metrics, attr)
                     h.add_metric(lv, _buckets(hist), hist.sum)
             yield h
+        gaps = HistogramMetricFamily(
+            "pyjraft_heartbeat_gap_seconds",
+            "Follower: time between two heartbeats of its leader (same term) as received; "
+            "an election starts when it reaches the election timeout.",
+            labels=labels,
+        )
+        for lv, n, _ in statuses:
+            gap_hist = n.heartbeat_gaps.histogram
+            gaps.add_metric(lv, _buckets(gap_hist), gap_hist.sum)
+        yield gaps
         peer_labels = [*labels, "peer"]
         for key, name, doc in _PEER_GAUGES:
             g = GaugeMetricFamily(name, doc, labels=peer_labels)

@@ -57,7 +57,9 @@ class ServerLimits:
     after the loop has run its timers (heartbeats) and other ready
     callbacks, so a flood cannot make one turn long. Large enough that a
     busy leader's turn (say a thousand pipelined requests) is not split,
-    which would split its batches."""
+    which would split its batches. Connections that carry raft frames have
+    a budget of their own of the same size (and of ``max_bytes_per_turn``),
+    so requests cannot starve the raft traffic of its turn."""
     max_bytes_per_turn: int = 8 << 20
     """Frame bytes handled per turn of the event loop (same rule; one frame
     is always handled, however large)."""

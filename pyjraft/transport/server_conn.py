@@ -31,7 +31,15 @@ spend is bounded, each bound checked where it is cheapest:
   (all connections together: `TcpTransport._turn_budget`), a connection
   stops reading, keeps the rest in ``buf`` and carries on in a callback of
   its own, after the loop has run whatever else was ready (timers,
-  heartbeats).
+  heartbeats). Connections that had to stop share the next turn's budget
+  equally (``max_frames_per_turn`` divided among them and one more), so a
+  connection with one request (a status query) is not made to wait while
+  a flood of others is read, turn after turn, round robin. Connections
+  that carry raft frames (peers) draw on a second budget of the same size:
+  a flood of requests, answered at once (say ``overloaded``) and so always
+  ready to read, would otherwise take every turn's budget before the
+  peers' connections got theirs, and a leader that cannot read its
+  followers' acknowledgements in time steps down.
 * *Requests in flight*: past ``max_requests_per_connection`` requests or
   ``max_request_bytes_in_flight`` bytes being served, the connection stops
   reading until one is answered.
@@ -88,6 +96,11 @@ class ServerConnection(asyncio.Protocol):
         """The node its certificate names (TLS); None in plaintext or for a client."""
         self.client_role = False
         """Whether its certificate is a client's: no raft frames."""
+        self.raft = False
+        """Whether it has carried raft frames (a peer's): it then draws on the
+        turn budget of raft traffic, which requests cannot exhaust."""
+        self.turn = -1  # the transport's turn whose share ``turn_frames`` counts
+        self.turn_frames = 0
         self.buf = bytearray()
         # Requests being served (tasks running a coroutine handler, or the
         # futures a handler returned), with their encoded sizes.
@@ -238,8 +251,18 @@ class ServerConnection(asyncio.Protocol):
         self.partial = None
         if not t._turn_started:
             t._new_turn_soon()
-        max_frames = t._turn_frames_left
-        max_bytes = t._turn_bytes_left
+        raft = self.raft
+        if raft:
+            max_frames = t._raft_frames_left
+            max_bytes = t._raft_bytes_left
+        else:
+            if self.turn != t._turn:
+                self.turn = t._turn
+                self.turn_frames = 0
+            # Its share of the turn: a flood of connections cannot keep one
+            # with a single request waiting for many turns.
+            max_frames = min(t._turn_frames_left, t._quantum - self.turn_frames)
+            max_bytes = t._turn_bytes_left
         lim = t._limits
         max_requests = lim.max_requests_per_connection
         max_request_bytes = lim.max_request_bytes_in_flight
@@ -275,6 +298,7 @@ class ServerConnection(asyncio.Protocol):
                 elif kind is _RAFT:
                     if self.client_role:
                         raise Refused("raft frame from a client certificate", "raft_from_clients")
+                    self.raft = True  # from the next call on (this one's budget is chosen)
                 else:
                     raise ProtocolError(f"unexpected {kind.name} frame on a server connection")
                 end = pos + HEADER_SIZE + body_len
@@ -304,8 +328,13 @@ class ServerConnection(asyncio.Protocol):
         finally:
             view.release()
             self.frames += count
-            t._turn_frames_left -= count
-            t._turn_bytes_left -= pos
+            if raft:
+                t._raft_frames_left -= count
+                t._raft_bytes_left -= pos
+            else:
+                t._turn_frames_left -= count
+                t._turn_bytes_left -= pos
+                self.turn_frames += count
         return pos
 
     def _request(self, body: memoryview) -> None:
@@ -429,6 +458,7 @@ class ServerConnection(asyncio.Protocol):
         if not self.yielded:
             self.yielded = True
             self.t.stats.turn_yields += 1
+            self.t._yielders += 1
             self._pause_reading()
             asyncio.get_running_loop().call_soon(self._continue)
 

@@ -186,6 +186,13 @@ class TcpTransport(HandlerRegistry):
         self._turn_started = False
         self._turn_frames_left = self._limits.max_frames_per_turn
         self._turn_bytes_left = self._limits.max_bytes_per_turn
+        self._raft_frames_left = self._limits.max_frames_per_turn
+        self._raft_bytes_left = self._limits.max_bytes_per_turn
+        # Fair shares of the request budget: the turn's number, connections
+        # that had to stop for the budget in it, each one's share of the next.
+        self._turn = 0
+        self._yielders = 0
+        self._quantum = self._limits.max_frames_per_turn
         self._rpc = RpcClient(tls=tls, max_frame_size=max_frame_size, stats=self.stats)
         self._closed = False
 
@@ -526,6 +533,13 @@ class TcpTransport(HandlerRegistry):
         self._turn_started = False
         self._turn_frames_left = self._limits.max_frames_per_turn
         self._turn_bytes_left = self._limits.max_bytes_per_turn
+        self._raft_frames_left = self._limits.max_frames_per_turn
+        self._raft_bytes_left = self._limits.max_bytes_per_turn
+        self._turn += 1
+        # Connections that wanted more than the budget last turn share this
+        # one's equally (the others' requests go first in it).
+        self._quantum = max(1, self._limits.max_frames_per_turn // (self._yielders + 1))
+        self._yielders = 0
 
     def _dispatch(self, msgs: list[Message], node_id: str | None) -> None:
         stats = self.stats

@@ -35,7 +35,12 @@ class KvCluster(CounterCluster):
             "--heartbeat-ms",
             str(self.heartbeat_ms),
             "--die-with-parent",
+            *(self.node_args(addr) if self.node_args else ()),
         ]
+        if self.tls_files:
+            f = self.tls_files[addr]
+            cmd += ["--tls-cert", str(f.cert), "--tls-key", str(f.key)]
+            cmd += ["--tls-ca", str(self.tls_files["ca"].cert)]
         with open(self.log_path(addr), "ab") as err:
             self.procs[addr] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=err)
 

@@ -78,9 +78,13 @@ class LocalCluster:
         seed: int,
         data_dir: str | None = None,
         machine: type[CounterMachine] = CounterMachine,
+        storage: Callable[[str], tuple[Any, Any]] | None = None,
         **options: Any,
     ) -> None:
+        """``storage(nid)``: the (log, meta) storage of node ``nid`` (default: by
+        ``data_dir``, or in memory)."""
         self.seed = seed
+        self.storage = storage
         self.machine_class = machine
         self.net = LocalNetwork(random.Random(seed))
         self.data_dir = data_dir
@@ -88,18 +92,25 @@ class LocalCluster:
         self.nodes: dict[str, Node] = {}
         self.machines: dict[str, CounterMachine] = {}
 
-    async def start(self, nid: str, join: bool = False) -> Node:
-        """Start ``nid``; ``join``: as a node the group is adding (not one of IDS)."""
+    async def start(self, nid: str, **overrides: Any) -> Node:
+        """Start (or restart) ``nid``; ``overrides`` are `NodeOptions` fields."""
         opts = NodeOptions(
             id=nid,
             peers=IDS,
             data_dir=f"{self.data_dir}/{nid}" if self.data_dir else None,
-            join=join,
-            **self.options,
+            **{**self.options, **overrides},
         )
         machine = self.machine_class()
         transport = LocalTransport(self.net, nid)
-        node = await Node.start(opts, machine, transport, rng=random.Random(f"{self.seed}{nid}"))
+        log_storage, meta = self.storage(nid) if self.storage else (None, None)
+        node = await Node.start(
+            opts,
+            machine,
+            transport,
+            rng=random.Random(f"{self.seed}{nid}"),
+            log_storage=log_storage,
+            meta=meta,
+        )
         self.nodes[nid] = node
         self.machines[nid] = machine
         return node

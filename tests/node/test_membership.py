@@ -235,3 +235,35 @@ def test_reset_peers_recovers_a_group_that_lost_its_majority_for_good() -> None:
             assert "conf_reset" in kinds
 
     run(main())
+
+
+def test_a_removed_member_added_back_on_a_new_directory_is_not_refused(tmp_path: object) -> None:
+    async def main() -> None:
+        import shutil
+
+        c = LocalCluster(seed=53, data_dir=str(tmp_path))
+        await c.start_all()
+        try:
+            leader = await c.leader()
+            await _write(leader, 2)
+            gone = next(n for n in IDS if n != leader.id)
+            await leader.remove_peer(gone)
+            await c.stop(gone)
+            shutil.rmtree(f"{tmp_path}/{gone}")
+            others = [n for n in IDS if n != gone]
+            await wait_for(
+                lambda: all(
+                    gone not in c.nodes[n].registration.hosted.registry.as_dict()  # type: ignore[union-attr]
+                    for n in others
+                ),
+                5,
+                "the others forget the removed member's instance",
+            )
+            await c.start(gone, join=True)
+            await leader.add_peer(gone)
+            await _write(leader, 1)
+            await wait_for(lambda: c.machines[gone].value == 3, 5, "re-added member applies")
+        finally:
+            await c.stop_all()
+
+    run(main())

@@ -86,6 +86,10 @@ def test_metrics_report_counters_gauges_histograms_and_peers() -> None:
             follower = {"group": "default", "node": peer}
             assert _value(s, "pyjraft_role", **follower, role="follower") == 1
             assert _value(s, "pyjraft_votes_granted_total", **follower) <= 1
+            assert _value(s, "pyjraft_heartbeat_gap_seconds_count", **follower) >= 0
+        assert _value(s, "pyjraft_heartbeat_gap_seconds_count", **lab) == 0
+        assert _value(s, "pyjraft_storage_retries_total", **lab) == 0
+        assert _value(s, "pyjraft_storage_stalled_seconds", **lab) == 0
         # The in-process transport exports its counters too, and the loop its lag.
         assert any(k[0] == "pyjraft_transport_messages_sent_total" for k in s)
         assert ("pyjraft_event_loop_lag_seconds_count", frozenset()) in s

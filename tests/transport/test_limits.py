@@ -384,3 +384,99 @@ def test_a_client_that_never_reads_its_answers_is_closed() -> None:
             writer.close()
 
     run(main, timeout=60)
+
+
+def test_a_request_flood_cannot_take_the_turns_of_raft_traffic() -> None:
+    """Requests answered at once (say ``overloaded``) keep their connection
+    readable; sharing one budget, they would take every turn before a peer's
+    connection got one (a leader then misses its followers' acknowledgements
+    and steps down). Raft traffic has a budget of its own."""
+
+    async def main() -> None:
+        async with server(max_frames_per_turn=4) as t:
+            loop = asyncio.get_running_loop()
+            served = 0
+            delivered: list[int] = []
+
+            def raft(i: int) -> bytes:
+                return encode_frame(Kind.RAFT, encode_messages([Heartbeat("g", 1, "a", "b", i)]))
+
+            def refuse(req: Any) -> asyncio.Future[Any]:
+                nonlocal served
+                served += 1
+                if served == 4:
+                    # The flood's first turn is spent: the peer's frame arrives
+                    # while the flood has 396 requests buffered.
+                    peer.write(raft(1))
+                fut: asyncio.Future[Any] = loop.create_future()
+                fut.set_result({"error": "overloaded"})
+                return fut
+
+            t.register_service("busy", refuse)
+            t.register_group("g", lambda m: delivered.append(served))
+            peer_reader, peer = await raw(t)
+            peer.write(raft(0))  # a peer's connection: it has carried raft frames
+            await eventually(lambda: len(delivered) == 1)
+            client_reader, client = await raw(t)
+            client.write(
+                b"".join(
+                    encode_frame(Kind.REQUEST, encode_request(i, "busy", None))
+                    for i in range(1, 401)
+                )
+            )
+            await eventually(lambda: len(delivered) == 2 and served == 400)
+            assert delivered[1] <= 8, f"the peer waited for {delivered[1]} requests"
+            assert t.stats.turn_yields >= 90
+            for w in (peer, client):
+                w.close()
+            del peer_reader, client_reader
+
+    run(main)
+
+
+def test_connections_share_a_turn_so_a_single_request_is_not_kept_waiting() -> None:
+    """Eight connections flood requests answered at once; a ninth sends one
+    (a status query). Round robin over the flood, it waited for many turns
+    of the others; with the turn shared among those who want more, it is
+    served within a turn or two."""
+
+    async def main() -> None:
+        async with server(max_frames_per_turn=16) as t:
+            loop = asyncio.get_running_loop()
+            served = 0
+            light_at: list[int] = []
+            light: list[asyncio.StreamWriter] = []
+
+            def busy(req: Any) -> asyncio.Future[Any]:
+                nonlocal served
+                served += 1
+                if served == 200:  # every flooding connection has had to stop by now
+                    light[0].write(encode_frame(Kind.REQUEST, encode_request(1, "light", None)))
+                    light_at.append(served)
+                fut: asyncio.Future[Any] = loop.create_future()
+                fut.set_result(None)
+                return fut
+
+            def answer_light(req: Any) -> asyncio.Future[Any]:
+                light_at.append(served)
+                fut: asyncio.Future[Any] = loop.create_future()
+                fut.set_result(None)
+                return fut
+
+            t.register_service("busy", busy)
+            t.register_service("light", answer_light)
+            _, light_writer = await raw(t)
+            light.append(light_writer)
+            flood = [await raw(t) for _ in range(8)]
+            frames = b"".join(
+                encode_frame(Kind.REQUEST, encode_request(i, "busy", None)) for i in range(400)
+            )
+            for _, w in flood:
+                w.write(frames)
+            await eventually(lambda: served == 3200 and len(light_at) == 2)
+            waited = light_at[1] - light_at[0]
+            assert waited <= 48, f"the single request waited for {waited} others"
+            for _, w in [*flood, (None, light_writer)]:
+                w.close()
+
+    run(main)
