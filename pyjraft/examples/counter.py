@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -58,7 +59,14 @@ from pyjraft.client import (
     serve_apply,
 )
 from pyjraft.core.types import Entry
-from pyjraft.node import Node, NodeOptions, StateMachine, peers_from
+from pyjraft.node import (
+    Node,
+    NodeOptions,
+    SnapshotReader,
+    SnapshotWriter,
+    StateMachine,
+    peers_from,
+)
 from pyjraft.node.loop import run as run_on_best_loop
 from pyjraft.node.loop import tune_gc
 from pyjraft.ops import FORMATS, OpsServer, install_describe_signal, setup_logging
@@ -70,6 +78,8 @@ log = logging.getLogger("pyjraft.examples.counter")
 COUNTER_SERVICE = "counter"
 """The RPC service serving increments and reads."""
 STATUS_SERVICE = "status"
+SNAPSHOT_FILE = "value"
+"""The one file of a counter snapshot: the value, in decimal."""
 """The RPC service answering `Node.status` plus ``value`` (the local counter)."""
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -100,7 +110,8 @@ class CounterStateMachine(StateMachine):
 
     ``value`` is the counter; each entry's result is the value after it. An
     invalid entry (never proposed by the service, which validates first)
-    leaves the value alone and yields None.
+    leaves the value alone and yields None. Snapshots are one file,
+    ``value``, holding the integer in decimal.
     """
 
     def __init__(self) -> None:
@@ -123,6 +134,23 @@ class CounterStateMachine(StateMachine):
             out.append(value)
         self.value = value
         return out
+
+    def on_snapshot_save(self, writer: SnapshotWriter) -> Callable[[], None]:
+        """Capture the value (an int: the capture is the copy) and return the
+        write of its file, which the node runs on a worker thread."""
+        value = self.value
+        path = os.path.join(writer.directory, SNAPSHOT_FILE)
+
+        def write() -> None:
+            with open(path, "w", encoding="ascii") as f:
+                f.write(str(value))
+
+        return write
+
+    def on_snapshot_load(self, reader: SnapshotReader) -> None:
+        """Replace the value with the snapshot's."""
+        with open(os.path.join(reader.directory, SNAPSHOT_FILE), encoding="ascii") as f:
+            self.value = int(f.read(4096))
 
 
 def _replied(reply: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
@@ -268,6 +296,7 @@ async def _serve(args: argparse.Namespace) -> int:
         heartbeat_ms=heartbeat,
         sync=not args.unsafe_no_sync,
         metrics=args.http is not None,
+        **snapshot_options(args),
     )
     hosted: list[Node] = []
     # Before anything slow: SIGUSR2's default action would kill the process.
@@ -404,6 +433,7 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
         help="skip fdatasync (UNSAFE: acknowledged writes can be lost on power failure)",
     )
     add_tls_arguments(s, server=True)
+    add_snapshot_arguments(s)
     s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     add_ops_arguments(s)
     s.add_argument(
@@ -425,6 +455,43 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
     cs.add_parser("get", help="print the value (linearizable)")
     cs.add_parser("status", help="print each replica's role, term, leader and applied index")
     return p
+
+
+_SNAPSHOT_ARGS = (
+    (
+        "--snapshot-every",
+        "snapshot_every_entries",
+        int,
+        "snapshot every N applied entries (0: off)",
+    ),
+    ("--snapshot-interval-s", "snapshot_interval_s", float, "and every S seconds (0: off)"),
+    ("--snapshot-log-margin", "snapshot_log_margin", int, "log entries kept behind a snapshot"),
+    ("--snapshot-chunk-bytes", "snapshot_chunk_bytes", int, "bytes per install request"),
+    ("--snapshot-throttle-bytes", "snapshot_throttle_bytes", int, "install bytes/s (0: no limit)"),
+    (
+        "--snapshot-transfer-timeout-ms",
+        "snapshot_transfer_timeout_ms",
+        int,
+        "abandon an install without progress for this long",
+    ),
+)
+
+
+def add_snapshot_arguments(p: argparse.ArgumentParser) -> None:
+    """The snapshot options of a server command (each defaults to `NodeOptions`'s)."""
+    for flag, field, kind, text in _SNAPSHOT_ARGS:
+        default = NodeOptions.__dataclass_fields__[field].default
+        p.add_argument(flag, type=kind, default=None, help=f"{text} (default: {default})")
+
+
+def snapshot_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `NodeOptions` fields the snapshot arguments set."""
+    out = {}
+    for flag, field, _, _ in _SNAPSHOT_ARGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out[field] = value
+    return out
 
 
 def add_ops_arguments(p: argparse.ArgumentParser) -> None:

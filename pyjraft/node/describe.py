@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from pyjraft.core.types import Role
+
 if TYPE_CHECKING:
     from pyjraft.node.node import Node
 
@@ -51,6 +53,36 @@ def peer_progress(node: Node) -> dict[str, dict[str, Any]]:
         for p, pr in core.progress.items()
         if p != node.id
     }
+
+
+def node_status(node: Node) -> dict[str, Any]:
+    """`Node.status`: role, term, leader, log indexes, peers, snapshots, counters."""
+    core = node._core
+    st: dict[str, Any] = {
+        "id": node.id,
+        "group": node.group,
+        "state": node.state.value,
+        # A failed node no longer takes part, whatever its core last was.
+        "role": "error" if node.state.value == "error" else core.role.value,
+        "term": core.term,
+        "leader": core.leader,
+        "vote": core.vote,
+        "commit_index": core.commit_index,
+        "applied_index": node.applied_index,
+        "last_index": core.log.last_index(),
+        "first_index": core.log.first_index(),
+        "pending": len(node._queue) + len(node._waiting),
+        "leader_contact_ms": leader_contact_ms(node),
+        "voters": list(core.voters),
+        "learners": list(core.learners),
+        "stats": dict(node.stats),
+        "snapshot": node._snapshots.status(),
+    }
+    if core.role is Role.LEADER:
+        st["peers"] = peer_progress(node)
+    if node.error is not None:
+        st["error"] = repr(node.error)
+    return st
 
 
 def describe_node(node: Node) -> dict[str, Any]:

@@ -29,7 +29,9 @@ state machine callback that returns an awaitable, a former leader's writes),
 the generator yields the awaitable and is resumed when it is done. One
 `Ready` is handled at a time, one per loop turn (a long catch-up must not
 starve timers and messages). What arrives during an inline fdatasync waits in
-the socket buffers and goes into the next `Ready`: group commit.
+the socket buffers and goes into the next `Ready`: group commit. Snapshots
+(`pyjraft.node.snapshots`) ride the same pipeline: a restored snapshot is
+installed first in its `Ready`, a snapshot is captured right after an apply.
 
 A caller's future (or `submit` callback) resolves when its entry is applied
 on this node (hence durable on a majority, hence committed). If leadership
@@ -47,7 +49,6 @@ import contextlib
 import enum
 import logging
 import operator
-import os
 import random
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from functools import partial
@@ -62,7 +63,7 @@ from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import NONE, ConfState, Entry, EntryType, HardState, Role, SoftState
 from pyjraft.node import busy_poll
-from pyjraft.node.describe import describe_node, leader_contact_ms, peer_progress
+from pyjraft.node.describe import describe_node, node_status
 from pyjraft.node.errors import (
     LeadershipLostError,
     NodeStorageError,
@@ -75,9 +76,13 @@ from pyjraft.node.fsm_caller import FSMCaller
 from pyjraft.node.metrics import NodeMetrics
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
+from pyjraft.node.snapshot_start import Recovered, open_storage
+from pyjraft.node.snapshots import CompactedLogView, NodeSnapshots
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
 from pyjraft.node.writer import LogWriter, settle
 from pyjraft.storage.api import LogStorage, MetaStorage
+from pyjraft.storage.snapshot import SnapshotStorage
+from pyjraft.storage.snapshot_manifest import SnapshotManifest
 from pyjraft.transport.base import Transport
 
 log = logging.getLogger("pyjraft.node")
@@ -114,12 +119,18 @@ class Node:
         meta: MetaStorage,
         *,
         rng: random.Random | None = None,
+        snapshots: SnapshotStorage | None = None,
+        recovered: Recovered | None = None,
     ) -> None:
         self.options = options
         self.transport = transport
         self._log = log_storage
         self._meta = meta
         self._fsm = FSMCaller(machine)
+        recovered = recovered or Recovered(log_storage, meta, None, None, 0, False, False)
+        self._fsm.applied_index = recovered.applied
+        # The core reads the log through this view: compaction moves its start first.
+        view = self._log_view = CompactedLogView(log_storage)
         o = options
         config = CoreConfig(
             id=o.id,
@@ -135,7 +146,8 @@ class Node:
             max_bytes_per_msg=o.max_bytes_per_append,
             max_apply_bytes=o.apply_batch_bytes,
         )
-        self._core = RaftCore(config, log_storage, meta.load(), rng or random.Random())
+        rng, snap, applied = rng or random.Random(), recovered.core_snapshot, recovered.applied
+        self._core = RaftCore(config, view, meta.load(), rng, snapshot=snap, applied=applied)
         self.state = NodeState.RUNNING
         self.error: BaseException | None = None
         self._queue: list[tuple[bytes, Done]] = []
@@ -183,6 +195,7 @@ class Node:
             "bad_messages": 0,
         }
         self._bad_log = RateLimitedLog(log, per_second=5)
+        self._snapshots = NodeSnapshots(self, snapshots, recovered)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -196,17 +209,21 @@ class Node:
         log_storage: LogStorage | None = None,
         meta: MetaStorage | None = None,
         rng: random.Random | None = None,
+        snapshots: SnapshotStorage | None = None,
     ) -> Node:
-        """Open storage (recovering term, vote and log), join the transport, start.
+        """Open storage (recovering term, vote and log, and loading the newest
+        valid snapshot: `pyjraft.node.snapshot_start`), join the transport, start.
 
-        Storage defaults to `SegmentLogStorage` and `FileMetaStorage` under
-        ``options.data_dir``, or in-memory storage when that is None.
+        Storage defaults to `SegmentLogStorage`, `FileMetaStorage` and
+        `SnapshotStorage` under ``options.data_dir/<group>``, or in-memory
+        storage (and no snapshots) when that is None.
         """
-        if log_storage is None or meta is None:
-            log_storage, meta = await asyncio.to_thread(_open_storage, options)
-        assert log_storage is not None and meta is not None
-        node = cls(options, machine, transport, log_storage, meta, rng=rng)
+        o = await open_storage(options, machine, log_storage, meta, snapshots, log)
+        node = cls(
+            options, machine, transport, o.log, o.meta, rng=rng, snapshots=o.snapshots, recovered=o
+        )
         transport.register_group(options.group, node._on_message)
+        node._snapshots.start()
         node._arm_timer(node._tick_base)
         await node._fsm.configuration_committed(ConfState(voters=options.peers))
         return node
@@ -231,6 +248,7 @@ class Node:
             await asyncio.wait_for(self._idle.wait(), 10.0)
         except TimeoutError:
             self.events.log.error("a Ready did not finish in 10 s")
+        await self._snapshots.close()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
         if not was_error:
@@ -291,6 +309,13 @@ class Node:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_proposals)
 
+    async def snapshot(self) -> SnapshotManifest:
+        """Take a snapshot of what is applied now (after the one in progress, if
+        any: never two at once), then compact the log; returns its metadata once
+        published. See `pyjraft.node.snapshots.NodeSnapshots.snapshot`."""
+        self._check_running()
+        return await self._snapshots.snapshot()
+
     @property
     def id(self) -> str:
         """This member's address."""
@@ -327,32 +352,9 @@ class Node:
         return self._fsm.applied_index
 
     def status(self) -> dict[str, Any]:
-        """A snapshot of this node's state, for status pages and admin tools."""
-        core = self._core
-        st: dict[str, Any] = {
-            "id": self.id,
-            "group": self.group,
-            "state": self.state.value,
-            # A failed node no longer takes part, whatever its core last was.
-            "role": "error" if self.state is NodeState.ERROR else core.role.value,
-            "term": core.term,
-            "leader": core.leader,
-            "vote": core.vote,
-            "commit_index": core.commit_index,
-            "applied_index": self.applied_index,
-            "last_index": core.log.last_index(),
-            "first_index": core.log.first_index(),
-            "pending": len(self._queue) + len(self._waiting),
-            "leader_contact_ms": leader_contact_ms(self),
-            "voters": list(core.voters),
-            "learners": list(core.learners),
-            "stats": dict(self.stats),
-        }
-        if core.role is Role.LEADER:
-            st["peers"] = peer_progress(self)
-        if self.error is not None:
-            st["error"] = repr(self.error)
-        return st
+        """A snapshot of this node's state, for status pages and admin tools
+        (`pyjraft.node.describe.node_status`)."""
+        return node_status(self)
 
     def describe(self) -> dict[str, Any]:
         """Everything `status` says plus queue depths, timers, recent events and
@@ -482,7 +484,11 @@ class Node:
     def _drive(self) -> None:
         self._drive_scheduled = False
         core = self._core
-        if self._handling is None and self.state is NodeState.RUNNING and core.has_ready():
+        if (
+            self._handling is None
+            and self.state is NodeState.RUNNING
+            and (core.has_ready() or self._snapshots.wants_save())
+        ):
             self._idle.clear()
             wrote = True
             while wrote:
@@ -551,6 +557,12 @@ class Node:
             yield self._on_soft_state(rd.soft_state)
         if rd.eager_messages:
             self.transport.send(rd.eager_messages)
+        if rd.snapshots_to_send:
+            self._snapshots.send(rd.snapshots_to_send)
+        if rd.snapshot is not None:
+            # Installed before anything else of this Ready (the contract's step 2).
+            yield from self._storage_idle()
+            yield from self._snapshots.install_steps(rd.snapshot)
         pipelined = False
         if rd.must_sync:
             hard_state = rd.hard_state
@@ -567,12 +579,7 @@ class Node:
                     fut.add_done_callback(self._written)
                     pipelined = True
                 else:
-                    if self._writes:
-                        # A former leader's writes go first: storage has one
-                        # writer at a time, in order; and their Readies advance
-                        # before this one.
-                        yield self._writes[-1][1]
-                        self._written(None)
+                    yield from self._storage_idle()
                     # Whatever is queued for the network must not wait for the disk.
                     self.transport.flush()
                     self._persist(hard_state, entries)
@@ -611,10 +618,25 @@ class Node:
                     # Everything before our no-op is applied: the machine is current.
                     self._leader_started = True
                     yield self._fsm.leader_start(term)
+        if self._snapshots.due():
+            # Between applies: the machine holds exactly what it applied so far.
+            yield from self._snapshots.save_steps()
         if not pipelined:
             self._core.advance(rd)
         # advance may have committed our own entries (leader counted itself).
         self._send_eager()
+
+    def _storage_idle(self) -> Generator[Awaitable[Any] | None, Any, None]:
+        """Wait until nobody else writes the log: storage has one writer at a time."""
+        if self._writes:
+            # A former leader's writes go first, in order; and their Readies
+            # advance before this one.
+            yield self._writes[-1][1]
+            self._written(None)
+        compacting = self._snapshots.compacting
+        if compacting is not None:
+            # A compaction on the writer thread; its failure is handled there.
+            yield asyncio.wait([compacting])
 
     def _written(self, _fut: asyncio.Future[None] | None) -> None:
         """Writes of the writer thread finished: advance their Readies, in order,
@@ -707,6 +729,15 @@ class Node:
         if following_new and (not following_old or old.leader != soft.leader):
             await self._fsm.start_following(LeaderChangeContext(soft.leader, soft.term))
 
+    def _kick(self) -> None:
+        """Send and drive what a snapshot transfer's end or restore produced."""
+        if self.state is NodeState.RUNNING:
+            self._send_eager()
+            self._schedule_drive()
+
+    def _running(self) -> bool:
+        return self.state is NodeState.RUNNING
+
     # -- failure -------------------------------------------------------------
 
     def _check_running(self) -> None:
@@ -758,24 +789,6 @@ _DONE = operator.itemgetter(1)
 def _fail_queue(queue: list[tuple[bytes, Done]], exc: BaseException) -> None:
     for _, done in queue:
         done(None, exc)
-
-
-def _open_storage(options: NodeOptions) -> tuple[LogStorage, MetaStorage]:
-    if options.data_dir is None:
-        from pyjraft.storage.memory import MemoryLogStorage, MemoryMetaStorage
-
-        return MemoryLogStorage(), MemoryMetaStorage()
-    from pyjraft.storage.meta import FileMetaStorage
-    from pyjraft.storage.segment_log import SegmentLogStorage
-
-    base = os.path.join(options.data_dir, options.group)
-    log_storage = SegmentLogStorage(
-        os.path.join(base, "log"),
-        sync=options.sync,
-        segment_bytes=options.segment_bytes,
-        cache_bytes=options.log_cache_bytes,
-    )
-    return log_storage, FileMetaStorage(base)
 
 
 def peers_from(spec: str | Sequence[str]) -> tuple[str, ...]:
