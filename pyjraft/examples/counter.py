@@ -111,11 +111,14 @@ class CounterStateMachine(StateMachine):
     ``value`` is the counter; each entry's result is the value after it. An
     invalid entry (never proposed by the service, which validates first)
     leaves the value alone and yields None. Snapshots are one file,
-    ``value``, holding the integer in decimal.
+    ``value``, holding the integer in decimal (and, with ``padding``, a file
+    of that many bytes that means nothing: tests use it to make installs
+    long).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, padding: int = 0) -> None:
         self.value = 0
+        self.padding = padding
 
     def on_apply(self, entries: Sequence[Entry]) -> list[int | None]:
         """Apply each entry in order; return the value after each (None if invalid)."""
@@ -139,11 +142,16 @@ class CounterStateMachine(StateMachine):
         """Capture the value (an int: the capture is the copy) and return the
         write of its file, which the node runs on a worker thread."""
         value = self.value
-        path = os.path.join(writer.directory, SNAPSHOT_FILE)
+        directory = writer.directory
+        padding = self.padding
 
         def write() -> None:
-            with open(path, "w", encoding="ascii") as f:
+            with open(os.path.join(directory, SNAPSHOT_FILE), "w", encoding="ascii") as f:
                 f.write(str(value))
+            if padding:
+                with open(os.path.join(directory, "padding"), "wb") as f:
+                    for left in range(padding, 0, -(1 << 20)):
+                        f.write(os.urandom(min(left, 1 << 20)))
 
         return write
 
@@ -180,6 +188,7 @@ class CounterServer:
         *,
         tls: TlsConfig | None = None,
         insecure_plaintext: bool = False,
+        snapshot_padding: int = 0,
     ) -> CounterServer:
         """Listen on ``options.id``, register the services, start the node.
 
@@ -195,7 +204,7 @@ class CounterServer:
         transport = await TcpTransport.start(
             host, port, tls=tls, insecure_plaintext=insecure_plaintext
         )
-        server = cls(CounterStateMachine(), transport)
+        server = cls(CounterStateMachine(snapshot_padding), transport)
         transport.register_service(COUNTER_SERVICE, server.handle_counter)
         transport.register_service(STATUS_SERVICE, server.handle_status)
         try:
@@ -304,7 +313,10 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         tls = TlsConfig.from_args(args.tls_cert, args.tls_key, args.tls_ca)
         server = await CounterServer.start(
-            options, tls=tls, insecure_plaintext=args.insecure_plaintext
+            options,
+            tls=tls,
+            insecure_plaintext=args.insecure_plaintext,
+            snapshot_padding=args.snapshot_padding_bytes,
         )
     except (InsecureBindError, ValueError, OSError) as e:
         log.error("cannot start: %s", e)
@@ -434,6 +446,7 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
     )
     add_tls_arguments(s, server=True)
     add_snapshot_arguments(s)
+    s.add_argument("--snapshot-padding-bytes", type=int, default=0, help=argparse.SUPPRESS)
     s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     add_ops_arguments(s)
     s.add_argument(
