@@ -214,6 +214,8 @@ class Cluster:
             argv.append(f"--leader-write-thread={args.leader_write_thread}")
             if args.busy_poll_us is not None:
                 argv.append(f"--busy-poll-us={args.busy_poll_us}")
+            if args.snapshot_every is not None:
+                argv.append(f"--snapshot-every={args.snapshot_every}")
             if not args.tune_gc:
                 argv.append("--no-tune-gc")
             if args.metrics:
@@ -1187,6 +1189,14 @@ def parse_args(
         metavar="US",
         help="NodeOptions.busy_poll_us: a leader polls this long after sending entries "
         "(default: the library's default, off)",
+    )
+    ap.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="NodeOptions.snapshot_every_entries of the nodes, 0: no snapshots (default: the "
+        "library's default; the benchmark's state machine saves a small file)",
     )
     ap.add_argument(
         "--no-tune-gc",

@@ -480,6 +480,13 @@ _SNAPSHOT_ARGS = (
     ("--snapshot-interval-s", "snapshot_interval_s", float, "and every S seconds (0: off)"),
     ("--snapshot-log-margin", "snapshot_log_margin", int, "log entries kept behind a snapshot"),
     ("--snapshot-chunk-bytes", "snapshot_chunk_bytes", int, "bytes per install request"),
+    ("--snapshot-window", "snapshot_window", int, "install requests in flight"),
+    (
+        "--snapshot-write-rate",
+        "snapshot_write_bytes_per_s",
+        int,
+        "bytes/s a new snapshot is flushed at (0: no limit)",
+    ),
     ("--snapshot-throttle-bytes", "snapshot_throttle_bytes", int, "install bytes/s (0: no limit)"),
     (
         "--snapshot-transfer-timeout-ms",

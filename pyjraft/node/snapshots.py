@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING, Any
 from pyjraft.core.log_reader import LogUnavailableError
 from pyjraft.core.types import ConfState, Entry, SnapshotMeta
 from pyjraft.node.errors import NodeStorageError, ShutdownError, StateMachineError
-from pyjraft.node.snapshot_install import SnapshotInstaller
+from pyjraft.node.ioprio import idle_io
+from pyjraft.node.snapshot_install import Install, SnapshotInstaller
 from pyjraft.node.snapshot_send import SnapshotSender
 from pyjraft.node.snapshot_start import Recovered, reader_for
 from pyjraft.node.snapshot_wire import (
@@ -64,6 +65,7 @@ from pyjraft.node.snapshot_wire import (
     SnapshotService,
 )
 from pyjraft.node.state_machine import SnapshotWriter, StateMachine
+from pyjraft.node.writeback import pace_writeback
 from pyjraft.storage.api import LogStorage, StorageError, TransientStorageError
 from pyjraft.storage.snapshot import SnapshotStorage
 from pyjraft.storage.snapshot_manifest import SnapshotManifest
@@ -121,12 +123,19 @@ def _retry_transient(fn: Callable[[], Any]) -> Any:
 
 
 def _write_and_commit(
-    session: SnapshotWriteSession, writer: SnapshotWriter, write: Callable[[], None] | None
+    session: SnapshotWriteSession,
+    writer: SnapshotWriter,
+    write: Callable[[], None] | None,
+    rate: int,
 ) -> SnapshotManifest:
-    """The worker thread's part of a save: the machine's writing, then publication."""
-    if write is not None:
-        write()
-    return _retry_transient(partial(session.commit, writer.user_meta))  # type: ignore[no-any-return]
+    """The worker thread's part of a save: the machine's writing, the files handed
+    to the disk at ``rate`` (`pyjraft.node.writeback`), then publication; in the
+    idle I/O class (`pyjraft.node.ioprio`): the log's writes go first."""
+    with idle_io():
+        if write is not None:
+            write()
+        pace_writeback(session.directory, rate)
+        return _retry_transient(partial(session.commit, writer.user_meta))  # type: ignore[no-any-return]
 
 
 def _finish_install(session: SnapshotInstallSession) -> SnapshotManifest:
@@ -150,6 +159,7 @@ class NodeSnapshots:
         self._every = o.snapshot_every_entries if self.can_save else 0
         self._interval = o.snapshot_interval_s if self.can_save else 0.0
         self._margin = o.snapshot_log_margin
+        self._write_rate = o.snapshot_write_bytes_per_s
         self._retry_at = 0  # after a failed save: no count-triggered save before this
         self.requested = False
         """A snapshot was asked for (timer, `Node.snapshot`) and not yet started."""
@@ -157,6 +167,7 @@ class NodeSnapshots:
         self._waiters: list[asyncio.Future[SnapshotManifest]] = []
         self.compacting: asyncio.Future[None] | None = None
         """The log compaction running on the writer thread, if any."""
+        self._installing = False  # while a Ready installs a snapshot, no compaction
         self._compact_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.sender = (
@@ -266,6 +277,7 @@ class NodeSnapshots:
         session: SnapshotWriteSession | None = None
         try:
             session = self.storage.begin(index, term, conf)
+            self._dbg_begin = time.perf_counter() - t0
             writer = SnapshotWriter(index, term, conf, session.directory)
             result = node._fsm.machine.on_snapshot_save(writer)
             if inspect.isawaitable(result):
@@ -295,7 +307,9 @@ class NodeSnapshots:
     ) -> None:
         node = self._node
         try:
-            manifest = await asyncio.to_thread(_write_and_commit, session, writer, write)
+            manifest = await asyncio.to_thread(
+                _write_and_commit, session, writer, write, self._write_rate
+            )
         except BaseException as exc:
             with contextlib.suppress(BaseException):
                 await asyncio.to_thread(session.abort)
@@ -318,6 +332,7 @@ class NodeSnapshots:
             "bytes": manifest.total_size,
             "files": len(manifest.files),
             "pause_ms": round(pause * 1000, 3),
+            "begin_ms": round(getattr(self, "_dbg_begin", 0) * 1000, 3),
             "duration_ms": round(elapsed * 1000, 3),
             "time": time.time(),
         }
@@ -398,7 +413,7 @@ class NodeSnapshots:
     def _compact(self) -> None:
         """Drop the log up to the newest snapshot minus the margin."""
         node = self._node
-        if self.compacting is not None or not node._running():
+        if self.compacting is not None or self._installing or not node._running():
             return
         log = node._log
         keep = self.index - self._margin
@@ -467,10 +482,19 @@ class NodeSnapshots:
         """Install the snapshot ``Ready.snapshot`` names: publish it, reset the log
         after it, load it into the machine; yields what the `Ready` handler must
         wait for. Raises `NodeStorageError` or `StateMachineError` (fatal)."""
-        node = self._node
         assert self.installer is not None and self.storage is not None
         inst = self.installer.take(meta)
         assert inst.session is not None
+        self._installing = True
+        try:
+            yield from self._install(inst, meta)
+        finally:
+            self._installing = False
+        self._compact()
+
+    def _install(self, inst: Install, meta: SnapshotMeta) -> Generator[Any, Any, None]:
+        node = self._node
+        assert inst.session is not None and self.storage is not None
         try:
             manifest = yield asyncio.to_thread(_finish_install, inst.session)
             for attempt in range(_TRANSIENT_RETRIES):
