@@ -37,11 +37,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pyjraft.transport.base import Transport
+from pyjraft.transport.limits import DEFAULT_MAX_REQUEST_BYTES
 
 SERVICE = "raft.snapshot"
 """The RPC service name, shared by every group of a transport."""
-MAX_REQUEST_BYTES = 8192
-"""Largest encoded request: ids and names only, never data."""
+MAX_REQUEST_BYTES = DEFAULT_MAX_REQUEST_BYTES
+"""Largest encoded request. Requests hold ids and names only (a few hundred
+bytes), but a smaller limit than the other services' default would move
+their requests above it off the transport's fast path (it decodes at once
+only what fits every service's limit); `parse_request` refuses anything but
+the exact fields."""
 TRANSFER_ID_BYTES = 16
 MAX_CHUNK_BYTES = 16 << 20
 """Largest chunk a leader serves (`NodeOptions.snapshot_chunk_bytes` is at most this)."""
