@@ -105,6 +105,16 @@ class CompactedLogView:
         return first if first >= self.first_kept else self.first_kept
 
 
+def _conf_at(core: Any, index: int) -> ConfState:
+    """The configuration in force at ``index``: the core's ``conf_at`` once
+    membership changes land in the core; until then the configuration never
+    changes, and the current one is it."""
+    conf_at = getattr(core, "conf_at", None)
+    if conf_at is not None:
+        return conf_at(index)  # type: ignore[no-any-return]
+    return ConfState(core.voters, core.learners)
+
+
 def can_snapshot(machine: StateMachine) -> bool:
     """Whether ``machine`` implements `StateMachine.on_snapshot_save`."""
     return type(machine).on_snapshot_save is not StateMachine.on_snapshot_save
@@ -272,7 +282,7 @@ class NodeSnapshots:
             self._requeue(waiters)
             return
         assert self.storage is not None
-        conf = ConfState(core.voters, core.learners)
+        conf = _conf_at(core, index)
         t0 = time.perf_counter()
         session: SnapshotWriteSession | None = None
         try:
