@@ -193,6 +193,8 @@ class Cluster:
             argv.append(f"--leader-write-thread={args.leader_write_thread}")
             if args.busy_poll_us is not None:
                 argv.append(f"--busy-poll-us={args.busy_poll_us}")
+            if getattr(args, "snapshot_every", None) is not None:
+                argv.append(f"--snapshot-every={args.snapshot_every}")
             if not args.tune_gc:
                 argv.append("--no-tune-gc")
             if args.metrics:

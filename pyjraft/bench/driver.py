@@ -239,6 +239,14 @@ def parse_args(
         "(default: the library's default, off)",
     )
     ap.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="NodeOptions.snapshot_every_entries of the nodes, 0: no snapshots (default: the "
+        "library's default; the benchmark's state machine saves a small file)",
+    )
+    ap.add_argument(
         "--no-tune-gc",
         dest="tune_gc",
         action="store_false",

@@ -8,8 +8,11 @@ service (``await node.apply(request)``, for ``--placement client``) and
 JSON lines: commands on stdin, replies on stdout (see `pyjraft.bench.driver`).
 
 Commands: ``status``; ``run`` (a closed-loop workload calling `Node.apply`
-in this process, answered with the raw latencies); ``echo`` (start a raw TCP
-echo server for the round-trip floor); ``exit``.
+in this process, answered with the raw latencies, and with ``"times": true``
+in its spec each write's start on this process's ``perf_counter_ns``);
+``snapshot`` (`Node.snapshot`, answered with its start and end on the same
+clock); ``echo`` (start a raw TCP echo server for the round-trip floor);
+``exit``. ``--machine`` picks the state machine (`pyjraft.bench.machines`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import json
 import os
 import sys
 import threading
@@ -27,28 +31,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyjraft.bench._proc import emit, set_pdeathsig, start_echo_server, start_watchdog
-from pyjraft.core.types import Entry
-from pyjraft.node import Node, NodeOptions, StateMachine, tune_gc
+from pyjraft.bench.machines import CountingMachine, make_machine
+from pyjraft.examples.counter import add_snapshot_arguments, snapshot_options
+from pyjraft.node import Node, NodeOptions, tune_gc
 from pyjraft.transport.tcp import TcpTransport
-
-
-class CountingMachine(StateMachine):
-    """Counts entries and bytes applied; each result is the running count."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.bytes = 0
-
-    def on_apply(self, entries: Sequence[Entry]) -> list[int]:
-        """Count the entries; return the count after each."""
-        out: list[int] = []
-        count = self.count
-        for e in entries:
-            count += 1
-            self.bytes += len(e.data)
-            out.append(count)
-        self.count = count
-        return out
 
 
 class GcPauses:
@@ -98,6 +84,8 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
     progress = bool(spec.get("progress", True))
     clock = time.perf_counter_ns
 
+    starts: list[int] | None = None  # the measured phase's write starts, if asked for
+
     async def phase(
         n: int, lat: list[int], errors: dict[str, int], duration_s: float | None = None
     ) -> float:
@@ -117,6 +105,8 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
                     errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
                     continue
                 lat.append((clock() - t0) // 1000)
+                if starts is not None:
+                    starts.append(t0)
 
         t0 = time.perf_counter()
         callers = conc if stop_at is not None else min(conc, n)
@@ -181,6 +171,7 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
 
     lat: list[int] = []
     errors: dict[str, int] = {}
+    starts = [] if spec.get("times") else None
 
     async def report() -> None:
         while True:
@@ -221,6 +212,7 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
         "cpu_s": cpu,
         "node_stats": node_stats,
         "gc": gc_watch.summary(),
+        **({} if starts is None else {"start_ns": starts}),
     }
 
 
@@ -261,8 +253,9 @@ async def amain(args: argparse.Namespace) -> None:
             else {"election_timeout_ms": args.election_timeout_ms}
         ),
         metrics=args.metrics,
+        **snapshot_options(args),
     )
-    machine = CountingMachine()
+    machine = make_machine(args.machine, args.state_bytes)
     node = await Node.start(options, machine, transport)
     ops = None
     if args.http is not None:
@@ -296,6 +289,24 @@ async def amain(args: argparse.Namespace) -> None:
         except Exception as e:
             emit({"type": "result", "error": repr(e)})
 
+    async def snapshot_and_report() -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            manifest = await node.snapshot()
+        except Exception as e:
+            emit({"type": "snapshot", "error": repr(e)})
+            return
+        emit(
+            {
+                "type": "snapshot",
+                "index": manifest.index,
+                "bytes": manifest.total_size,
+                "t0_ns": t0,
+                "t1_ns": time.perf_counter_ns(),
+                "last_save": node.status()["snapshot"]["last_save"],
+            }
+        )
+
     try:
         while True:
             line = await q.get()
@@ -322,8 +333,16 @@ async def amain(args: argparse.Namespace) -> None:
                         "pid": os.getpid(),
                         "transport": transport.stats.as_dict(),
                         "node_stats": st.get("stats", {}),
+                        "first_index": st["first_index"],
+                        "last_index": st["last_index"],
+                        "snapshot": st["snapshot"],
+                        "rss_bytes": _rss_bytes(),
                     }
                 )
+            elif name == "snapshot":
+                t = asyncio.create_task(snapshot_and_report())
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
             elif name == "run":
                 t = asyncio.create_task(run_and_report(cmd["spec"]))
                 tasks.add(t)
@@ -344,9 +363,19 @@ async def amain(args: argparse.Namespace) -> None:
             await asyncio.wait_for(transport.close(), 5.0)
 
 
-def _parse(line: str) -> dict[str, Any] | None:
-    import json
+def _rss_bytes() -> int:
+    """This process's resident set size (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
+
+__all__ = ["CountingMachine", "GcPauses", "main", "run_workload"]
+
+
+def _parse(line: str) -> dict[str, Any] | None:
     line = line.strip()
     if not line:
         return None
@@ -369,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--busy-poll-us", type=int, default=None)
     ap.add_argument("--election-timeout-ms", type=int, default=None)
     ap.add_argument("--metrics", action="store_true", help="NodeOptions(metrics=True)")
+    add_snapshot_arguments(ap)
+    ap.add_argument("--machine", choices=["counting", "blob", "paged"], default="counting")
+    ap.add_argument("--state-bytes", type=int, default=0, help="of the blob and paged machines")
     ap.add_argument("--http", default=None, metavar="HOST:PORT", help="serve pyjraft.ops there")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pyjraft.core.errors import NotLeaderError
+from pyjraft.core.errors import NotLeaderError, ProposalDroppedError
 from pyjraft.node.errors import (
     LeadershipLostError,
     NodeStorageError,
@@ -64,16 +64,17 @@ def reply_for_error(exc: BaseException) -> dict[str, Any]:
     """Turn an error from `Node.apply` into its reply; re-raise anything else.
 
     `NotLeaderError` -> ``not_leader`` (with the leader hint), `OverloadedError`
-    -> ``overloaded``, `ShutdownError` -> ``unavailable`` (nothing was
-    proposed), `LeadershipLostError`, `NodeStorageError` and
-    `StateMachineError` -> ``unknown_outcome``, `ValueError` (entry too large)
+    -> ``overloaded``, `ShutdownError` and `ProposalDroppedError` (a
+    leadership transfer under way) -> ``unavailable`` (nothing was proposed),
+    `LeadershipLostError`, `NodeStorageError` and `StateMachineError` ->
+    ``unknown_outcome``, `ValueError` (entry too large)
     -> ``invalid_request``.
     """
     if isinstance(exc, NotLeaderError):
         return error_reply(NOT_LEADER, str(exc), leader=exc.leader)
     if isinstance(exc, OverloadedError):
         return error_reply(OVERLOADED, str(exc))
-    if isinstance(exc, ShutdownError):
+    if isinstance(exc, (ShutdownError, ProposalDroppedError)):
         return error_reply(UNAVAILABLE, str(exc))
     if isinstance(exc, (LeadershipLostError, NodeStorageError, StateMachineError)):
         return error_reply(UNKNOWN_OUTCOME, f"{type(exc).__name__}: {exc}")

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -59,7 +60,14 @@ from pyjraft.client import (
 )
 from pyjraft.core.errors import RaftError
 from pyjraft.core.types import Entry
-from pyjraft.node import Node, NodeOptions, StateMachine, peers_from
+from pyjraft.node import (
+    Node,
+    NodeOptions,
+    SnapshotReader,
+    SnapshotWriter,
+    StateMachine,
+    peers_from,
+)
 from pyjraft.node.errors import RegistrationError
 from pyjraft.node.loop import run as run_on_best_loop
 from pyjraft.node.loop import tune_gc
@@ -73,6 +81,8 @@ log = logging.getLogger("pyjraft.examples.counter")
 COUNTER_SERVICE = "counter"
 """The RPC service serving increments and reads."""
 STATUS_SERVICE = "status"
+SNAPSHOT_FILE = "value"
+"""The one file of a counter snapshot: the value, in decimal."""
 """The RPC service answering `Node.status` plus ``value`` (the local counter)."""
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -103,11 +113,15 @@ class CounterStateMachine(StateMachine):
 
     ``value`` is the counter; each entry's result is the value after it. An
     invalid entry (never proposed by the service, which validates first)
-    leaves the value alone and yields None.
+    leaves the value alone and yields None. Snapshots are one file,
+    ``value``, holding the integer in decimal (and, with ``padding``, a file
+    of that many bytes that means nothing: tests use it to make installs
+    long).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, padding: int = 0) -> None:
         self.value = 0
+        self.padding = padding
 
     def on_apply(self, entries: Sequence[Entry]) -> list[int | None]:
         """Apply each entry in order; return the value after each (None if invalid)."""
@@ -126,6 +140,28 @@ class CounterStateMachine(StateMachine):
             out.append(value)
         self.value = value
         return out
+
+    def on_snapshot_save(self, writer: SnapshotWriter) -> Callable[[], None]:
+        """Capture the value (an int: the capture is the copy) and return the
+        write of its file, which the node runs on a worker thread."""
+        value = self.value
+        directory = writer.directory
+        padding = self.padding
+
+        def write() -> None:
+            with open(os.path.join(directory, SNAPSHOT_FILE), "w", encoding="ascii") as f:
+                f.write(str(value))
+            if padding:
+                with open(os.path.join(directory, "padding"), "wb") as f:
+                    for left in range(padding, 0, -(1 << 20)):
+                        f.write(os.urandom(min(left, 1 << 20)))
+
+        return write
+
+    def on_snapshot_load(self, reader: SnapshotReader) -> None:
+        """Replace the value with the snapshot's."""
+        with open(os.path.join(reader.directory, SNAPSHOT_FILE), encoding="ascii") as f:
+            self.value = int(f.read(4096))
 
 
 def _replied(reply: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
@@ -155,6 +191,7 @@ class CounterServer:
         *,
         tls: TlsConfig | None = None,
         insecure_plaintext: bool = False,
+        snapshot_padding: int = 0,
     ) -> CounterServer:
         """Listen on ``options.id``, register the services, start the node.
 
@@ -170,7 +207,7 @@ class CounterServer:
         transport = await TcpTransport.start(
             host, port, tls=tls, insecure_plaintext=insecure_plaintext
         )
-        server = cls(CounterStateMachine(), transport)
+        server = cls(CounterStateMachine(snapshot_padding), transport)
         transport.register_service(COUNTER_SERVICE, server.handle_counter)
         transport.register_service(STATUS_SERVICE, server.handle_status)
         try:
@@ -274,6 +311,7 @@ async def _serve(args: argparse.Namespace) -> int:
         segment_bytes=args.segment_bytes,
         cluster_id=args.cluster_id,
         force_new_instance=args.force_new_instance,
+        **snapshot_options(args),
     )
     hosted: list[Node] = []
     # Before anything slow: SIGUSR2's default action would kill the process.
@@ -281,7 +319,10 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         tls = TlsConfig.from_args(args.tls_cert, args.tls_key, args.tls_ca)
         server = await CounterServer.start(
-            options, tls=tls, insecure_plaintext=args.insecure_plaintext
+            options,
+            tls=tls,
+            insecure_plaintext=args.insecure_plaintext,
+            snapshot_padding=args.snapshot_padding_bytes,
         )
     except (InsecureBindError, ValueError, OSError, StorageError, RaftError) as e:
         log.error("cannot start: %s", e)
@@ -422,6 +463,8 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
         help="log segment file size (default: 64 MiB)",
     )
     add_tls_arguments(s, server=True)
+    add_snapshot_arguments(s)
+    s.add_argument("--snapshot-padding-bytes", type=int, default=0, help=argparse.SUPPRESS)
     s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     add_ops_arguments(s)
     s.add_argument(
@@ -461,6 +504,50 @@ def add_identity_arguments(p: argparse.ArgumentParser) -> None:
         "directory was lost) and have them record this one: RISKY, it may vote twice in a "
         "term or lose committed writes; see the README",
     )
+
+
+_SNAPSHOT_ARGS = (
+    (
+        "--snapshot-every",
+        "snapshot_every_entries",
+        int,
+        "snapshot every N applied entries (0: off)",
+    ),
+    ("--snapshot-interval-s", "snapshot_interval_s", float, "and every S seconds (0: off)"),
+    ("--snapshot-log-margin", "snapshot_log_margin", int, "log entries kept behind a snapshot"),
+    ("--snapshot-chunk-bytes", "snapshot_chunk_bytes", int, "bytes per install request"),
+    ("--snapshot-window", "snapshot_window", int, "install requests in flight"),
+    (
+        "--snapshot-write-rate",
+        "snapshot_write_bytes_per_s",
+        int,
+        "bytes/s a new snapshot is flushed at (0: no limit)",
+    ),
+    ("--snapshot-throttle-bytes", "snapshot_throttle_bytes", int, "install bytes/s (0: no limit)"),
+    (
+        "--snapshot-transfer-timeout-ms",
+        "snapshot_transfer_timeout_ms",
+        int,
+        "abandon an install without progress for this long",
+    ),
+)
+
+
+def add_snapshot_arguments(p: argparse.ArgumentParser) -> None:
+    """The snapshot options of a server command (each defaults to `NodeOptions`'s)."""
+    for flag, field, kind, text in _SNAPSHOT_ARGS:
+        default = NodeOptions.__dataclass_fields__[field].default
+        p.add_argument(flag, type=kind, default=None, help=f"{text} (default: {default})")
+
+
+def snapshot_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `NodeOptions` fields the snapshot arguments set."""
+    out = {}
+    for flag, field, _, _ in _SNAPSHOT_ARGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out[field] = value
+    return out
 
 
 def add_ops_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,14 @@ from pyjraft.node.fsm_caller import FSMCaller
 from pyjraft.node.loop import loop_factory, run, tune_gc
 from pyjraft.node.node import Done, Node, NodeState
 from pyjraft.node.options import NodeOptions, peers_from
-from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
+from pyjraft.node.snapshots import SnapshotsUnavailableError
+from pyjraft.node.state_machine import (
+    LeaderChangeContext,
+    SnapshotReader,
+    SnapshotWriter,
+    StateMachine,
+    Status,
+)
 
 __all__ = [
     "Done",
@@ -34,6 +41,9 @@ __all__ = [
     "ReadTimeoutError",
     "RegistrationError",
     "ShutdownError",
+    "SnapshotReader",
+    "SnapshotWriter",
+    "SnapshotsUnavailableError",
     "StateMachine",
     "StateMachineError",
     "Status",

@@ -14,6 +14,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from pyjraft.core.types import Role
+from pyjraft.node.membership import describe_conf
+
 if TYPE_CHECKING:
     from pyjraft.node.node import Node
 
@@ -56,7 +59,6 @@ def peer_progress(node: Node) -> dict[str, dict[str, Any]]:
 def status_of(node: Node) -> dict[str, Any]:
     """`Node.status`: role, term, leader, indexes, queue, timers' health,
     registration, counters and (on a leader) each peer's progress."""
-    from pyjraft.core.types import Role
     from pyjraft.node.node import NodeState
 
     core = node._core
@@ -80,7 +82,9 @@ def status_of(node: Node) -> dict[str, Any]:
         "registration": None if node.registration is None else node.registration.summary(),
         "voters": list(core.voters),
         "learners": list(core.learners),
+        "configuration": describe_conf(core.conf),
         "stats": dict(node.stats),
+        "snapshot": node._snapshots.status(),
     }
     if core.role is Role.LEADER:
         st["peers"] = peer_progress(node)

@@ -29,7 +29,9 @@ state machine callback that returns an awaitable, a former leader's writes),
 the generator yields the awaitable and is resumed when it is done. One
 `Ready` is handled at a time, one per loop turn (a long catch-up must not
 starve timers and messages). What arrives during an inline fdatasync waits in
-the socket buffers and goes into the next `Ready`: group commit.
+the socket buffers and goes into the next `Ready`: group commit. Snapshots
+(`pyjraft.node.snapshots`) ride the same pipeline: a restored snapshot is
+installed first in its `Ready`, a snapshot is captured right after an apply.
 
 A caller's future (or `submit` callback) resolves when its entry is applied
 on this node (hence durable on a majority, hence committed). If leadership
@@ -56,7 +58,7 @@ from typing import Any
 
 from pyjraft.core import conf as conf_codec
 from pyjraft.core.config import CoreConfig
-from pyjraft.core.errors import NotLeaderError
+from pyjraft.core.errors import NotLeaderError, ProposalDroppedError
 from pyjraft.core.messages import Heartbeat, Message
 from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
@@ -79,12 +81,16 @@ from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
 from pyjraft.node.reads import ReadManager
 from pyjraft.node.registration import Registration
-from pyjraft.node.startup import open_registration, open_storage
+from pyjraft.node.snapshot_start import Recovered, open_storage
+from pyjraft.node.snapshots import CompactedLogView, NodeSnapshots
+from pyjraft.node.startup import open_registration
 from pyjraft.node.state_machine import LeaderChangeContext, StateMachine, Status
 from pyjraft.node.storage_retry import StorageRetry
 from pyjraft.node.turns import QueueDelay, next_turn
 from pyjraft.node.writer import LogWriter, settle
 from pyjraft.storage.api import LogStorage, MetaStorage
+from pyjraft.storage.snapshot import SnapshotStorage
+from pyjraft.storage.snapshot_manifest import SnapshotManifest
 from pyjraft.transport.base import Transport
 
 log = logging.getLogger("pyjraft.node")
@@ -122,12 +128,18 @@ class Node(MembershipMethods):
         meta: MetaStorage,
         *,
         rng: random.Random | None = None,
+        snapshots: SnapshotStorage | None = None,
+        recovered: Recovered | None = None,
     ) -> None:
         self.options = options
         self.transport = transport
         self._log = log_storage
         self._meta = meta
         self._fsm = FSMCaller(machine)
+        recovered = recovered or Recovered(log_storage, meta, None, None, 0, False, False)
+        self._fsm.applied_index = recovered.applied
+        # The core reads the log through this view: compaction moves its start first.
+        view = self._log_view = CompactedLogView(log_storage)
         o = options
         config = CoreConfig(
             id=o.id,
@@ -146,7 +158,8 @@ class Node(MembershipMethods):
             max_bytes_per_msg=o.max_bytes_per_append,
             max_apply_bytes=o.apply_batch_bytes,
         )
-        self._core = RaftCore(config, log_storage, meta.load(), rng or random.Random())
+        rng, snap, applied = rng or random.Random(), recovered.core_snapshot, recovered.applied
+        self._core = RaftCore(config, view, meta.load(), rng, snapshot=snap, applied=applied)
         self.state = NodeState.RUNNING
         self.error: BaseException | None = None
         self._queue: list[tuple[bytes, Done]] = []
@@ -200,6 +213,7 @@ class Node(MembershipMethods):
         )
         self.heartbeat_gaps = HeartbeatGaps()
         """Gaps between the leader's heartbeats as this node, following, receives them."""
+        self._snapshots = NodeSnapshots(self, snapshots, recovered)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -213,17 +227,27 @@ class Node(MembershipMethods):
         log_storage: LogStorage | None = None,
         meta: MetaStorage | None = None,
         rng: random.Random | None = None,
+        snapshots: SnapshotStorage | None = None,
     ) -> Node:
-        """Open storage (recovering term, vote and log), join the transport, start.
+        """Open storage (recovering term, vote and log, and loading the newest
+        valid snapshot: `pyjraft.node.snapshot_start`), join the transport, start.
 
-        Storage defaults to `SegmentLogStorage` and `FileMetaStorage` under
-        ``options.data_dir``, or in-memory storage when that is None.
+        Storage defaults to `SegmentLogStorage`, `FileMetaStorage` and
+        `SnapshotStorage` under ``options.data_dir/<group>``, or in-memory
+        storage (and no snapshots) when that is None.
         """
-        if log_storage is None or meta is None:
-            log_storage, meta = await open_storage(options)
-        registration = await open_registration(options, transport, log_storage, meta)
-        node = cls(options, machine, transport, log_storage, meta, rng=rng)
+        o = await open_storage(options, machine, log_storage, meta, snapshots, log)
+        try:
+            registration = await open_registration(options, transport, o.log, o.meta)
+        except BaseException:
+            if o.snapshots is not None:
+                o.snapshots.close()
+            raise
+        node = cls(
+            options, machine, transport, o.log, o.meta, rng=rng, snapshots=o.snapshots, recovered=o
+        )
         node.registration = registration
+        node._snapshots.start()
         if registration is None:
             node._join()
         else:  # a new or wiped directory: its peers record this instance first
@@ -260,6 +284,7 @@ class Node(MembershipMethods):
             await asyncio.wait_for(self._idle.wait(), 10.0)
         except TimeoutError:
             self.events.log.error("a Ready did not finish in 10 s")
+        await self._snapshots.close()
         if self._writer is not None:
             await asyncio.to_thread(self._writer.close)
         if self.registration is not None:
@@ -276,8 +301,9 @@ class Node(MembershipMethods):
         """Replicate ``data``; the future resolves to the state machine's result for it.
 
         The awaited future raises `NotLeaderError` (with ``.leader``),
-        `OverloadedError`, `LeadershipLostError` (outcome unknown),
-        `ShutdownError`, `StateMachineError`, `NodeStorageError` or
+        `OverloadedError`, `ProposalDroppedError` (a leadership transfer is
+        under way: not appended, retry), `LeadershipLostError` (outcome
+        unknown), `ShutdownError`, `StateMachineError`, `NodeStorageError` or
         `ValueError` (too large). Cancelling it, or its awaiting task, does not
         withdraw the entry.
 
@@ -344,6 +370,13 @@ class Node(MembershipMethods):
         """
         t = self.options.read_timeout_ms / 1000 if timeout is None else timeout
         return self._reads.read_index(lease, t)
+
+    async def snapshot(self) -> SnapshotManifest:
+        """Take a snapshot of what is applied now (after the one in progress, if
+        any: never two at once), then compact the log; returns its metadata once
+        published. See `pyjraft.node.snapshots.NodeSnapshots.snapshot`."""
+        self._check_running()
+        return await self._snapshots.snapshot()
 
     @property
     def id(self) -> str:
@@ -496,6 +529,9 @@ class Node(MembershipMethods):
             return
         try:
             last = core.propose_batch(list(map(_DATA, queue)))
+        except ProposalDroppedError as exc:  # a leadership transfer: nothing appended
+            _fail_queue(queue, exc)
+            return
         except Exception as exc:
             _fail_queue(queue, exc)
             self._fatal(exc)
@@ -534,7 +570,11 @@ class Node(MembershipMethods):
     def _drive(self) -> None:
         self._drive_scheduled = False
         core = self._core
-        if self._handling is None and self.state is NodeState.RUNNING and core.has_ready():
+        if (
+            self._handling is None
+            and self.state is NodeState.RUNNING
+            and (core.has_ready() or self._snapshots.wants_save())
+        ):
             self._idle.clear()
             wrote = True
             while wrote:
@@ -612,6 +652,12 @@ class Node(MembershipMethods):
             self._reads.confirmed(rd.read_states)
         if rd.eager_messages:
             self.transport.send(rd.eager_messages)
+        if rd.snapshots_to_send:
+            self._snapshots.send(rd.snapshots_to_send)
+        if rd.snapshot is not None:
+            # Installed before anything else of this Ready (the contract's step 2).
+            yield from self._storage_idle()
+            yield from self._snapshots.install_steps(rd.snapshot)
         pipelined = False
         if rd.must_sync:
             hard_state = rd.hard_state
@@ -628,12 +674,7 @@ class Node(MembershipMethods):
                     fut.add_done_callback(self._written)
                     pipelined = True
                 else:
-                    if self._writes:
-                        # A former leader's writes go first: storage has one
-                        # writer at a time, in order; and their Readies advance
-                        # before this one.
-                        yield self._writes[-1][1]
-                        self._written(None)
+                    yield from self._storage_idle()
                     # Whatever is queued for the network must not wait for the disk.
                     self.transport.flush()
                     # Out of file descriptors: retried, this Ready waiting (storage_retry).
@@ -669,6 +710,9 @@ class Node(MembershipMethods):
                     # Everything before our no-op is applied: the machine is current.
                     self._leader_started = True
                     yield self._fsm.leader_start(term)
+        if self._snapshots.due():
+            # Between applies: the machine holds exactly what it applied so far.
+            yield from self._snapshots.save_steps()
         if not pipelined:
             self._core.advance(rd)
         # advance may have committed our own entries (leader counted itself).
@@ -697,6 +741,18 @@ class Node(MembershipMethods):
                     if self.registration is not None and not conf.voters_outgoing:
                         self.registration.forget_removed(conf_codec.members(conf))
                     yield self._fsm.configuration_committed(conf)
+
+    def _storage_idle(self) -> Generator[Awaitable[Any] | None, Any, None]:
+        """Wait until nobody else writes the log: storage has one writer at a time."""
+        if self._writes:
+            # A former leader's writes go first, in order; and their Readies
+            # advance before this one.
+            yield self._writes[-1][1]
+            self._written(None)
+        compacting = self._snapshots.compacting
+        if compacting is not None:
+            # A compaction on the writer thread; its failure is handled there.
+            yield asyncio.wait([compacting])
 
     def _written(self, _fut: asyncio.Future[None] | None) -> None:
         """Writes of the writer thread finished: advance their Readies, in order,
@@ -792,6 +848,15 @@ class Node(MembershipMethods):
             await self._fsm.stop_following(LeaderChangeContext(old.leader, old.term))
         if following_new and (not following_old or old.leader != soft.leader):
             await self._fsm.start_following(LeaderChangeContext(soft.leader, soft.term))
+
+    def _kick(self) -> None:
+        """Send and drive what a snapshot transfer's end or restore produced."""
+        if self.state is NodeState.RUNNING:
+            self._send_eager()
+            self._schedule_drive()
+
+    def _running(self) -> bool:
+        return self.state is NodeState.RUNNING
 
     # -- failure -------------------------------------------------------------
 

@@ -13,6 +13,10 @@ Compared with a `ThreadPoolExecutor` and `run_in_executor`, a plain thread
 fed by a `queue.SimpleQueue` saves the executor's locks, its work item and
 the chaining of a concurrent future into an asyncio one: one queue put to
 start, one `call_soon_threadsafe` to finish.
+
+Other changes to the log (compaction after a snapshot) go through the same
+thread (`LogWriter.submit_call`), in order with the writes: the log has one
+writer at a time.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any
 
 from pyjraft.core.types import Entry
 
-_Write = tuple[Sequence[Entry], "asyncio.Future[None]"] | None
+_Job = Sequence[Entry] | Callable[[], None]
+_Write = tuple[_Job, "asyncio.Future[None]"] | None
 
 
 def settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -36,6 +41,10 @@ def settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> 
         fut.set_result(result)
     else:
         fut.set_exception(exc)
+
+
+def _END() -> None:
+    """Marks the end of a round's jobs (never run)."""
 
 
 class LogWriter:
@@ -68,6 +77,16 @@ class LogWriter:
         self._writes.put((entries, fut))
         return fut
 
+    def submit_call(self, fn: Callable[[], None]) -> asyncio.Future[None]:
+        """Run ``fn()`` on the writer thread after everything submitted before
+        (and before anything submitted after); the future resolves on the loop
+        with its outcome, which concerns it alone."""
+        if self._closed:
+            raise RuntimeError("log writer is closed")
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._writes.put((fn, fut))
+        return fut
+
     def close(self) -> None:
         """Finish the writes submitted so far, then stop the thread (blocking)."""
         if not self._closed:
@@ -92,19 +111,40 @@ class LogWriter:
                     stop = True
                     break
                 batch.append(nxt)
-            exc: BaseException | None = None
             try:
-                self._write(batch)
-                self.rounds += 1
-            except BaseException as e:  # handed to the loop, which decides
-                exc = e
-            try:
-                for _, fut in batch:
-                    call(settle, fut, None, exc)
+                self._round(batch, call)
             except RuntimeError:
                 return  # the loop is closed: nobody is waiting any more
             if stop:
                 return
+
+    def _round(
+        self, batch: list[tuple[_Job, asyncio.Future[None]]], call: Callable[..., Any]
+    ) -> None:
+        """Write ``batch``'s writes, run its calls, in order; settle each."""
+        writes: list[tuple[Sequence[Entry], asyncio.Future[None]]] = []
+        for job, fut in [*batch, (_END, None)]:
+            if not callable(job):
+                writes.append((job, fut))  # type: ignore[arg-type]
+                continue
+            if writes:
+                exc: BaseException | None = None
+                try:
+                    self._write(writes)
+                    self.rounds += 1
+                except BaseException as e:  # handed to the loop, which decides
+                    exc = e
+                for _, wfut in writes:
+                    call(settle, wfut, None, exc)
+                writes = []
+            if job is _END:
+                return
+            exc = None
+            try:
+                job()
+            except BaseException as e:
+                exc = e
+            call(settle, fut, None, exc)
 
     def _write(self, batch: list[tuple[Sequence[Entry], asyncio.Future[None]]]) -> None:
         # A leader's writes follow each other (it never rewrites its own log),

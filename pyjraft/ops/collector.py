@@ -14,9 +14,11 @@ per proposal.
 Names follow SOFAJRaft's metric set in Prometheus style: ``pyjraft_`` prefix,
 ``_total`` counters, ``_seconds`` histograms, ``group`` and ``node`` labels on
 every node metric, ``peer`` on replication progress, ``endpoint`` on the
-transport's. Snapshot save/install metrics (count, bytes, duration) and
-read-index latency belong in `_node_families` once those features exist;
-they will read the node's counters and histograms the same way.
+transport's. Snapshot metrics (saves, installs and transfers with their
+failures, bytes, durations, the newest snapshot's index) come from the
+``snapshot`` part of `Node.status` and the node's event counters. Read-index
+latency belongs in `_node_families` once that feature exists; it will read
+the node's counters and histograms the same way.
 """
 
 from __future__ import annotations
@@ -73,6 +75,33 @@ _EVENT_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("role_changes", "pyjraft_role_changes", "Role changes."),
     ("term_changes", "pyjraft_term_changes", "Term changes."),
     ("leader_changes", "pyjraft_leader_changes", "Changes of the known leader."),
+)
+
+_SNAPSHOT_EVENT_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("snapshots_saved", "pyjraft_snapshot_saves", "Snapshots taken and published."),
+    ("snapshot_save_failures", "pyjraft_snapshot_save_failures", "Snapshots that failed."),
+    ("snapshot_installs", "pyjraft_snapshot_installs", "Leader snapshots installed here."),
+    (
+        "snapshot_install_failures",
+        "pyjraft_snapshot_install_failures",
+        "Snapshot installs abandoned here (failed, timed out, leader changed).",
+    ),
+    ("snapshot_sends", "pyjraft_snapshot_sends", "Leader: snapshot transfers completed."),
+    ("snapshot_send_failures", "pyjraft_snapshot_send_failures", "Leader: transfers that failed."),
+)
+
+_SNAPSHOT_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    # (Node.status()["snapshot"] key, metric name, help)
+    ("bytes_sent", "pyjraft_snapshot_sent_bytes", "Leader: snapshot bytes served to followers."),
+    ("bytes_received", "pyjraft_snapshot_received_bytes", "Snapshot bytes received."),
+    ("save_seconds", "pyjraft_snapshot_save_seconds", "Time taking snapshots, capture to publish."),
+    (
+        "save_pause_seconds",
+        "pyjraft_snapshot_save_pause_seconds",
+        "Time applies were paused while state machines captured their state.",
+    ),
+    ("install_seconds", "pyjraft_snapshot_install_seconds", "Time receiving and installing."),
+    ("compactions", "pyjraft_log_compactions", "Log compactions after snapshots."),
 )
 
 _NODE_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -215,8 +244,46 @@ class RaftCollector(Collector):
                 for peer, pr in sorted(st.get("peers", {}).items()):
                     g.add_metric([*lv, peer], pr.get(key, 0))
             yield g
-        # Later: snapshot saves/installs (count, bytes, duration) and read-index
-        # latency, read from the node the same way.
+        yield from self._snapshot_families(statuses)
+        # Later: read-index latency, read from the node the same way.
+
+    @staticmethod
+    def _snapshot_families(
+        statuses: list[tuple[list[str], Node, dict[str, Any]]],
+    ) -> Iterator[Metric]:
+        labels = ["group", "node"]
+        for key, name, doc in _SNAPSHOT_EVENT_COUNTERS:
+            c = CounterMetricFamily(name, doc, labels=labels)
+            for lv, n, _ in statuses:
+                c.add_metric(lv, n.events.counters.get(key, 0))
+            yield c
+        for key, name, doc in _SNAPSHOT_COUNTERS:
+            c = CounterMetricFamily(name, doc, labels=labels)
+            for lv, _, st in statuses:
+                c.add_metric(lv, st.get("snapshot", {}).get(key, 0))
+            yield c
+        index = GaugeMetricFamily(
+            "pyjraft_snapshot_index", "Index of the newest snapshot here.", labels=labels
+        )
+        saving = GaugeMetricFamily(
+            "pyjraft_snapshot_saving", "1 while a snapshot is being written.", labels=labels
+        )
+        installing = GaugeMetricFamily(
+            "pyjraft_snapshot_installing", "1 while a leader's snapshot is received.", labels=labels
+        )
+        sending = GaugeMetricFamily(
+            "pyjraft_snapshot_transfers", "Leader: snapshot transfers under way.", labels=labels
+        )
+        for lv, _, st in statuses:
+            snap = st.get("snapshot", {})
+            index.add_metric(lv, snap.get("index", 0))
+            saving.add_metric(lv, 1.0 if snap.get("saving") else 0.0)
+            installing.add_metric(lv, 1.0 if snap.get("installing") else 0.0)
+            sending.add_metric(lv, len(snap.get("sending") or {}))
+        yield index
+        yield saving
+        yield installing
+        yield sending
 
     def _transport_families(self, transports: list[Transport]) -> Iterator[Metric]:
         labels = ["endpoint"]

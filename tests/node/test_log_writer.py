@@ -97,6 +97,34 @@ def test_a_failed_round_fails_each_of_its_writes() -> None:
     run(main())
 
 
+def test_calls_run_in_order_with_the_writes_and_fail_alone() -> None:
+    async def main() -> None:
+        async with stuck_writer() as (w, append, first):
+            order: list[str] = []
+
+            def ok() -> None:
+                order.append(f"call after {append.calls[-1]}")
+
+            def bad() -> None:
+                raise OSError("no descriptor left")
+
+            second = w.submit(entries(2, 1))
+            call = w.submit_call(ok)
+            third = w.submit(entries(3, 1))
+            failing = w.submit_call(bad)
+            fourth = w.submit(entries(4, 1))
+            append.go.set()
+            results = await asyncio.gather(
+                first, second, call, third, failing, fourth, return_exceptions=True
+            )
+            assert results[:4] == [None] * 4 and results[5] is None
+            assert isinstance(results[4], OSError), "a call's failure is its own"
+            assert append.calls == [[1], [2], [3], [4]], "never merged across a call"
+            assert order == ["call after [2]"]
+
+    run(main())
+
+
 def test_close_finishes_what_was_submitted() -> None:
     async def main() -> None:
         calls: list[list[int]] = []

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from pyjraft.core.errors import ConfChangeBusyError, NotLeaderError
+from pyjraft.core.errors import ConfChangeBusyError, NotLeaderError, ProposalDroppedError
 from pyjraft.core.types import ConfState
-from pyjraft.node import LeadershipLostError, Node
+from pyjraft.node import LeadershipLostError, Node, NodeState
 from pyjraft.node.membership import ConfChangeError, TransferError
 from tests.node.harness import IDS, LocalCluster, run, wait_for
 
@@ -265,5 +265,25 @@ def test_a_removed_member_added_back_on_a_new_directory_is_not_refused(tmp_path:
             await wait_for(lambda: c.machines[gone].value == 3, 5, "re-added member applies")
         finally:
             await c.stop_all()
+
+    run(main())
+
+
+def test_writes_during_a_transfer_are_refused_not_fatal() -> None:
+    async def main() -> None:
+        async with LocalCluster(seed=54) as c:
+            leader = await c.leader()
+            await _write(leader, 2)
+            target = next(n for n in IDS if n != leader.id)
+            c.net.isolate(target)  # the transfer stays under way
+            transfer = leader.transfer_leadership_to(target)
+            await asyncio.sleep(0)
+            with pytest.raises(ProposalDroppedError):
+                await leader.apply(b"1")
+            assert leader.state is NodeState.RUNNING
+            with pytest.raises(TransferError):
+                await transfer
+            await _write(leader, 1)  # accepted again once the transfer is abandoned
+            assert c.machines[leader.id].value == 3
 
     run(main())

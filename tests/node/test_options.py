@@ -27,6 +27,17 @@ def test_segment_bytes_is_refused_past_what_the_log_can_index() -> None:
         ("apply_batch_bytes", 0),
         ("max_pending_proposals", 0),
         ("log_cache_bytes", -1),
+        ("snapshot_every_entries", -1),
+        ("snapshot_interval_s", -0.5),
+        ("snapshot_log_margin", -1),
+        ("snapshot_keep", 0),
+        ("snapshot_chunk_bytes", 1024),
+        ("snapshot_chunk_bytes", (16 << 20) + 1),
+        ("snapshot_window", 0),
+        ("snapshot_window", 65),
+        ("snapshot_throttle_bytes", -1),
+        ("snapshot_write_bytes_per_s", -1),
+        ("snapshot_transfer_timeout_ms", 50),
     ],
 )
 def test_invalid_values_raise_config_error(field: str, value: int) -> None:
