@@ -33,7 +33,8 @@ from pyjraft.node.errors import (
     ShutdownError,
     StateMachineError,
 )
-from pyjraft.node.node import Node, NodeState
+from pyjraft.node.lifecycle import NodeState
+from pyjraft.node.node import Node
 
 NOT_LEADER = "not_leader"
 """Error code: this node does not lead; ``leader`` names the one it knows (or ``""``)."""

@@ -13,8 +13,9 @@ from pyjraft.node.errors import (
     StateMachineError,
 )
 from pyjraft.node.fsm_caller import FSMCaller
+from pyjraft.node.lifecycle import Done, NodeState
 from pyjraft.node.loop import loop_factory, run, tune_gc
-from pyjraft.node.node import Done, Node, NodeState
+from pyjraft.node.node import Node
 from pyjraft.node.options import NodeOptions, peers_from
 from pyjraft.node.snapshots import SnapshotsUnavailableError
 from pyjraft.node.state_machine import (

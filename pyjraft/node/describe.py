@@ -59,7 +59,7 @@ def peer_progress(node: Node) -> dict[str, dict[str, Any]]:
 def status_of(node: Node) -> dict[str, Any]:
     """`Node.status`: role, term, leader, indexes, queue, timers' health,
     registration, counters and (on a leader) each peer's progress."""
-    from pyjraft.node.node import NodeState
+    from pyjraft.node.lifecycle import NodeState
 
     core = node._core
     st: dict[str, Any] = {

@@ -39,6 +39,12 @@ is lost first, it fails with `LeadershipLostError` (outcome unknown). Load is sh
 the door: `apply` raises `OverloadedError` when too much is pending, and the
 node stays healthy. Storage failures and state machine exceptions are
 fatal: the node stops participating rather than risk divergence.
+
+Parts of `Node` live in mixins of their own: the timer that turns wall time
+into ticks (`pyjraft.node.node_clock`), failure handling and the lifecycle
+states (`pyjraft.node.lifecycle`), the read-only properties
+(`pyjraft.node.node_info`) and the membership methods
+(`pyjraft.node.membership`).
 """
 
 from __future__ import annotations
@@ -46,11 +52,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import logging
 import operator
 import random
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Generator, Iterable
 from functools import partial
 from itertools import repeat
 from time import perf_counter as _clock
@@ -70,13 +75,15 @@ from pyjraft.node.errors import (
     NodeStorageError,
     OverloadedError,
     ShutdownError,
-    StateMachineError,
 )
 from pyjraft.node.events import NodeEvents
 from pyjraft.node.fsm_caller import FSMCaller
 from pyjraft.node.heartbeat_gaps import HeartbeatGaps
+from pyjraft.node.lifecycle import Done, NodeFailure, NodeState, fail_queue
 from pyjraft.node.membership import MembershipManager, MembershipMethods
 from pyjraft.node.metrics import NodeMetrics
+from pyjraft.node.node_clock import NodeClock
+from pyjraft.node.node_info import NodeInfo
 from pyjraft.node.options import NodeOptions
 from pyjraft.node.ratelimit import RateLimitedLog
 from pyjraft.node.reads import ReadManager
@@ -96,18 +103,6 @@ from pyjraft.transport.base import Transport
 log = logging.getLogger("pyjraft.node")
 
 
-class NodeState(enum.Enum):
-    """Lifecycle of a `Node`."""
-
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    ERROR = "error"
-
-
-Done = Callable[[Any, BaseException | None], None]
-"""Completion callback of `Node.submit`: ``done(result, None)`` or ``done(None, error)``."""
-
 _Waiter = tuple[int, Done]
 _TYPE = operator.itemgetter(2)
 _NORMAL = int(EntryType.NORMAL)
@@ -116,7 +111,7 @@ _CONFIG = int(EntryType.CONFIG)
 _NORMAL_ONLY = {_NORMAL}
 
 
-class Node(MembershipMethods):
+class Node(NodeFailure, NodeClock, NodeInfo, MembershipMethods):
     """One member of one raft group, driven on an asyncio loop. Create with `start`."""
 
     def __init__(
@@ -378,41 +373,6 @@ class Node(MembershipMethods):
         self._check_running()
         return await self._snapshots.snapshot()
 
-    @property
-    def id(self) -> str:
-        """This member's address."""
-        return self.options.id
-
-    @property
-    def group(self) -> str:
-        """The raft group."""
-        return self.options.group
-
-    @property
-    def is_leader(self) -> bool:
-        """Whether this node currently leads."""
-        return self._core.role is Role.LEADER
-
-    @property
-    def leader(self) -> str:
-        """The known leader's address, or ``""``."""
-        return self._core.leader
-
-    @property
-    def term(self) -> int:
-        """The current term."""
-        return self._core.term
-
-    @property
-    def role(self) -> Role:
-        """The current role."""
-        return self._core.role
-
-    @property
-    def applied_index(self) -> int:
-        """The last index applied to the state machine."""
-        return self._fsm.applied_index
-
     def status(self) -> dict[str, Any]:
         """A snapshot of this node's state, for status pages and admin tools
         (`pyjraft.node.describe.status_of`)."""
@@ -447,66 +407,6 @@ class Node(MembershipMethods):
         self._send_eager()
         self._schedule_drive()
 
-    # Time. The core counts ticks of heartbeat_ms. A leader or candidate gets
-    # one tick per timer firing (a stalled loop loses ticks rather than
-    # bursting heartbeats). A follower has nothing to do on a tick but count,
-    # so it sleeps until its election would fire and is given the ticks that
-    # passed in one go, when it wakes or a message arrives: an idle follower
-    # wakes for the leader's heartbeats only, not also for a timer of its own.
-
-    def _arm_timer(self, now: float) -> None:
-        core = self._core
-        if core.role is Role.FOLLOWER:
-            remaining = max(1, core.randomized_election_ticks - core.election_elapsed)
-            when = self._tick_base + remaining * self._tick_s
-        else:
-            self._tick_base = now
-            when = now + self._tick_s
-        self._tick_handle = self._loop.call_at(when, self._on_tick)
-
-    def _rearm_timer(self) -> None:
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
-        self._arm_timer(self._loop.time())
-
-    def _catch_up(self, now: float) -> None:
-        n = int((now - self._tick_base) / self._tick_s)
-        if n <= 0:
-            return
-        self._tick_base += n * self._tick_s
-        core = self._core
-        for _ in range(n):
-            core.tick()
-            if core.role is not Role.FOLLOWER:
-                self._tick_base = now
-                break
-
-    def _catch_up_leader(self, now: float) -> None:
-        """Give a leader (or candidate) the ticks that passed since its last one,
-        in one go: its lease must see the real time, a stalled loop included."""
-        n = int((now - self._tick_base) / self._tick_s)
-        if n > 0:
-            self._tick_base += n * self._tick_s
-            self._core.tick(n)
-
-    def _on_tick(self) -> None:
-        if self.state is not NodeState.RUNNING:
-            return
-        self.stats["timer_wakeups"] += 1
-        now = self._loop.time()
-        try:
-            if self._core.role is Role.FOLLOWER:
-                self._catch_up(now)
-            else:
-                # At least one tick; more if the loop stalled (one heartbeat round).
-                self._core.tick(max(1, int((now - self._tick_base) / self._tick_s)))
-        except Exception as exc:
-            self._fatal(exc)
-            return
-        self._arm_timer(now)
-        self._send_eager()
-        self._schedule_drive()
-
     def _flush_proposals(self) -> None:
         self._flush_scheduled = False
         queue = self._queue
@@ -521,19 +421,19 @@ class Node(MembershipMethods):
         if not queue:
             return
         if self.state is not NodeState.RUNNING:
-            _fail_queue(queue, ShutdownError("node is not running"))
+            fail_queue(queue, ShutdownError("node is not running"))
             return
         core = self._core
         if core.role is not Role.LEADER:
-            _fail_queue(queue, NotLeaderError(core.leader))
+            fail_queue(queue, NotLeaderError(core.leader))
             return
         try:
             last = core.propose_batch(list(map(_DATA, queue)))
         except ProposalDroppedError as exc:  # a leadership transfer: nothing appended
-            _fail_queue(queue, exc)
+            fail_queue(queue, exc)
             return
         except Exception as exc:
-            _fail_queue(queue, exc)
+            fail_queue(queue, exc)
             self._fatal(exc)
             return
         first = last - len(queue) + 1
@@ -858,57 +758,6 @@ class Node(MembershipMethods):
     def _running(self) -> bool:
         return self.state is NodeState.RUNNING
 
-    # -- failure -------------------------------------------------------------
-
-    def _check_running(self) -> None:
-        if self.state is NodeState.RUNNING:
-            return
-        if self.state is NodeState.ERROR and self.error is not None:
-            if isinstance(self.error, (StateMachineError, NodeStorageError)):
-                raise type(self.error)(str(self.error))
-            raise NodeStorageError(f"node failed: {self.error!r}")
-        raise ShutdownError("node is shut down")
-
-    def _fatal(self, exc: BaseException) -> None:
-        if self.state is not NodeState.RUNNING:
-            return
-        self.state = NodeState.ERROR
-        self.error = exc
-        self.events.fatal(exc)
-        self._stop_participating()
-        err: Exception = (
-            exc
-            if isinstance(exc, (StateMachineError, NodeStorageError))
-            else NodeStorageError(f"node failed: {exc!r}")
-        )
-        self._fail_all(err)
-        self._loop.create_task(self._fsm.error(exc))
-
-    def _stop_participating(self) -> None:
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
-            self._tick_handle = None
-        with contextlib.suppress(Exception):
-            self.transport.unregister_group(self.group)
-
-    def _fail_waiting(self, exc: Exception) -> None:
-        waiting, self._waiting = self._waiting, {}
-        self._queue_delay.clear()
-        for _, done in waiting.values():
-            done(None, exc)
-
-    def _fail_all(self, exc: Exception) -> None:
-        queue, self._queue = self._queue, []
-        _fail_queue(queue, exc)
-        self._fail_waiting(exc)
-        self._reads.close(exc)
-        self._membership.fail(exc)
-
 
 _DATA = operator.itemgetter(0)
 _DONE = operator.itemgetter(1)
-
-
-def _fail_queue(queue: list[tuple[bytes, Done]], exc: BaseException) -> None:
-    for _, done in queue:
-        done(None, exc)
