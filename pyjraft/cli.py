@@ -27,12 +27,23 @@ from pyjraft.examples import counter
 
 async def _status(args: argparse.Namespace) -> int:
     from pyjraft.ops.cluster_status import collect, render_json, render_table
+    from pyjraft.transport.tls import TlsConfig
 
+    try:
+        tls = TlsConfig.from_args(args.tls_cert, args.tls_key, args.tls_ca)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     rounds = 0
     while True:
         rows = await collect(
-            peers, group=args.group, http=args.http, service=args.service, timeout=args.timeout
+            peers,
+            group=args.group,
+            http=args.http,
+            service=args.service,
+            timeout=args.timeout,
+            tls=tls,
         )
         if args.json:
             print(render_json(rows), flush=True)
@@ -130,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="repeat every SECONDS (default 1) until interrupted",
     )
     st.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
+    counter.add_tls_arguments(st, server=False)
     sub.add_parser("kv", help="the replicated key-value store (serve, put, get, scan, watch...)")
     args = p.parse_args(argv)
     if args.cmd == "status":

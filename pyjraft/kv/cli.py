@@ -340,6 +340,21 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def _gateway_peers(spec: str | None) -> dict[str, str] | None:
+    """``RAFT=HTTP,...`` (each replica's raft address and its ``--http``) as a dict."""
+    if not spec:
+        return None
+    peers: dict[str, str] = {}
+    for item in spec.split(","):
+        raft, sep, http = item.strip().partition("=")
+        if not sep:
+            raise ValueError(f"--gateway-peers: {item!r} is not RAFT_HOST:PORT=HTTP_HOST:PORT")
+        parse_address(raft)
+        parse_address(http)
+        peers[raft] = http
+    return peers
+
+
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.die_with_parent:
         _die_with_parent()
@@ -347,6 +362,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         setup_logging(args.log_format, args.log_level, static={"node": args.id})
         if args.http is not None:
             parse_address(args.http)
+        gateway_peers = _gateway_peers(args.gateway_peers)
     except ValueError as e:
         parser.error(str(e))
     try:
@@ -382,6 +398,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             insecure_plaintext=args.insecure_plaintext,
             http=args.http,
             http_insecure_plaintext=args.http_insecure_plaintext,
+            gateway_peers=gateway_peers,
             exit_on_error=args.exit_on_error,
             pretty_describe=args.log_format == "text",
         )
@@ -420,6 +437,14 @@ def build_parser(prog: str = "pyjraft kv") -> argparse.ArgumentParser:
     add_identity_arguments(s)
     add_tls_arguments(s, server=True)
     add_ops_arguments(s)
+    s.add_argument(
+        "--gateway-peers",
+        metavar="RAFT=HTTP,...",
+        default=None,
+        help="each replica's raft address and its --http address: a follower's JSON "
+        "gateway (/v1/kv on --http) then redirects writes to the leader's (default: it "
+        "answers 503 not_leader naming the leader)",
+    )
     s.add_argument(
         "--exit-on-error",
         action=argparse.BooleanOptionalAction,

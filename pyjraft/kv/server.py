@@ -21,8 +21,10 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from pyjraft.core.errors import RaftError
 from pyjraft.kv.compactor import HistoryCompactor
@@ -62,6 +64,8 @@ class KvOptions:
     """Seconds between the leader's checks of the history bounds."""
 
 
+STATUS_SERVICE = "status"
+"""The RPC service answering `KvServer.handle_status` (``pyjraft status``)."""
 EXIT_FAILURE = 1
 """`serve`'s status when the replica could not start (or its peers refused it)."""
 EXIT_NODE_FAILED = 70
@@ -164,6 +168,8 @@ class KvServer:
         transport.register_service(
             KV_SERVICE, service.handle, max_request_bytes=service_request_limit(limits)
         )
+        if own_transport:  # a shared transport's owner answers for all its groups
+            transport.register_service(STATUS_SERVICE, server.handle_status, 1024)
         try:
             server.node = await Node.start(options, machine, transport)
         except BaseException:
@@ -190,6 +196,15 @@ class KvServer:
         )
         return server
 
+    async def handle_status(self, request: Any) -> dict[str, Any]:
+        """`Node.status` plus the store's ``revision``: what ``pyjraft status``
+        asks every member for."""
+        if self.node is None:
+            raise RuntimeError("the node is starting")
+        st = self.node.status()
+        st["revision"] = self.machine.store.revision
+        return st
+
     async def shutdown(self) -> None:
         """Stop the compactor and the node (calls meanwhile are answered
         ``unavailable``), close the transport, then the store."""
@@ -212,6 +227,7 @@ async def serve(
     insecure_plaintext: bool = False,
     http: str | None = None,
     http_insecure_plaintext: bool = False,
+    gateway_peers: Mapping[str, str] | None = None,
     exit_on_error: bool = True,
     pretty_describe: bool = True,
 ) -> int:
@@ -220,12 +236,16 @@ async def serve(
 
     ``tls``/``insecure_plaintext`` as `KvServer.start`; ``http`` (``HOST:PORT``)
     serves the operations endpoint (`pyjraft.ops.OpsServer`, with the same
-    TLS); SIGUSR2 logs the node's describe dump. When the node fails the
-    replica exits with `EXIT_NODE_FAILED` (70) unless not ``exit_on_error``
-    (it then stays up, reporting role ``error``); when its peers refuse its
-    data directory (`RegistrationError`) or it cannot start, `EXIT_FAILURE`.
+    TLS) and on it the JSON gateway (`pyjraft.kv.gateway`; ``gateway_peers``
+    maps each replica's raft address to its ``--http`` address, so that a
+    follower redirects to the leader's gateway); SIGUSR2 logs the node's
+    describe dump. When the node fails the replica exits with
+    `EXIT_NODE_FAILED` (70) unless not ``exit_on_error`` (it then stays up,
+    reporting role ``error``); when its peers refuse its data directory
+    (`RegistrationError`) or it cannot start, `EXIT_FAILURE`.
     """
-    from pyjraft.ops import OpsServer, install_describe_signal  # aiohttp: servers only
+    from pyjraft.kv.gateway import add_kv_routes  # aiohttp: servers only
+    from pyjraft.ops import OpsServer, install_describe_signal
 
     hosted: list[Node] = []
     # Before anything slow: SIGUSR2's default action would kill the process.
@@ -245,6 +265,12 @@ async def serve(
     try:
         if http is not None:
             ops = OpsServer(nodes=[node], transports=[server.transport])
+            add_kv_routes(
+                ops,
+                server.service,
+                http_peers=gateway_peers,
+                scheme="https" if tls is not None else "http",
+            )
             host, port = parse_address(http)
             addr = await ops.start(
                 host,
@@ -300,6 +326,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_NODE_FAILED",
     "KvOptions",
+    "STATUS_SERVICE",
     "KvServer",
     "serve",
     "service_request_limit",

@@ -24,12 +24,14 @@ records appends too: appending to a list and folding a prefix of it
 GIL, so no value is lost or counted twice.
 
 Recording is off unless ``NodeOptions.metrics`` is set (the node then holds
-no `NodeMetrics` and skips the clock reads). Snapshot and read-index
-histograms belong here too, once those features exist.
+no `NodeMetrics` and skips the clock reads). Reads are timed once per
+read (`read`): they are not on the write path. Snapshot durations live with
+the snapshot counters (`pyjraft.node.snapshots`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 from bisect import bisect_right
@@ -157,6 +159,7 @@ class NodeMetrics:
         "log_append_seconds",
         "meta_save_seconds",
         "apply_seconds",
+        "read_index_seconds",
     )
     """Attribute names of the histograms, for exporters."""
 
@@ -172,6 +175,11 @@ class NodeMetrics:
         self.apply_seconds = Histogram(LATENCY_BUCKETS)
         """One ``StateMachine.on_apply`` call (until its awaitable resolves);
         entries applied are counted by ``Node.stats["applied"]``."""
+        self.read_index_seconds = Histogram(LATENCY_BUCKETS)
+        """One successful `Node.read_index` (any kind), from the call until this
+        node has applied up to the confirmed index; reads are counted by
+        ``Node.stats`` (``reads``, ``lease_reads``, ``follower_reads``,
+        ``read_errors``)."""
         # Proposed batches not yet seen committed: (last index, proposal time).
         self._proposed: collections.deque[tuple[int, float]] = collections.deque(maxlen=1 << 16)
 
@@ -216,6 +224,15 @@ class NodeMetrics:
     def saved_meta(self, started: float) -> None:
         """One term/vote save, begun at ``clock()`` time ``started``, is durable."""
         h = self.meta_save_seconds
+        h.observe(time.perf_counter() - started)
+        h.maybe_fold()
+
+    def read(self, started: float, fut: asyncio.Future[int]) -> None:
+        """A `Node.read_index` begun at ``clock()`` time ``started`` is settled
+        (a done callback: only reads that succeeded are timed)."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        h = self.read_index_seconds
         h.observe(time.perf_counter() - started)
         h.maybe_fold()
 

@@ -32,6 +32,7 @@ import heapq
 import itertools
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pyjraft.core.errors import NotLeaderError
@@ -67,7 +68,10 @@ class ReadManager:
         # Confirmed, waiting for this node's apply: (index, seq, callback).
         self._apply_heap: list[tuple[int, int, _Waiter]] = []
         self._seq = itertools.count()
-        self.stats = {"reads": 0, "lease_reads": 0, "follower_reads": 0, "read_errors": 0}
+        # In the node's counters, so that metrics and describe show them.
+        self.stats = node.stats
+        self.stats.update(reads=0, lease_reads=0, follower_reads=0, read_errors=0)
+        self._metrics = node.metrics
         _register(node.transport, node.group, self)
 
     # -- the public surface --------------------------------------------------
@@ -76,6 +80,8 @@ class ReadManager:
         """See `Node.read_index`."""
         fut: asyncio.Future[int] = self._loop.create_future()
         done = _settler(fut)
+        if self._metrics is not None:
+            fut.add_done_callback(partial(self._metrics.read, self._metrics.clock()))
         handle = self._loop.call_later(
             timeout, done, None, ReadTimeoutError(f"read not confirmed within {timeout} s")
         )

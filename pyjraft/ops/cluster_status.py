@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyjraft.transport import RpcClient
+from pyjraft.transport.tls import TlsConfig
 
 COLUMNS = (
     ("member", "member"),
@@ -43,10 +44,12 @@ async def _rpc_statuses(
     return items
 
 
-async def _http_statuses(session: Any, addr: str, timeout: float) -> list[dict[str, Any]]:
+async def _http_statuses(
+    session: Any, addr: str, timeout: float, https: bool
+) -> list[dict[str, Any]]:
     import aiohttp
 
-    url = addr if "://" in addr else f"http://{addr}"
+    url = addr if "://" in addr else f"{'https' if https else 'http'}://{addr}"
     async with session.get(
         f"{url.rstrip('/')}/status.json", timeout=aiohttp.ClientTimeout(total=timeout)
     ) as resp:
@@ -64,22 +67,27 @@ async def collect(
     service: str = "status",
     timeout: float = 2.0,
     rpc: RpcClient | None = None,
+    tls: TlsConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (member, group) of ``peers`` (filtered to ``group``), with lag."""
+    """One row per (member, group) of ``peers`` (filtered to ``group``), with lag.
+
+    ``tls``: call the members with this certificate (mutual TLS), and with
+    ``http`` over HTTPS."""
     rows: list[dict[str, Any]] = []
     session: Any = None
     own_rpc = rpc is None and not http
     if http:
         import aiohttp
 
-        session = aiohttp.ClientSession()
-    client = rpc if rpc is not None else (None if http else RpcClient())
+        connector = aiohttp.TCPConnector(ssl=tls.client_context) if tls is not None else None
+        session = aiohttp.ClientSession(connector=connector)
+    client = rpc if rpc is not None else (None if http else RpcClient(tls=tls))
     try:
 
         async def one(addr: str) -> list[dict[str, Any]]:
             try:
                 if http:
-                    sts = await _http_statuses(session, addr, timeout)
+                    sts = await _http_statuses(session, addr, timeout, tls is not None)
                 else:
                     assert client is not None
                     sts = await _rpc_statuses(client, addr, service, timeout)

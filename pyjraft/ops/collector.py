@@ -16,9 +16,9 @@ Names follow SOFAJRaft's metric set in Prometheus style: ``pyjraft_`` prefix,
 every node metric, ``peer`` on replication progress, ``endpoint`` on the
 transport's. Snapshot metrics (saves, installs and transfers with their
 failures, bytes, durations, the newest snapshot's index) come from the
-``snapshot`` part of `Node.status` and the node's event counters. Read-index
-latency belongs in `_node_families` once that feature exists; it will read
-the node's counters and histograms the same way.
+``snapshot`` part of `Node.status` and the node's event counters. Reads
+are counted in `Node.stats` (``reads``, ``lease_reads``, ...) and timed by
+the ``read_index_seconds`` histogram.
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ _NODE_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("applied", "pyjraft_applied_entries", "User entries applied to the state machine."),
     ("readies", "pyjraft_readies", "Ready batches handled."),
     ("timer_wakeups", "pyjraft_timer_wakeups", "Tick timer firings."),
+    ("reads", "pyjraft_reads", "Linearizable reads asked of this node (read_index calls)."),
+    ("lease_reads", "pyjraft_lease_reads", "Of those, lease reads."),
+    ("follower_reads", "pyjraft_follower_reads", "Of those, asked of the leader by this follower."),
+    ("read_errors", "pyjraft_follower_read_errors", "Follower reads the leader did not confirm."),
     (
         "storage_retries",
         "pyjraft_storage_retries",
@@ -119,6 +123,8 @@ _HISTOGRAMS: dict[str, str] = {
     "log_append_seconds": "One log append, its write and fdatasync together.",
     "meta_save_seconds": "One durable save of term and vote.",
     "apply_seconds": "One StateMachine.on_apply call.",
+    "read_index_seconds": "One successful read_index (ReadIndex, lease or follower read), "
+    "from the call until this node applied up to the confirmed index.",
 }
 
 _PEER_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -245,7 +251,6 @@ class RaftCollector(Collector):
                     g.add_metric([*lv, peer], pr.get(key, 0))
             yield g
         yield from self._snapshot_families(statuses)
-        # Later: read-index latency, read from the node the same way.
 
     @staticmethod
     def _snapshot_families(

@@ -125,6 +125,11 @@ def test_usage_errors() -> None:
         parse_txn_spec({"success": [["launch", "k"]]})
     with pytest.raises(ValueError, match="an object"):
         parse_txn_spec([])
+    serve = ["kv", "serve", "--id", "127.0.0.1:1", "--peers", "127.0.0.1:1", "--data-dir", "d"]
+    for bad in ("127.0.0.1:1", "127.0.0.1:1=nowhere", "x=127.0.0.1:2"):
+        with pytest.raises(SystemExit) as exit_info:
+            pyjraft_main([*serve, "--gateway-peers", bad])
+        assert exit_info.value.code == 2  # a usage error, before anything starts
 
 
 def test_the_sync_client(server: ServerThread) -> None:

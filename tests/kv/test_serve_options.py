@@ -80,8 +80,10 @@ def test_a_kv_cluster_over_mutual_tls_with_the_ops_options(tmp_path: Path) -> No
     hports = free_ports(3)
 
     def node_args(addr: str) -> list[str]:
-        http.setdefault(addr, f"127.0.0.1:{hports[len(http)]}")
-        return ["--http", http[addr], "--log-format", "json", "--cluster-id", "kvtest"]
+        http.update((a, f"127.0.0.1:{hports[i]}") for i, a in enumerate(c.addrs))
+        gateways = ",".join(f"{a}={h}" for a, h in http.items())
+        return ["--http", http[addr], "--gateway-peers", gateways, "--log-format", "json",
+                "--cluster-id", "kvtest"]  # fmt: skip
 
     c = KvCluster(
         tmp_path, group="kv", tls=True, election_timeout_ms=1500, heartbeat_ms=100,
@@ -116,6 +118,37 @@ def test_a_kv_cluster_over_mutual_tls_with_the_ops_options(tmp_path: Path) -> No
 
         metrics = asyncio.run(scrape())
         assert 'pyjraft_term{group="kv"' in metrics
+
+        async def through_the_gateways() -> list[Any]:
+            # Every replica's --http serves /v1/kv; a follower redirects to the
+            # leader's gateway (--gateway-peers), keeping the method and body.
+            ctx = ssl.create_default_context(cafile=str(c.tls_files["ca"].cert))
+            ctx.check_hostname = False
+            ctx.load_cert_chain(str(client.cert), str(client.key))
+            seen: list[Any] = []
+            async with aiohttp.ClientSession() as session:
+                for i, addr in enumerate(c.addrs):
+                    url = f"https://{http[addr]}/v1/kv/gw{i}"
+                    async with session.put(url, json={"value": f"v{i}"}, ssl=ctx) as r:
+                        seen.append((r.status, (await r.json())["revision"]))
+                for i, addr in enumerate(c.addrs):
+                    url = f"https://{http[addr]}/v1/kv/gw{2 - i}"
+                    async with session.get(url, ssl=ctx) as r:
+                        seen.append((r.status, (await r.json())["value"]))
+            return seen
+
+        # pyjraft status over mutual TLS: through the RPC service and over HTTPS.
+        for how in ([c.peers], [",".join(http[a] for a in c.addrs), "--http"]):
+            st = subprocess.run(
+                [sys.executable, "-m", "pyjraft.cli", "status", "--json", "--peers", *how, *tls],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            rows = json.loads(st.stdout)
+            assert st.returncode == 0 and len(rows) == 3, (st.stdout, st.stderr)
+            assert sorted(r["role"] for r in rows) == ["follower", "follower", "leader"]
+        assert asyncio.run(through_the_gateways()) == [
+            (200, 2), (200, 3), (200, 4), (200, "v2"), (200, "v1"), (200, "v0")
+        ]  # fmt: skip
         # SIGUSR2: the describe dump, as one JSON line.
         first = c.addrs[0]
         c.procs[first].send_signal(signal.SIGUSR2)

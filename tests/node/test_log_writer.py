@@ -164,6 +164,10 @@ async def stuck_leader(
     ) as c:
         leader = await c.leader()
         assert await leader.apply(b"1") == 1
+        # Applied once the followers made it durable: the leader's own write of
+        # it may still be on the writer thread, counted as unwritten.
+        await wait_for(lambda: not leader._writes, 10, "the leader's first write finishes")
+        assert leader._unwritten == 0
         gate = _block_appends(leader)
         try:
             yield c, leader, gate

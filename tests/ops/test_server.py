@@ -62,11 +62,22 @@ def test_metrics_report_counters_gauges_histograms_and_peers() -> None:
         async with LocalCluster(SEED, metrics=True, **CALM) as c:
             leader = await c.leader(15)
             await _writes(leader, 20)
+            await leader.read_index()
+            await leader.read_index(lease=True)
+            follower = next(n for n in c.nodes.values() if n is not leader)
+            await follower.read_index()
             async with serving(list(c.nodes.values())) as (_, session, base):
                 status, text = await _get(session, f"{base}/metrics")
         assert status == 200
         s = _samples(text)
         lab = {"group": "default", "node": leader.id}
+        assert _value(s, "pyjraft_reads_total", **lab) == 2
+        assert _value(s, "pyjraft_lease_reads_total", **lab) == 1
+        assert _value(s, "pyjraft_read_index_seconds_count", **lab) == 2
+        flab = {"group": "default", "node": follower.id}
+        assert _value(s, "pyjraft_follower_reads_total", **flab) == 1
+        assert _value(s, "pyjraft_read_index_seconds_count", **flab) == 1
+        assert _value(s, "pyjraft_follower_read_errors_total", **flab) == 0
         assert _value(s, "pyjraft_proposals_total", **lab) == leader.stats["proposals"] >= 200
         assert _value(s, "pyjraft_proposal_batches_total", **lab) == leader.stats["batches"]
         assert _value(s, "pyjraft_term", **lab) == leader.term
