@@ -39,6 +39,7 @@ from pyjraft.kv.types import (
     kv_or_none,
 )
 from pyjraft.transport import RpcClient
+from pyjraft.transport.tls import TlsConfig
 
 Bytes = bytes | str
 """A key or value: bytes, or a str taken as UTF-8."""
@@ -73,7 +74,9 @@ class Client:
     included); ``group`` is the raft group of the cluster. ``rpc`` (an
     `RpcClient`) and ``routes`` (a `RouteTable`) can be shared between
     clients; ``rng`` seeds the retry jitter. ``watch_wait`` is how long one
-    watch poll waits on the server for an event.
+    watch poll waits on the server for an event. ``tls`` (a `TlsConfig` with
+    a client certificate, `TlsConfig.load`) speaks mutual TLS to the
+    replicas.
     """
 
     def __init__(
@@ -87,11 +90,14 @@ class Client:
         routes: RouteTable | None = None,
         rng: random.Random | None = None,
         watch_wait: float = 5.0,
+        tls: TlsConfig | None = None,
     ) -> None:
         if watch_wait <= 0:
             raise ValueError("watch_wait must be positive")
+        if tls is not None and rpc is not None:
+            raise ValueError("give tls or rpc, not both (an RpcClient carries its own TLS)")
         self._own_rpc = rpc is None
-        self.rpc = rpc if rpc is not None else RpcClient()
+        self.rpc = rpc if rpc is not None else RpcClient(tls=tls)
         self.group = group
         self.peers = peers
         self.raft = RaftClient(

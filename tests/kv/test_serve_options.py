@@ -22,6 +22,7 @@ from pyjraft.kv import Client, KvLimits, Op
 from pyjraft.kv.server import EXIT_NODE_FAILED, service_request_limit
 from pyjraft.testing.ports import free_ports
 from pyjraft.transport import RpcClient, TransportError
+from pyjraft.transport.tls import TlsConfig
 from tests.kv.cluster import KvCluster
 from tests.kv.conftest import ServerThread
 
@@ -137,6 +138,20 @@ def test_a_kv_cluster_over_mutual_tls_with_the_ops_options(tmp_path: Path) -> No
                         seen.append((r.status, (await r.json())["value"]))
             return seen
 
+        async def with_the_python_client() -> bytes | None:
+            config = TlsConfig.from_args(
+                str(client.cert), str(client.key), str(c.tls_files["ca"].cert)
+            )
+            async with Client(c.peers, group="kv", tls=config, deadline=30) as kv:
+                await kv.put(b"py", b"tls")
+                got = await kv.get(b"py")
+                return None if got is None else got.value
+
+        assert asyncio.run(with_the_python_client()) == b"tls"
+        with pytest.raises(ValueError, match="not both"):
+            Client(c.peers, tls=TlsConfig.from_args(
+                str(client.cert), str(client.key), str(c.tls_files["ca"].cert)
+            ), rpc=RpcClient())  # fmt: skip
         # pyjraft status over mutual TLS: through the RPC service and over HTTPS.
         for how in ([c.peers], [",".join(http[a] for a in c.addrs), "--http"]):
             st = subprocess.run(
@@ -147,7 +162,7 @@ def test_a_kv_cluster_over_mutual_tls_with_the_ops_options(tmp_path: Path) -> No
             assert st.returncode == 0 and len(rows) == 3, (st.stdout, st.stderr)
             assert sorted(r["role"] for r in rows) == ["follower", "follower", "leader"]
         assert asyncio.run(through_the_gateways()) == [
-            (200, 2), (200, 3), (200, 4), (200, "v2"), (200, "v1"), (200, "v0")
+            (200, 3), (200, 4), (200, 5), (200, "v2"), (200, "v1"), (200, "v0")
         ]  # fmt: skip
         # SIGUSR2: the describe dump, as one JSON line.
         first = c.addrs[0]
