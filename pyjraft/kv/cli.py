@@ -15,7 +15,9 @@
 ``serve`` takes the counter server's TLS options (``--tls-cert --tls-key
 --tls-ca``, ``--insecure-plaintext``), its operations options (``--http``,
 ``--log-format``, ``--log-level``, ``--[no-]exit-on-error``; SIGUSR2 logs the
-describe dump) and ``--cluster-id``/``--force-new-instance``; the client
+describe dump), ``--cluster-id``/``--force-new-instance`` and the
+snapshot options (``--snapshot-every``, ``--snapshot-interval-s``,
+``--snapshot-log-margin``, ...); the client
 commands take ``--tls-cert --tls-key --tls-ca`` (a client certificate).
 
 Keys and values given as arguments are taken byte for byte (``os.fsencode``).
@@ -43,7 +45,9 @@ from pyjraft.client import ClientError, UnknownOutcomeError
 from pyjraft.examples.counter import (
     add_identity_arguments,
     add_ops_arguments,
+    add_snapshot_arguments,
     add_tls_arguments,
+    snapshot_options,
 )
 from pyjraft.kv.client import Client
 from pyjraft.kv.protocol import KvLimits
@@ -382,6 +386,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         metrics=args.http is not None,
         cluster_id=args.cluster_id,
         force_new_instance=args.force_new_instance,
+        **snapshot_options(args),
     )
     kv_options = KvOptions(
         limits=KvLimits(max_key_bytes=args.max_key_bytes, max_value_bytes=args.max_value_bytes),
@@ -435,6 +440,7 @@ def build_parser(prog: str = "pyjraft kv") -> argparse.ArgumentParser:
     )
     s.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     add_identity_arguments(s)
+    add_snapshot_arguments(s)
     add_tls_arguments(s, server=True)
     add_ops_arguments(s)
     s.add_argument(
