@@ -366,6 +366,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         metrics=args.http is not None,
         cluster_id=args.cluster_id,
         force_new_instance=args.force_new_instance,
+        join=args.join,
     )
     kv_options = KvOptions(
         limits=KvLimits(max_key_bytes=args.max_key_bytes, max_value_bytes=args.max_value_bytes),

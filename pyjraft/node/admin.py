@@ -69,7 +69,8 @@ INVALID_REQUEST = "invalid_request"
 UNKNOWN_GROUP = "unknown_group"
 """This process hosts no member of the group."""
 NOT_LEADER = "not_leader"
-"""This member does not lead; ``leader`` names the one it knows (or ``""``)."""
+"""This member does not lead; ``leader`` names the one it knows (or ``""``),
+``members`` the members of the configuration it has."""
 UNAVAILABLE = "unavailable"
 """The member is not running (stopping, stopped, failed)."""
 UNAUTHORIZED = "unauthorized"
@@ -264,7 +265,15 @@ class AdminService:
         try:
             return {"ok": await self._run(node, op, args)}
         except NotLeaderError as e:
-            return _error(NOT_LEADER, f"{node.id} does not lead group {group!r}", leader=e.leader)
+            conf = node.configuration
+            return _error(
+                NOT_LEADER,
+                f"{node.id} does not lead group {group!r}",
+                leader=e.leader,
+                # The members, so a client given only some of them may follow
+                # a hint to a member added since.
+                members=sorted({*conf.voters, *conf.learners, *conf.voters_outgoing}),
+            )
         except ConfChangeBusyError as e:
             return _error(BUSY, str(e))
         except ConfChangeError as e:
