@@ -32,6 +32,7 @@ def test_options_go_before_or_after_the_operation() -> None:
     [
         ["leader"],  # no --peers / --group
         ["--peers", "h:1", "leader"],
+        ["--peers", "h1,h:2", "--group", "g", "leader"],  # not host:port
         ["--peers", "h:1", "--group", "g", "nope"],
         ["--peers", "h:1", "--group", "g", "reset-peers", "h:1", "--member", "h:1"],  # no --force
         ["--peers", "h:1", "--group", "g", "change-peers", "h:1", "--priority", "h:1"],

@@ -29,6 +29,7 @@ from pyjraft.client.admin import (
     GroupConfiguration,
 )
 from pyjraft.client.errors import UnknownOutcomeError
+from pyjraft.transport.base import parse_address
 from pyjraft.transport.tls import TlsConfig
 
 EXIT_OK = 0
@@ -273,6 +274,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "pyjraft admin") -> int:
         parser.error("timeouts must be positive")
     if not args.peers or not _split(args.peers):
         parser.error("give --peers (member addresses, comma-separated)")
+    try:
+        for peer in _split(args.peers):
+            parse_address(peer)
+    except ValueError as e:
+        parser.error(f"--peers: {e}")
     if not args.group:
         parser.error("give --group")
     return run(lambda: _main(args))
