@@ -18,6 +18,7 @@ from pyjraft.client.admin import (
     NotAuthorizedError,
     SnapshotsUnavailableError,
     TransferFailedError,
+    UnavailableError,
     UnknownGroupError,
 )
 from pyjraft.node.admin import ADMIN_SERVICE, MAX_PEERS, MAX_REQUEST_BYTES, OPS, READ_OPS
@@ -183,6 +184,10 @@ def test_changes_follow_the_leader_and_reads_report_the_group() -> None:
                 "another leads",
             )
             assert (await admin.get_leader())[0] == leader2.id
+            # No target: the most up-to-date other voter.
+            moved = await admin.transfer_leader()
+            assert moved != leader2.id and moved in conf.voters
+            await wait_for(lambda: c.nodes[moved].is_leader, 5, "the chosen voter leads")
 
     run(main())
 
@@ -263,5 +268,20 @@ def test_an_unknown_outcome_is_reported_when_the_reply_is_lost() -> None:
             admin.routes.update_leader(GROUP, leader.id)
             with pytest.raises(UnknownOutcomeError):
                 await admin.add_peer("n9:1")  # waits for a peer that never catches up
+
+    run(main())
+
+
+def test_a_stopped_member_answers_unavailable() -> None:
+    async def main() -> None:
+        async with LocalCluster(seed=68) as c:
+            await c.leader()
+            node = c.nodes[IDS[0]]
+            await node.shutdown()  # its transport still answers
+            t = _caller(c)
+            reply = await t.call(IDS[0], ADMIN_SERVICE, {"op": "leader", "group": GROUP})
+            assert reply["error"] == "unavailable"
+            with pytest.raises(UnavailableError):
+                await _admin(c, t).snapshot(IDS[0])
 
     run(main())
