@@ -63,8 +63,14 @@ class BadConfigurationError(AdminError):
 
 
 class ChangeAbortedError(AdminError):
-    """The change was abandoned, usually because a joining peer did not catch
-    up in time (is it running, with ``--join``?); nothing changed."""
+    """The change was abandoned (leadership changed before it began; or, as
+    `CatchUpTimeoutError`, a joining peer did not catch up); nothing changed."""
+
+
+class CatchUpTimeoutError(ChangeAbortedError):
+    """A joining peer did not catch up within the leader's ``catchup_timeout_ms``
+    (is it running, started with ``--join``, reachable from the leader?);
+    nothing changed."""
 
 
 class TransferFailedError(AdminError):
@@ -107,6 +113,7 @@ _ERRORS: dict[str, type[AdminError]] = {
     codes.INVALID_REQUEST: BadConfigurationError,
     codes.BAD_CONFIGURATION: BadConfigurationError,
     codes.CHANGE_ABORTED: ChangeAbortedError,
+    codes.CATCHUP_TIMEOUT: CatchUpTimeoutError,
     codes.TRANSFER_FAILED: TransferFailedError,
     codes.SNAPSHOTS_UNAVAILABLE: SnapshotsUnavailableError,
     codes.UNAVAILABLE: UnavailableError,
@@ -451,6 +458,7 @@ __all__ = [
     "AdminError",
     "BadConfigurationError",
     "BusyError",
+    "CatchUpTimeoutError",
     "ChangeAbortedError",
     "GroupConfiguration",
     "NoLeaderError",

@@ -80,7 +80,10 @@ BUSY = "busy"
 BAD_CONFIGURATION = "bad_configuration"
 """The change or transfer makes no sense (no voters, not a voter...)."""
 CHANGE_ABORTED = "change_aborted"
-"""The change was abandoned (a joining peer did not catch up in time); nothing changed."""
+"""The change was abandoned (the leader changed before it began); nothing changed."""
+CATCHUP_TIMEOUT = "catchup_timeout"
+"""The change was abandoned: a joining peer did not catch up within the
+leader's ``catchup_timeout_ms``; nothing changed."""
 TRANSFER_FAILED = "transfer_failed"
 """The leadership transfer did not happen in time."""
 UNKNOWN_OUTCOME = "unknown_outcome"
@@ -277,7 +280,9 @@ class AdminService:
         except ConfChangeBusyError as e:
             return _error(BUSY, str(e))
         except ConfChangeError as e:
-            return _error(CHANGE_ABORTED, str(e))
+            # The core says why in words only; this is its catch-up deadline's.
+            code = CATCHUP_TIMEOUT if "did not catch up" in str(e) else CHANGE_ABORTED
+            return _error(code, str(e))
         except TransferError as e:
             return _error(TRANSFER_FAILED, str(e))
         except LeadershipLostError as e:
@@ -370,6 +375,7 @@ __all__ = [
     "ADMIN_SERVICE",
     "BAD_CONFIGURATION",
     "BUSY",
+    "CATCHUP_TIMEOUT",
     "CHANGE_ABORTED",
     "INVALID_REQUEST",
     "MAX_PEERS",

@@ -13,7 +13,7 @@ from pyjraft.client.admin import (
     AdminClient,
     BadConfigurationError,
     BusyError,
-    ChangeAbortedError,
+    CatchUpTimeoutError,
     NoLeaderError,
     NotAuthorizedError,
     SnapshotsUnavailableError,
@@ -198,7 +198,7 @@ def test_typed_errors() -> None:
             leader = await c.leader()
             t = _caller(c)
             admin = _admin(c, t)
-            with pytest.raises(ChangeAbortedError, match="catch up"):
+            with pytest.raises(CatchUpTimeoutError, match="catch up"):
                 await admin.add_peer("n9:1")  # never started
             first = admin.add_peer("n8:1")
             other = _admin(c, t)
@@ -206,7 +206,7 @@ def test_typed_errors() -> None:
             await wait_for(lambda: leader._core._change is not None, 5, "change started")
             with pytest.raises(BusyError):
                 await other.add_peer("n7:1")
-            with pytest.raises(ChangeAbortedError):
+            with pytest.raises(CatchUpTimeoutError):
                 await task
             with pytest.raises(BadConfigurationError):
                 await admin.transfer_leader("n9:1")  # not a voter
