@@ -217,30 +217,31 @@ class AdminClient:
     # -- reads -----------------------------------------------------------------
 
     async def get_leader(self) -> tuple[str, int]:
-        """``(leader, term)``: asks every peer at once; the one that says it
-        leads in the highest term, else the leader most reported. `NoLeaderError`
+        """``(leader, term)``: asks every peer at once and takes the leader named
+        in the highest term (by the leader itself, when it answered). `NoLeaderError`
         when none knows one."""
         peers = self.routes.peers_of(self.group)
         answers = await asyncio.gather(
             *(self._call_member(p, {"op": "leader"}) for p in peers), return_exceptions=True
         )
-        oks = [a for a in answers if isinstance(a, dict)]
-        if not oks:
+        # (term, says it leads, leader) of each well-formed answer.
+        views = [
+            (a["term"], a.get("role") == "leader", a["leader"])
+            for a in answers
+            if isinstance(a, dict) and type(a.get("term")) is int and type(a.get("leader")) is str
+        ]
+        if not views:
             errors = [a for a in answers if isinstance(a, BaseException)]
             if errors and all(isinstance(e, UnknownGroupError) for e in errors):
                 raise errors[0]
             raise NoLeaderError(
                 codes.UNAVAILABLE, f"no member of {self.group!r} answered: {errors[:1]}"
             )
-        leading = [a for a in oks if a.get("role") == "leader"]
-        if leading:
-            best = max(leading, key=lambda a: int(a.get("term", 0)))
-            return str(best["node"]), int(best["term"])
-        named = [a for a in oks if a.get("leader")]
-        if not named:
+        # The newest term's view; one that leads in it over hearsay.
+        term, _, leader = max(v for v in views if v[2]) if any(v[2] for v in views) else views[0]
+        if not leader:
             raise NoLeaderError(codes.NOT_LEADER, f"no member of {self.group!r} knows a leader")
-        best = max(named, key=lambda a: int(a.get("term", 0)))
-        return str(best["leader"]), int(best["term"])
+        return leader, term
 
     async def list_peers(self, *, member: str | None = None) -> GroupConfiguration:
         """The configuration, from the leader (or from ``member``'s own view,

@@ -4,6 +4,7 @@ hostile requests, authorization, routing, typed errors."""
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from pyjraft.client import UnknownOutcomeError
 from pyjraft.client.admin import (
     AdminClient,
+    AdminError,
     BadConfigurationError,
     BusyError,
     CatchUpTimeoutError,
@@ -22,7 +24,7 @@ from pyjraft.client.admin import (
     UnknownGroupError,
 )
 from pyjraft.node.admin import ADMIN_SERVICE, MAX_PEERS, MAX_REQUEST_BYTES, OPS, READ_OPS
-from pyjraft.transport import LocalTransport
+from pyjraft.transport import LocalNetwork, LocalTransport
 from pyjraft.transport.errors import RemoteError
 from pyjraft.transport.tls import Identity, Role
 from tests.node.harness import IDS, LocalCluster, run, wait_for
@@ -283,5 +285,26 @@ def test_a_stopped_member_answers_unavailable() -> None:
             assert reply["error"] == "unavailable"
             with pytest.raises(UnavailableError):
                 await _admin(c, t).snapshot(IDS[0])
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [None, 5, [], {}, {"ok": None}, {"ok": {"term": "x", "leader": 1}}, {"error": 7}],
+)
+def test_a_garbled_reply_is_an_error_not_a_crash(reply: Any) -> None:
+    async def main() -> None:
+        net = LocalNetwork(random.Random(69))
+        server, caller = LocalTransport(net, "s:1"), LocalTransport(net, "c:1")
+
+        async def garbled(request: Any) -> Any:
+            return reply
+
+        server.register_service(ADMIN_SERVICE, garbled)
+        admin = AdminClient(["s:1"], group=GROUP, rpc=caller, find_leader_timeout=0.2)  # type: ignore[arg-type]
+        for call in (admin.get_leader(), admin.list_peers(), admin.add_peer("h:1")):
+            with pytest.raises(AdminError):
+                await call
 
     run(main())
