@@ -1,6 +1,6 @@
 """``pyjraft certs``: a CA and node/client certificates for a test cluster.
 
-    pyjraft certs --out DIR --nodes 127.0.0.1:7001,127.0.0.1:7002 --clients admin
+    pyjraft certs --out DIR --nodes 127.0.0.1:7001,127.0.0.1:7002 --clients app --admins ops
 
 writes into DIR:
 
@@ -11,7 +11,10 @@ writes into DIR:
   becomes ``_``), naming ``pyjraft://node/<id>`` (see
   `pyjraft.transport.tls`) plus the host as an IP or DNS name;
 * ``client-<name>.pem`` / ``client-<name>-key.pem`` per client, naming
-  ``pyjraft://client/<name>``.
+  ``pyjraft://client/<name>``;
+* ``admin-<name>.pem`` / ``admin-<name>-key.pem`` per administrator, naming
+  ``pyjraft://admin/<name>``: a client certificate that the admin service
+  also lets change membership, move the leader and trigger snapshots.
 
 Keys are ECDSA P-256, written with mode 0600. This is a convenience for
 tests and first deployments; an organisation's own CA works as well, as
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pyjraft.transport.base import parse_address
-from pyjraft.transport.tls import CLIENT_URI_PREFIX, NODE_URI_PREFIX
+from pyjraft.transport.tls import ADMIN_URI_PREFIX, CLIENT_URI_PREFIX, NODE_URI_PREFIX
 
 CA_CERT = "ca.pem"
 """File name of the CA certificate in the output directory."""
@@ -191,6 +194,13 @@ class CertificateAuthority:
         key, cert = self.issue(CLIENT_URI_PREFIX + name, None, server=False, days=days)
         return self._write_pair(directory, file_stem("client", name), key, cert)
 
+    def write_admin(self, directory: Path, name: str, days: int = 365) -> CertFiles:
+        """Issue and write the certificate of administrator ``name``."""
+        if not name or "/" in name:
+            raise ValueError(f"bad admin name {name!r}")
+        key, cert = self.issue(ADMIN_URI_PREFIX + name, None, server=False, days=days)
+        return self._write_pair(directory, file_stem("admin", name), key, cert)
+
     @staticmethod
     def _write_pair(directory: Path, stem: str, key: Any, cert: Any) -> CertFiles:
         files = CertFiles(directory / f"{stem}.pem", directory / f"{stem}-key.pem")
@@ -200,11 +210,15 @@ class CertificateAuthority:
 
 
 def make_cluster_certs(
-    out: Path, nodes: Sequence[str], clients: Sequence[str] = (), days: int = 365
+    out: Path,
+    nodes: Sequence[str],
+    clients: Sequence[str] = (),
+    days: int = 365,
+    admins: Sequence[str] = (),
 ) -> dict[str, CertFiles]:
     """Write a CA (reusing one already in ``out``) and the certificates of
-    ``nodes`` and ``clients``; return the files by ``"ca"``, node id and
-    ``"client:<name>"``."""
+    ``nodes``, ``clients`` and ``admins``; return the files by ``"ca"``, node
+    id, ``"client:<name>"`` and ``"admin:<name>"``."""
     out.mkdir(parents=True, exist_ok=True)
     if (out / CA_CERT).exists() and (out / CA_KEY).exists():
         ca = CertificateAuthority.load(out)
@@ -216,6 +230,8 @@ def make_cluster_certs(
         files[node] = ca.write_node(out, node, days)
     for name in clients:
         files[f"client:{name}"] = ca.write_client(out, name, days)
+    for name in admins:
+        files[f"admin:{name}"] = ca.write_admin(out, name, days)
     return files
 
 
@@ -231,15 +247,21 @@ def main(argv: Sequence[str] | None = None, prog: str = "pyjraft certs") -> int:
     p.add_argument("--out", required=True, help="directory to write into (created if missing)")
     p.add_argument("--nodes", default="", help="node ids (HOST:PORT), comma-separated")
     p.add_argument("--clients", default="", help="client names, comma-separated")
+    p.add_argument(
+        "--admins",
+        default="",
+        help="administrator names, comma-separated: client certificates that may also "
+        "change membership through the admin service (pyjraft admin)",
+    )
     p.add_argument("--days", type=int, default=365, help="validity in days")
     args = p.parse_args(argv)
-    nodes, clients = _split(args.nodes), _split(args.clients)
-    if not nodes and not clients:
-        p.error("give --nodes and/or --clients")
+    nodes, clients, admins = _split(args.nodes), _split(args.clients), _split(args.admins)
+    if not nodes and not clients and not admins:
+        p.error("give --nodes, --clients and/or --admins")
     try:
         for n in nodes:
             parse_address(n)
-        files = make_cluster_certs(Path(args.out), nodes, clients, args.days)
+        files = make_cluster_certs(Path(args.out), nodes, clients, args.days, admins)
     except (ValueError, OSError) as e:
         print(f"error: {e}")
         return 1

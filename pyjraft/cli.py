@@ -9,7 +9,8 @@ and ``client``); ``pyjraft certs ...`` makes a CA and node/client
 certificates (`pyjraft.certs`); ``pyjraft bench ...`` is ``python -m
 pyjraft.bench``; ``pyjraft status --peers A,B,C`` prints a table of a cluster;
 ``pyjraft kv ...`` runs and talks to the replicated key-value store
-(`pyjraft.kv.cli`).
+(`pyjraft.kv.cli`); ``pyjraft admin ...`` changes a group's membership,
+moves its leader and triggers snapshots (`pyjraft.client.admin_cli`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyjraft.kv.cli import main as kv_main
 
         return kv_main(argv[1:], prog="pyjraft kv")
+    if argv and argv[0] == "admin":
+        from pyjraft.client.admin_cli import main as admin_main
+
+        return admin_main(argv[1:], prog="pyjraft admin")
     p = argparse.ArgumentParser(prog="pyjraft", description="pyjraft: Raft consensus for Python.")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser(
@@ -143,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
     counter.add_tls_arguments(st, server=False)
     sub.add_parser("kv", help="the replicated key-value store (serve, put, get, scan, watch...)")
+    sub.add_parser(
+        "admin",
+        help="membership changes, leadership transfer, snapshots (pyjraft admin -h)",
+    )
     args = p.parse_args(argv)
     if args.cmd == "status":
         if args.watch is not None and args.watch <= 0:

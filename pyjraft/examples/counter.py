@@ -311,6 +311,7 @@ async def _serve(args: argparse.Namespace) -> int:
         segment_bytes=args.segment_bytes,
         cluster_id=args.cluster_id,
         force_new_instance=args.force_new_instance,
+        join=args.join,
         **snapshot_options(args),
     )
     hosted: list[Node] = []
@@ -490,7 +491,13 @@ def build_parser(prog: str = "python -m pyjraft.examples.counter") -> argparse.A
 
 def add_identity_arguments(p: argparse.ArgumentParser) -> None:
     """The data-directory identity options of the server commands:
-    ``--cluster-id`` and ``--force-new-instance``."""
+    ``--cluster-id``, ``--force-new-instance`` and ``--join``."""
+    p.add_argument(
+        "--join",
+        action="store_true",
+        help="start as a member the group will add (pyjraft admin add-peer / add-learners): "
+        "no configuration of its own; --peers names current members to reach",
+    )
     p.add_argument(
         "--cluster-id",
         default="default",

@@ -386,6 +386,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         metrics=args.http is not None,
         cluster_id=args.cluster_id,
         force_new_instance=args.force_new_instance,
+        join=args.join,
         **snapshot_options(args),
     )
     kv_options = KvOptions(

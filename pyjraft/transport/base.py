@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from pyjraft.core.messages import Message
 from pyjraft.transport.limits import DEFAULT_MAX_REQUEST_BYTES
+from pyjraft.transport.tls import Identity
 
 MessageHandler = Callable[[Message], None]
 """Receives each inbound raft message of one group, on the event loop."""
@@ -19,6 +20,12 @@ msgpack-able response. An ``async def`` handler runs in a task of its own per
 request; a plain function returning an `asyncio.Future` (say, the one
 `Node.apply` returns) is answered from the future's done callback, with no
 task: the cheaper form for a handler that only forwards."""
+
+CallerServiceHandler = Callable[[Any, Identity | None], Awaitable[Any]]
+"""A `ServiceHandler` that is also told who calls: the identity the caller's
+TLS certificate names, or None when the connection is not authenticated
+(plaintext). For services that authorize (the admin service); registered
+with `HandlerRegistry.register_caller_service`."""
 
 
 @dataclass(slots=True)
@@ -119,6 +126,9 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._groups: dict[str, MessageHandler] = {}
         self._services: dict[str, ServiceHandler] = {}
+        # Services told who calls: looked up only when ``_services`` has no
+        # such name, so the other services' path pays nothing for them.
+        self._caller_services: dict[str, CallerServiceHandler] = {}
         self._service_limits: dict[str, int] = {}
 
     def register_group(self, group: str, handler: MessageHandler) -> None:
@@ -144,12 +154,28 @@ class HandlerRegistry:
         """
         if max_request_bytes < 1:
             raise ValueError("max_request_bytes must be >= 1")
+        self._caller_services.pop(name, None)
         self._services[name] = handler
+        self._service_limits[name] = max_request_bytes
+
+    def register_caller_service(
+        self,
+        name: str,
+        handler: CallerServiceHandler,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        """As `register_service`, but ``handler(request, caller)`` is also given
+        the caller's identity (`CallerServiceHandler`), to authorize."""
+        if max_request_bytes < 1:
+            raise ValueError("max_request_bytes must be >= 1")
+        self._services.pop(name, None)
+        self._caller_services[name] = handler
         self._service_limits[name] = max_request_bytes
 
     def unregister_service(self, name: str) -> None:
         """Stop serving ``name``; later requests get an error response."""
         self._services.pop(name, None)
+        self._caller_services.pop(name, None)
         self._service_limits.pop(name, None)
 
 
@@ -177,6 +203,12 @@ class Transport(Protocol):
     ) -> None:
         """Serve RPC calls to ``name`` with ``handler`` (requests up to
         ``max_request_bytes`` encoded)."""
+        ...
+
+    def register_caller_service(
+        self, name: str, handler: CallerServiceHandler, max_request_bytes: int = ...
+    ) -> None:
+        """Serve RPC calls to ``name`` with ``handler``, told who calls."""
         ...
 
     def unregister_service(self, name: str) -> None:

@@ -35,6 +35,7 @@ from pyjraft.transport.codec import (
     encode_response,
 )
 from pyjraft.transport.errors import RemoteError, RpcTimeoutError, TransportError
+from pyjraft.transport.tls import Identity
 
 log = logging.getLogger("pyjraft.transport")
 
@@ -172,6 +173,10 @@ class LocalTransport(HandlerRegistry):
         self.stats = TransportStats()
         """Counters, as for `TcpTransport`."""
         HandlerRegistry.__init__(self)
+        self.identity: Identity | None = None
+        """Who this endpoint's calls are from, as a TLS certificate would say
+        (services registered with ``register_caller_service`` see it); None:
+        unauthenticated, as in plaintext."""
         self._tasks: set[asyncio.Task[tuple[bool, Any]]] = set()
         self._closed = False
         network._attach(self)
@@ -231,7 +236,7 @@ class LocalTransport(HandlerRegistry):
                         f"request of {len(body)} bytes exceeds service {service!r}'s limit "
                         f"of {limit}"
                     )
-                task = dst._serve(service, req)
+                task = dst._serve(service, req, self.identity)
                 try:
                     ok, payload = await asyncio.shield(task)
                 except asyncio.CancelledError:
@@ -250,24 +255,34 @@ class LocalTransport(HandlerRegistry):
             raise RemoteError(payload)
         return payload
 
-    def _serve(self, service: str, request: Any) -> asyncio.Task[tuple[bool, Any]]:
+    def _serve(
+        self, service: str, request: Any, caller: Identity | None = None
+    ) -> asyncio.Task[tuple[bool, Any]]:
         # A task of the server, not of the caller, so that a caller giving up
         # does not cancel the handler -- as with TCP.
         if self._closed:
             raise TransportError(f"connection to {self.address} lost")
-        task = asyncio.get_running_loop().create_task(self._answer(service, request))
+        task = asyncio.get_running_loop().create_task(self._answer(service, request, caller))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _answer(self, service: str, request: Any) -> tuple[bool, Any]:
+    async def _answer(
+        self, service: str, request: Any, caller: Identity | None
+    ) -> tuple[bool, Any]:
         self.stats.requests_in += 1
         handler = self._services.get(service)
-        if handler is None:
+        caller_handler = self._caller_services.get(service)
+        if handler is None and caller_handler is None:
             self.stats.request_errors += 1
             return False, f"unknown service {service!r}"
         try:
-            body = encode_response(0, True, await handler(request))
+            if handler is not None:
+                value = await handler(request)
+            else:
+                assert caller_handler is not None
+                value = await caller_handler(request, caller)
+            body = encode_response(0, True, value)
         except Exception as e:
             self.stats.request_errors += 1
             return False, f"{type(e).__name__}: {e}"

@@ -64,7 +64,7 @@ from pyjraft.transport.codec import (
 from pyjraft.transport.errors import ProtocolError
 from pyjraft.transport.framing import HEADER_SIZE, Kind, TurnWriter, frame_header, parse_header_at
 from pyjraft.transport.reasons import count_bad_frame, count_connection_error, count_limit
-from pyjraft.transport.tls import IdentityError, Role, peer_identity
+from pyjraft.transport.tls import Identity, IdentityError, Role, peer_identity
 
 if TYPE_CHECKING:
     from pyjraft.transport.tcp import TcpTransport
@@ -96,6 +96,9 @@ class ServerConnection(asyncio.Protocol):
         """The node its certificate names (TLS); None in plaintext or for a client."""
         self.client_role = False
         """Whether its certificate is a client's: no raft frames."""
+        self.identity: Identity | None = None
+        """What its certificate names (TLS); None in plaintext. Given to the
+        services registered with ``register_caller_service``."""
         self.raft = False
         """Whether it has carried raft frames (a peer's): it then draws on the
         turn budget of raft traffic, which requests cannot exhaust."""
@@ -151,6 +154,7 @@ class ServerConnection(asyncio.Protocol):
                 t._limiter.log(logging.WARNING, "no-identity", "refusing %s: %s", self.peer, e)
                 self.abort()
                 return
+            self.identity = ident
             if ident.role is Role.NODE:
                 self.node_id = ident.name
             else:
@@ -487,11 +491,16 @@ class ServerConnection(asyncio.Protocol):
 
     def _serve(self, rpc_id: int, service: str, request: Any, size: int) -> None:
         handler = self.t._services.get(service)
-        if handler is None:
-            self._answer_error(rpc_id, f"unknown service {service!r}")
-            return
         try:
-            pending = handler(request)
+            if handler is not None:
+                pending = handler(request)
+            else:
+                # Rare: a service told who calls (admin), or an unknown one.
+                caller_handler = self.t._caller_services.get(service)
+                if caller_handler is None:
+                    self._answer_error(rpc_id, f"unknown service {service!r}")
+                    return
+                pending = caller_handler(request, self.identity)
         except Exception as e:
             self._queue_answer(self.t._response_frame(rpc_id, service, None, e))
             return

@@ -72,6 +72,7 @@ from typing import Any
 from pyjraft.core.messages import Message
 from pyjraft.transport.acceptor import Acceptor, bind_sockets
 from pyjraft.transport.base import (
+    CallerServiceHandler,
     HandlerRegistry,
     ServiceHandler,
     TransportStats,
@@ -287,6 +288,17 @@ class TcpTransport(HandlerRegistry):
         """Serve RPC requests for service ``name`` with ``handler``; see
         `HandlerRegistry.register_service` for ``max_request_bytes``."""
         HandlerRegistry.register_service(self, name, handler, max_request_bytes)
+        self._update_request_limit()
+
+    def register_caller_service(
+        self,
+        name: str,
+        handler: CallerServiceHandler,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        """As `register_service`, the handler also told the caller's identity
+        (the connection's certificate's; None in plaintext)."""
+        HandlerRegistry.register_caller_service(self, name, handler, max_request_bytes)
         self._update_request_limit()
 
     def unregister_service(self, name: str) -> None:

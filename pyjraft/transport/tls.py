@@ -11,6 +11,10 @@ exactly one *identity* in a URI subject alternative name:
   serverAuth and clientAuth extended key usages.
 * ``pyjraft://client/<name>`` -- a client: it may call RPC services but never
   send raft messages. Client certificates carry clientAuth only.
+* ``pyjraft://admin/<name>`` -- an administrator: a client (no raft
+  messages) that may also change a group's membership, move its leader,
+  trigger snapshots through the admin service (`may_administer`), which
+  plain client certificates may only read.
 
 Being signed by the CA is not enough to act as a member: a server takes the
 identity from the verified certificate of each accepted connection and drops
@@ -33,6 +37,8 @@ NODE_URI_PREFIX = "pyjraft://node/"
 """URI SAN prefix of a node certificate; the node id follows."""
 CLIENT_URI_PREFIX = "pyjraft://client/"
 """URI SAN prefix of a client certificate; the client's name follows."""
+ADMIN_URI_PREFIX = "pyjraft://admin/"
+"""URI SAN prefix of an administrator's client certificate; its name follows."""
 
 
 class Role(enum.Enum):
@@ -42,6 +48,15 @@ class Role(enum.Enum):
     """A raft member: raft messages (as itself) and RPC calls."""
     CLIENT = "client"
     """RPC calls only."""
+    ADMIN = "admin"
+    """RPC calls only, admin mutations included."""
+
+
+_PREFIXES = {
+    Role.NODE: NODE_URI_PREFIX,
+    Role.CLIENT: CLIENT_URI_PREFIX,
+    Role.ADMIN: ADMIN_URI_PREFIX,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +67,7 @@ class Identity:
     name: str
 
     def __str__(self) -> str:
-        prefix = NODE_URI_PREFIX if self.role is Role.NODE else CLIENT_URI_PREFIX
-        return prefix + self.name
+        return _PREFIXES[self.role] + self.name
 
 
 class IdentityError(ValueError):
@@ -64,16 +78,25 @@ def identity_from_uris(uris: list[str]) -> Identity:
     """The one identity among a certificate's URI SANs; `IdentityError` if none or several."""
     found: list[Identity] = []
     for uri in uris:
-        if uri.startswith(NODE_URI_PREFIX):
-            found.append(Identity(Role.NODE, uri[len(NODE_URI_PREFIX) :]))
-        elif uri.startswith(CLIENT_URI_PREFIX):
-            found.append(Identity(Role.CLIENT, uri[len(CLIENT_URI_PREFIX) :]))
+        for role, prefix in _PREFIXES.items():
+            if uri.startswith(prefix):
+                found.append(Identity(role, uri[len(prefix) :]))
     if len(found) != 1 or not found[0].name:
         raise IdentityError(
             f"certificate names {len(found)} pyjraft identities (URI SANs {uris!r:.200}); "
-            f"expected exactly one {NODE_URI_PREFIX}<id> or {CLIENT_URI_PREFIX}<name>"
+            f"expected exactly one {NODE_URI_PREFIX}<id>, {CLIENT_URI_PREFIX}<name> or "
+            f"{ADMIN_URI_PREFIX}<name>"
         )
     return found[0]
+
+
+def may_administer(caller: Identity | None) -> bool:
+    """Whether ``caller`` may change membership, move leadership, trigger
+    snapshots or reset peers through the admin service: a node certificate
+    or an admin one, or an unauthenticated caller (None: a plaintext server,
+    which trusts whoever reaches its port anyway). Plain client
+    certificates may only read."""
+    return caller is None or caller.role is not Role.CLIENT
 
 
 def peer_identity(peercert: Any) -> Identity:
@@ -162,6 +185,7 @@ def check_server_identity(peercert: Any, addr: str) -> str | None:
 
 
 __all__ = [
+    "ADMIN_URI_PREFIX",
     "CLIENT_URI_PREFIX",
     "NODE_URI_PREFIX",
     "Identity",
@@ -171,5 +195,6 @@ __all__ = [
     "certificate_identity",
     "check_server_identity",
     "identity_from_uris",
+    "may_administer",
     "peer_identity",
 ]

@@ -17,6 +17,7 @@ from pyjraft.core.messages import Heartbeat, Message
 from pyjraft.testing.ports import free_ports
 from pyjraft.transport import (
     InsecureBindError,
+    RemoteError,
     RpcClient,
     RpcTimeoutError,
     ServerLimits,
@@ -26,7 +27,13 @@ from pyjraft.transport import (
 )
 from pyjraft.transport.codec import encode_messages
 from pyjraft.transport.framing import Kind, encode_frame
-from pyjraft.transport.tls import IdentityError, Role, certificate_identity
+from pyjraft.transport.tls import (
+    Identity,
+    IdentityError,
+    Role,
+    certificate_identity,
+    may_administer,
+)
 
 from .conftest import eventually, run
 
@@ -62,6 +69,10 @@ class Pki:
 
     def client(self, name: str) -> TlsConfig:
         f = self.ca.write_client(self.base, name)
+        return TlsConfig.load(f.cert, f.key, self.ca_file)
+
+    def admin(self, name: str) -> TlsConfig:
+        f = self.ca.write_admin(self.base, name)
         return TlsConfig.load(f.cert, f.key, self.ca_file)
 
     def client_files(self, name: str) -> CertFiles:
@@ -337,3 +348,64 @@ def test_a_connection_that_never_finishes_its_handshake_is_closed(pki: Pki, seed
         run(main)
     finally:
         logging.getLogger("pyjraft.transport").disabled = False
+
+
+def test_a_caller_service_is_told_who_calls(pki: Pki, seed: int) -> None:
+    a_id, b_id = addrs(2)
+    a_tls, b_tls = pki.node(a_id), pki.node(b_id)
+    client, admin = pki.client("app"), pki.admin("ops")
+    assert admin.identity == Identity(Role.ADMIN, "ops")
+    assert str(admin.identity) == "pyjraft://admin/ops"
+
+    async def who(req: Any, caller: Identity | None) -> Any:
+        return [str(caller), may_administer(caller)]
+
+    async def main() -> None:
+        a, b = await start(a_tls, a_id, seed), await start(b_tls, b_id, seed)
+        clients = [RpcClient(tls=client), RpcClient(tls=admin)]
+        try:
+            b.register_caller_service("who", who, max_request_bytes=64)
+            assert await clients[0].call(b_id, "who", None) == ["pyjraft://client/app", False]
+            assert await clients[1].call(b_id, "who", None) == ["pyjraft://admin/ops", True]
+            assert await a.call(b_id, "who", None) == [f"pyjraft://node/{a_id}", True]
+            # Its request limit holds as for any service.
+            with pytest.raises(RemoteError, match="limit"):
+                await clients[1].call(b_id, "who", b"x" * 100)
+            b.unregister_service("who")
+            with pytest.raises(RemoteError, match="unknown service"):
+                await clients[1].call(b_id, "who", None)
+        finally:
+            for c in clients:
+                await c.close()
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_an_admin_certificate_cannot_send_raft_frames(pki: Pki, seed: int) -> None:
+    (b_id,) = addrs(1)
+    admin = pki.admin("ops")
+
+    async def main() -> None:
+        b = await start(pki.node(b_id), b_id, seed)
+        try:
+            host, port = b_id.rsplit(":", 1)
+            _, writer = await asyncio.open_connection(
+                host, int(port), ssl=admin.client_context, server_hostname=None
+            )
+            writer.write(encode_frame(Kind.RAFT, encode_messages([hb(b_id, b_id, 1)])))
+            await writer.drain()
+            await eventually(lambda: b.stats.raft_from_clients == 1)
+            writer.close()
+        finally:
+            await b.close()
+
+    run(main)
+
+
+def test_who_may_administer() -> None:
+    assert may_administer(None)  # plaintext: whoever reaches the port
+    assert may_administer(Identity(Role.NODE, "127.0.0.1:1"))
+    assert may_administer(Identity(Role.ADMIN, "ops"))
+    assert not may_administer(Identity(Role.CLIENT, "app"))
