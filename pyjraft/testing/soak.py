@@ -15,7 +15,8 @@ two things at once until the duration is up:
 * a fault schedule drawn from ``--seed``: SIGKILL of a member (the leader
   half the time) and its restart after a while; SIGSTOP of a member for up to
   three election timeouts, then SIGCONT; SIGKILL of a majority for a while;
-  a graceful restart.
+  a graceful restart; a leadership transfer; a member removed from the
+  configuration and added back (its data kept), through the admin service.
 
 Then it heals everything, reads every key once more through the leader,
 waits for every replica to apply the leader's commit index and reads each
@@ -46,13 +47,23 @@ from pathlib import Path
 from typing import Any
 
 from pyjraft.client import ClientError, DeadlineExceededError, UnknownOutcomeError
+from pyjraft.client.admin import AdminClient
 from pyjraft.kv import Client
 from pyjraft.kv.types import ReadConsistency
 from pyjraft.testing.kv_cluster import KvProcessCluster
 from pyjraft.testing.linearizability import KeyResult, Operation, check_history
 
 KEY_PREFIX = b"soak/"
-FAULTS = ("kill", "kill_leader", "pause", "pause_leader", "kill_majority", "restart")
+FAULTS = (
+    "kill",
+    "kill_leader",
+    "pause",
+    "pause_leader",
+    "kill_majority",
+    "restart",
+    "transfer",
+    "remove_readd",
+)
 
 
 @dataclass
@@ -86,6 +97,9 @@ class SoakReport:
     not_applied: int = 0
     failed_reads: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    admin_errors: list[str] = field(default_factory=list)
+    """Membership operations that failed (a transfer may; a member must come back)."""
+    members_restored: bool = True
     keys_checked: int = 0
     not_linearizable: list[str] = field(default_factory=list)
     undecided: list[str] = field(default_factory=list)
@@ -102,6 +116,7 @@ class SoakReport:
             and not self.undecided
             and self.replicas_identical
             and self.stores_match_final_reads
+            and self.members_restored
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -198,8 +213,40 @@ async def _leader(cluster: KvProcessCluster) -> str | None:
     return None
 
 
+async def _membership_fault(
+    kind: str, admin: AdminClient, cluster: KvProcessCluster, rng: random.Random, rep: SoakReport
+) -> None:
+    """A leadership transfer, or a member removed and added back (with its data)."""
+    if kind == "transfer":
+        target = rng.choice([None, *cluster.addrs])
+        try:
+            await admin.transfer_leader(target)
+        except ClientError as e:  # a transfer may fail (the target is behind, say)
+            rep.admin_errors.append(f"transfer to {target}: {e!r}"[:200])
+        return
+    member = rng.choice(cluster.addrs)
+    try:
+        await admin.remove_peer(member)
+    except ClientError as e:
+        rep.admin_errors.append(f"remove {member}: {e!r}"[:200])
+    for _ in range(20):  # it must come back, or the group stays smaller
+        try:
+            if member in (await admin.list_peers()).voters:
+                return
+            await admin.add_peer(member)
+        except ClientError as e:
+            rep.admin_errors.append(f"add {member}: {e!r}"[:200])
+            await asyncio.sleep(0.5)
+    rep.members_restored = False
+
+
 async def _faults(
-    cluster: KvProcessCluster, opts: SoakOptions, rng: random.Random, rep: SoakReport, stop: float
+    cluster: KvProcessCluster,
+    opts: SoakOptions,
+    rng: random.Random,
+    rep: SoakReport,
+    stop: float,
+    admin: AdminClient,
 ) -> None:
     et = opts.election_timeout_ms / 1000
     while time.monotonic() < stop:
@@ -210,7 +257,9 @@ async def _faults(
         leader = await _leader(cluster) if kind.endswith("_leader") else None
         victim = leader or rng.choice(cluster.addrs)
         rep.faults[kind] += 1
-        if kind in ("kill", "kill_leader"):
+        if kind in ("transfer", "remove_readd"):
+            await _membership_fault(kind, admin, cluster, rng, rep)
+        elif kind in ("kill", "kill_leader"):
             cluster.kill(victim)
             await asyncio.sleep(rng.uniform(0.0, 4 * et))
             cluster.start(victim)
@@ -290,7 +339,9 @@ async def run_soak(opts: SoakOptions, progress: bool = False) -> SoakReport:
         clients = _Clients(kv, opts, rng, rep)
         stop_at = time.monotonic() + opts.duration
         tasks = [asyncio.ensure_future(clients.run(i)) for i in range(opts.clients)]
-        faults = asyncio.ensure_future(_faults(cluster, opts, rng, rep, stop_at))
+        admin = AdminClient(cluster.addrs, group=cluster.group, rpc=cluster.rpc,
+                            change_timeout=30.0, rng=random.Random(rng.random()))  # fmt: skip
+        faults = asyncio.ensure_future(_faults(cluster, opts, rng, rep, stop_at, admin))
         while time.monotonic() < stop_at:
             await asyncio.sleep(min(5.0, max(0.0, stop_at - time.monotonic())))
             if progress:
@@ -312,6 +363,7 @@ async def run_soak(opts: SoakOptions, progress: bool = False) -> SoakReport:
         if not rep.ok:
             _dump(base / "history.jsonl", clients.history)
         await kv.close()
+        await admin.close()
     except BaseException:
         rep.base = str(base)
         raise
