@@ -155,9 +155,15 @@ def check_key(
                 e.next.prev = e
 
     state = initial
-    linearized = 0
-    seen: set[tuple[int, bytes | None]] = set()
-    stack: list[tuple[_Event, bytes | None]] = []
+    # The linearized set, kept small for long histories: every operation
+    # below ``base`` is linearized, ``window`` has bit j set when operation
+    # base + j is (bit 0, ``base`` itself, is always clear). Operations are
+    # numbered in call order and a search rarely holds more than the clients'
+    # concurrency open, so the pair stays small where a plain bitset of a
+    # 100,000-operation history would not.
+    base, window = 0, 0
+    seen: set[tuple[int, int, bytes | None]] = set()
+    stack: list[tuple[_Event, bytes | None, int, int]] = []
     explored = 0
     entry = head.next
     while head.next is not None:
@@ -169,11 +175,11 @@ def check_key(
             assert entry.op is not None
             accepted, after = step(state, entry.op)
             if accepted:
-                now = linearized | (1 << entry.ident)
-                if (now, after) not in seen:
-                    seen.add((now, after))
-                    stack.append((entry, state))
-                    state, linearized = after, now
+                b, w = _with(base, window, entry.ident)
+                if (b, w, after) not in seen:
+                    seen.add((b, w, after))
+                    stack.append((entry, state, base, window))
+                    state, base, window = after, b, w
                     lift(entry)
                     entry = head.next
                     continue
@@ -183,11 +189,19 @@ def check_key(
             # latest choice and try the next candidate after it.
             if not stack:
                 return KeyResult(key, False, len(ops), explored)
-            top, state = stack.pop()
-            linearized &= ~(1 << top.ident)
+            top, state, base, window = stack.pop()
             unlift(top)
             entry = top.next
     return KeyResult(key, True, len(ops), explored)
+
+
+def _with(base: int, window: int, ident: int) -> tuple[int, int]:
+    """The (base, window) of a linearized set with ``ident`` added (it was not in it)."""
+    if ident != base:
+        return base, window | (1 << (ident - base))
+    ones = window | 1  # bits 0.. of base, base + 1, ...: skip the run now linearized
+    run = ((ones + 1) & -(ones + 1)).bit_length() - 1
+    return base + run, ones >> run
 
 
 def check_history(
