@@ -11,6 +11,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,20 @@ async def _check_converged(c: MembershipCluster, w: Writer, voters: list[str]) -
         await asyncio.sleep(0.05)
 
 
+async def _close(c: MembershipCluster, w: Writer) -> None:
+    await w.stop()
+    await w.client.close()
+    await c.close()
+
+
+def _run(c: MembershipCluster, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    try:
+        asyncio.run(main())
+    finally:
+        c.stop_all()
+        print(c.logs(20))
+
+
 async def _voters(c: MembershipCluster) -> list[str]:
     rc, conf = await c.admin("peers")
     assert rc == 0, conf
@@ -181,15 +196,9 @@ def test_grow_shrink_remove_the_leader_and_promote_a_learner(tmp_path: Path, see
             await w.stop()
             await _check_converged(c, w, voters)
         finally:
-            await w.stop()
-            await w.client.close()
-            await c.close()
+            await _close(c, w)
 
-    try:
-        asyncio.run(main())
-    finally:
-        c.stop_all()
-        print(c.logs(20))
+    _run(c, main)
 
 
 def test_replace_a_member_and_move_leadership_to_each_in_turn_over_tls(
@@ -237,12 +246,6 @@ def test_replace_a_member_and_move_leadership_to_each_in_turn_over_tls(
             await w.stop()
             await _check_converged(c, w, voters)
         finally:
-            await w.stop()
-            await w.client.close()
-            await c.close()
+            await _close(c, w)
 
-    try:
-        asyncio.run(main())
-    finally:
-        c.stop_all()
-        print(c.logs(20))
+    _run(c, main)
