@@ -280,7 +280,12 @@ def status_snapshot(
     for n in nodes:
         latency: dict[str, tuple[float, float]] = {}
         if n.metrics is not None:
-            for name in ("replicate_seconds", "log_append_seconds", "apply_seconds"):
+            for name in (
+                "replicate_seconds",
+                "log_append_seconds",
+                "apply_seconds",
+                "read_index_seconds",
+            ):
                 h = getattr(n.metrics, name)
                 if h.count:
                     latency[name.removesuffix("_seconds")] = (

@@ -113,6 +113,7 @@ def test_status_json_and_describe() -> None:
         async with LocalCluster(SEED, metrics=True, **CALM) as c:
             leader = await c.leader(15)
             await _writes(leader, 5)
+            await leader.read_index()
             async with serving(list(c.nodes.values())) as (_, session, base):
                 async with session.get(f"{base}/status.json") as r:
                     snap = await r.json()
@@ -125,6 +126,7 @@ def test_status_json_and_describe() -> None:
         assert set(lead["status"]["peers"]) == set(IDS) - {leader.id}
         assert [e["event"] for e in lead["elections"]][-1] == "election_won"
         assert lead["latency"]["replicate"][0] > 0
+        assert lead["latency"]["read_index"][0] > 0
         assert snap["process"]["pid"] > 0
         d = {x["id"]: x for x in described}[leader.id]
         assert {"queues", "timers", "events", "histograms", "options", "transport"} <= set(d)
