@@ -50,7 +50,7 @@ from pyjraft.testing.sim.adversary import Adversary
 from pyjraft.testing.sim.checker import SafetyChecker, SafetyViolation, Violation
 from pyjraft.testing.sim.contract import ContractChecker
 from pyjraft.testing.sim.disk import SimDisk, Write
-from pyjraft.testing.sim.membership import MembershipDriver
+from pyjraft.testing.sim.membership import ConfInForceCheck, MembershipDriver
 from pyjraft.testing.sim.network import SimNetwork
 from pyjraft.testing.sim.options import TICK, SimOptions, SimResult, draw_profile
 from pyjraft.testing.sim.reads import ReadDriver
@@ -116,6 +116,7 @@ class Simulation:
         self.nodes = {nid: _Node(nid, i) for i, nid in enumerate(ids)}
         self.net = SimNetwork(self.rng, self.profile, ids)
         self.checker = SafetyChecker()
+        self.conf_check = ConfInForceCheck()
         self.contract = ContractChecker(
             {n: node.disk for n, node in self.nodes.items()}, lambda n: self.nodes[n].core
         )
@@ -187,6 +188,9 @@ class Simulation:
             applied=snap[0].index if snap else 0,
         )
         node.incarnation += 1
+        self.conf_check.started(
+            nid, node.core, snap[0].conf if snap else ConfState(cfg.voters, cfg.learners)
+        )
         # The state machine is loaded from the newest snapshot, then replays.
         node.applied = snap[0].index if snap else 0
         node.sm_hash = snap[1] if snap else 0
@@ -496,6 +500,9 @@ class Simulation:
                     self._schedule(delay, _KILL, (nid, node.incarnation))
             # Log matching is judged on what the core hands out to be written.
             self.checker.check_append(nid, core, rd.entries)
+            if rd.snapshot is not None:
+                self.conf_check.restored(nid, rd.snapshot)
+            self.conf_check.appended(nid, rd.entries)
             self.contract.on_write(nid, core, rd.entries)
             self._send(rd.eager_messages)
             if rd.snapshots_to_send:
@@ -528,6 +535,9 @@ class Simulation:
                 self._after_write(node, core, rd)
                 continue
             node.blocked = (rd, self._issue(node, rd, latency, snap))
+        if (core := node.core) is not None and node.blocked is None:
+            # Every entry the core appended has been handed out: its log is known.
+            self.conf_check.check(nid, core)
 
     def _issue(
         self, node: _Node, rd: Ready, latency: int, snap: tuple[SnapshotMeta, int] | None = None
