@@ -13,9 +13,8 @@ replica of the final configuration ends with the same state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import operator
+from typing import TYPE_CHECKING
 
 from pyjraft.core import conf as confs
 from pyjraft.core.errors import ConfChangeBusyError, ConfigError, NotLeaderError
