@@ -49,6 +49,18 @@ class Adversary:
 
     def ticked(self, nid: NodeId, core: RaftCore) -> None:
         """``nid``'s core just ticked."""
+        sim = self.sim
+        early = sim.profile.campaign_at_lease_end
+        if (
+            early
+            and core.role is Role.FOLLOWER
+            and core.election_elapsed == sim.opt.election_ticks
+            and not sim.healed
+            and sim.rng.random() < early
+        ):
+            # Its randomized timeout drew the minimum: it campaigns the moment
+            # check-quorum allows an election, when any lease must have ended.
+            core.campaign()
         if (
             nid == self.isolate_at_window
             and core.role is Role.LEADER

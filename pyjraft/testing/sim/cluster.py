@@ -109,10 +109,13 @@ class Simulation:
         self.seed = seed
         self.opt = options or SimOptions()
         self.rng = random.Random(seed)
-        self.profile = draw_profile(self.rng, self.opt)
+        self.profile = draw_profile(self.rng, self.opt, random.Random(f"{seed}:more"))
         ids = [f"n{i + 1}" for i in range(self.opt.nodes + self.profile.spares)]
         self.ids = ids
         self.initial_voters = tuple(ids[: self.opt.nodes])
+        learners_end = self.opt.nodes + self.profile.initial_learners
+        self.initial_learners = tuple(ids[self.opt.nodes : learners_end])
+        self.initial_members = frozenset(ids[:learners_end])
         self.nodes = {nid: _Node(nid, i) for i, nid in enumerate(ids)}
         self.net = SimNetwork(self.rng, self.profile, ids)
         self.checker = SafetyChecker()
@@ -160,8 +163,10 @@ class Simulation:
         i = node.pos
         cfg = CoreConfig(
             id=nid,
-            # Spares start with no configuration: they join when a change adds them.
-            voters=self.initial_voters if nid in self.initial_voters else (),
+            # Spares start with no configuration, and join when a change adds them;
+            # or as learners of the initial configuration.
+            voters=self.initial_voters if nid in self.initial_members else (),
+            learners=self.initial_learners if nid in self.initial_members else (),
             election_ticks=self.opt.election_ticks,
             heartbeat_ticks=self.opt.heartbeat_ticks,
             pre_vote=p.pre_vote[i],

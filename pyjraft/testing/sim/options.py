@@ -139,6 +139,14 @@ class Profile:
     the leader puts it in force (see `Adversary.conf_appended`)."""
     conf_change_every: int
     """Time between membership changes and leadership transfers (0: none)."""
+    initial_learners: int
+    """How many of the spares start as learners of the initial configuration
+    (read replicas from the start), rather than outside the group."""
+    campaign_at_lease_end: float
+    """Chance that a follower campaigns the moment an election timeout has
+    passed since it last heard from a leader (as if its randomized timeout drew
+    its minimum): the earliest check-quorum lets anyone be elected, and so the
+    moment a deposed leader's lease must be over."""
     max_inflight_msgs: int
     max_inflight_bytes: int
     max_entries_per_msg: int
@@ -186,8 +194,12 @@ _FAULTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
-    """Draw one seed's regime and fault intensities."""
+def draw_profile(rng: random.Random, opt: SimOptions, more: random.Random | None = None) -> Profile:
+    """Draw one seed's regime and fault intensities. Knobs added later are drawn
+    from ``more`` (a second stream of the same seed), so that a seed whose new
+    knobs are off replays as it did before they existed (its regression value
+    stays)."""
+    more = more or random.Random(0)
     faults = opt.faults
     regime = opt.regime or rng.choices(REGIMES, _REGIME_WEIGHTS)[0]
     if regime not in _FAULTS:
@@ -268,6 +280,12 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         conf_change_every = rng.choice([3, 6]) * TICK
         split_on_change = rng.choice([0.5, 0.8])
     read_every = rng.choice([0, 5, 20, 100]) * TICK // 10
+    initial_learners = 0
+    if spares and more.random() < (0.7 if regime == "members" else 0.4):
+        initial_learners = more.randint(1, spares)
+    campaign_at_lease_end = 0.0
+    if faults and all(check_quorum):
+        campaign_at_lease_end = more.choice([0.5, 1.0] if regime == "lease" else [0.0, 0.0, 0.3])
     if regime == "lease":
         read_every = rng.choice([2, 5]) * TICK // 10
     return Profile(
@@ -304,6 +322,8 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         spares=spares,
         conf_change_every=conf_change_every,
         split_on_change=split_on_change,
+        initial_learners=initial_learners,
+        campaign_at_lease_end=campaign_at_lease_end,
         lease_reads=all(check_quorum) and (regime == "lease" or rng.random() < 0.7),
         max_inflight_msgs=1 if regime == "figure8" else rng.choice([1, 4, 256]),
         max_inflight_bytes=rng.choice([64, 1024]) if tiny_bytes else 64 << 20,
