@@ -86,10 +86,48 @@ class MembershipDriver:
         return nid
 
 
+def _is_quorum(conf: ConfState, nodes: frozenset[NodeId]) -> bool:
+    """Whether ``nodes`` can elect and commit under ``conf`` (a majority of its
+    voters, and of its outgoing voters when joint)."""
+    return all(
+        len(nodes.intersection(group)) * 2 > len(group)
+        for group in (conf.voters, conf.voters_outgoing)
+        if group
+    )
+
+
+def _check_quorums_overlap(nid: NodeId, index: int, before: ConfState, after: ConfState) -> None:
+    """Thesis 4.1 and 4.3: a configuration may take over from the one before it
+    in the log only if every quorum of one overlaps every quorum of the other
+    (a single voter added or removed, or a step into or out of a joint
+    configuration); otherwise the two could each elect a leader in one term, or
+    commit different entries at one index, while both are in force somewhere."""
+    same_voters = set(before.voters) == set(after.voters)
+    if not before.voters or (
+        same_voters and set(before.voters_outgoing) == set(after.voters_outgoing)
+    ):
+        return  # a node outside the group joining it; or learners and priorities only
+    everyone = sorted(
+        {*before.voters, *before.voters_outgoing, *after.voters, *after.voters_outgoing}
+    )
+    for mask in range(1 << len(everyone)):
+        side = frozenset(n for i, n in enumerate(everyone) if mask >> i & 1)
+        if _is_quorum(before, side) and _is_quorum(after, frozenset(everyone) - side):
+            raise SafetyViolation(
+                Violation(
+                    "configuration in force",
+                    nid,
+                    f"entry {index} changes the configuration from {before} to {after}: "
+                    f"{sorted(side)} is a quorum of the first and the others of the second",
+                )
+            )
+
+
 class ConfInForceCheck:
     """Thesis 4.1, checked directly: the configuration a node uses is always the
     latest in its log, committed or not (or, with none in the log, the one its
-    snapshot or its start-up configuration holds).
+    snapshot or its start-up configuration holds); and each configuration in
+    the log shares a quorum with the one before it (`_check_quorums_overlap`).
 
     The safety checks see a configuration taken into force late (only once
     committed, say) only when a schedule turns it into two leaders or a lost
@@ -131,7 +169,13 @@ class ConfInForceCheck:
         while found and found[-1][0] >= first:
             found.pop()  # truncated away, with its entry
         if _CONFIG in map(_TYPE, entries):
-            found.extend((e.index, confs.decode(e.data)) for e in entries if e.type == _CONFIG)
+            base = self._logs[nid][0]
+            for e in entries:
+                if e.type == _CONFIG:
+                    conf = confs.decode(e.data)
+                    before = found[-1][1] if found else base
+                    _check_quorums_overlap(nid, e.index, before, conf)
+                    found.append((e.index, conf))
 
     def check(self, nid: NodeId, core: RaftCore) -> None:
         """``nid``'s core must be using its log's latest configuration."""
