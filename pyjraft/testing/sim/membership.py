@@ -115,7 +115,7 @@ def _check_quorums_overlap(nid: NodeId, index: int, before: ConfState, after: Co
         if _is_quorum(before, side) and _is_quorum(after, frozenset(everyone) - side):
             raise SafetyViolation(
                 Violation(
-                    "configuration in force",
+                    "configuration overlap",
                     nid,
                     f"entry {index} changes the configuration from {before} to {after}: "
                     f"{sorted(side)} is a quorum of the first and the others of the second",
