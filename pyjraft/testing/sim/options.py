@@ -207,7 +207,7 @@ def draw_profile(rng: random.Random, opt: SimOptions, more: random.Random | None
     # Spare nodes start outside the group (no configuration) and may be added
     # by membership changes; every per-node array covers them too.
     spares = rng.choice([0, 0, 1, 2]) if faults else 0
-    if regime == "members":
+    if regime == "members" or (faults and not spares and more.random() < 0.25):
         spares = 2
     n = opt.nodes + spares
     election = rng.choice(("on", "on", "off", "mixed", "pre_vote_only", "check_quorum_only"))
@@ -282,7 +282,9 @@ def draw_profile(rng: random.Random, opt: SimOptions, more: random.Random | None
     read_every = rng.choice([0, 5, 20, 100]) * TICK // 10
     initial_learners = 0
     if spares and more.random() < (0.7 if regime == "members" else 0.4):
-        initial_learners = more.randint(1, spares)
+        # Mostly every spare: learners then outnumber what a voter's vote is
+        # worth, which is what a learner wrongly counted would show.
+        initial_learners = more.choice([spares, spares, spares, 1])
     campaign_at_lease_end = 0.0
     if faults and all(check_quorum):
         campaign_at_lease_end = more.choice([0.5, 1.0] if regime == "lease" else [0.0, 0.0, 0.3])
