@@ -25,8 +25,9 @@ cluster often; ``figure8`` cuts leaders off as they win and as their commit
 index moves, so that logs diverge and old-term entries are re-replicated
 (the paper's Figure 8); ``stale`` pauses leaders between accepting a
 proposal and sending it, so their appends arrive after newer terms' ones;
-``lease`` runs check-quorum everywhere, reads often (half with the lease),
-and cuts leaders off for long enough that a new one is elected and
+``lease`` runs check-quorum everywhere on fast disks, reads often (half with
+the lease), has followers campaign as early as check-quorum allows, and cuts
+leaders off for long enough that a new one is elected and
 acknowledges writes while the old one still believes it leads; ``members``
 changes the configuration often, by leaps (several voters at once), and cuts
 the cluster along each change as the leader puts it in force."""
@@ -145,8 +146,9 @@ class Profile:
     campaign_at_lease_end: float
     """Chance that a follower campaigns the moment an election timeout has
     passed since it last heard from a leader (as if its randomized timeout drew
-    its minimum): the earliest check-quorum lets anyone be elected, and so the
-    moment a deposed leader's lease must be over."""
+    its minimum), and again a tick later if still without a leader: the
+    earliest check-quorum lets anyone be elected, and so the moment a deposed
+    leader's lease must be over."""
     max_inflight_msgs: int
     max_inflight_bytes: int
     max_entries_per_msg: int
@@ -265,6 +267,9 @@ def draw_profile(rng: random.Random, opt: SimOptions, more: random.Random | None
         crash_mid_ready = pause_after_propose = isolate_on_win = kill_on_commit = 0.0
         drop = min(drop, 0.01)
         max_delay = min(max_delay, 30)
+        # Fast disks: a vote that takes longer to persist than the gap between
+        # a deposed leader's last lease and its step-down would close the gap.
+        disk_latency = tuple(min(latency, 20) for latency in disk_latency)
     elif regime == "stale":
         fault_every = rng.choice([10, 20, 30]) * TICK
         lag_on_win = rng.choice([0.0, 0.3])
