@@ -194,7 +194,10 @@ class Simulation:
         )
         node.incarnation += 1
         self.conf_check.started(
-            nid, node.core, snap[0].conf if snap else ConfState(cfg.voters, cfg.learners)
+            # (A snapshot that records no voters records no configuration.)
+            nid,
+            node.core,
+            snap[0].conf if snap and snap[0].conf.voters else ConfState(cfg.voters, cfg.learners),
         )
         # The state machine is loaded from the newest snapshot, then replays.
         node.applied = snap[0].index if snap else 0

@@ -157,8 +157,10 @@ class ConfInForceCheck:
         self._logs[nid] = (base, found)
 
     def restored(self, nid: NodeId, snap: SnapshotMeta) -> None:
-        """``nid`` installs ``snap``: its log now starts after it."""
-        self._logs[nid] = (snap.conf, [])
+        """``nid`` installs ``snap``: its log now starts after it. A snapshot that
+        records no voters records no configuration: the one in force stays."""
+        base, found = self._logs[nid]
+        self._logs[nid] = (snap.conf if snap.conf.voters else found[-1][1] if found else base, [])
 
     def appended(self, nid: NodeId, entries: list[Entry]) -> None:
         """``nid``'s core handed ``entries`` out to be written."""
