@@ -8,14 +8,16 @@ import subprocess
 import sys
 from typing import Any
 
+from pyjraft.core import conf as confs
 from pyjraft.core.config import CoreConfig
 from pyjraft.core.messages import VoteResponse
 from pyjraft.core.raft import RaftCore
-from pyjraft.core.types import Entry, HardState, Role
+from pyjraft.core.types import ConfState, Entry, EntryType, HardState, Role
 from pyjraft.storage.memory import MemoryLogStorage
 from pyjraft.testing.sim import SafetyChecker, SafetyViolation, SimOptions, run_seed
 from pyjraft.testing.sim.contract import ContractChecker
 from pyjraft.testing.sim.disk import SimDisk
+from pyjraft.testing.sim.membership import ConfInForceCheck, _check_quorums_overlap
 
 
 class ExplodingCore(RaftCore):
@@ -129,3 +131,52 @@ def test_a_leader_elected_without_a_majority_of_votes_of_its_term_is_caught() ->
         assert exc.violation.prop == "election safety"
     else:
         raise AssertionError("a leader without votes went unnoticed")
+
+
+def test_consecutive_configurations_must_share_a_quorum() -> None:
+    old = ConfState(("n1", "n2", "n3"))
+    # Sound steps: one voter added or removed; into and out of a joint configuration.
+    for new in (
+        ConfState(("n1", "n2", "n3", "n4")),
+        ConfState(("n1", "n2")),
+        ConfState(("n1", "n4", "n5"), (), ("n1", "n2", "n3")),
+        ConfState(("n1", "n2", "n3"), ("n4",)),
+    ):
+        _check_quorums_overlap("n1", 7, old, new)
+    _check_quorums_overlap(
+        "n1",
+        8,
+        ConfState(("n1", "n4", "n5"), (), ("n1", "n2", "n3")),
+        ConfState(("n1", "n4", "n5")),
+    )
+    # A leap without the joint step: {n2, n3} and {n4, n5} are quorums of each.
+    try:
+        _check_quorums_overlap("n1", 7, old, ConfState(("n1", "n4", "n5")))
+    except SafetyViolation as exc:
+        assert exc.violation.prop == "configuration overlap"
+    else:
+        raise AssertionError("a change of two voters at once passed the overlap check")
+
+
+def test_a_node_using_an_older_configuration_than_its_log_is_caught() -> None:
+    log = MemoryLogStorage()
+    core = RaftCore(
+        CoreConfig(id="n1", voters=("n1", "n2", "n3")), log, HardState(), random.Random(1)
+    )
+    check = ConfInForceCheck()
+    check.started("n1", core, ConfState(("n1", "n2", "n3")))
+    check.check("n1", core)
+    newer = ConfState(("n1", "n2", "n3"), ("n4",))
+    entry = Entry(1, 1, int(EntryType.CONFIG), confs.encode(newer))
+    check.appended("n1", [entry])  # handed out, but the core never took it into force
+    try:
+        check.check("n1", core)
+    except SafetyViolation as exc:
+        assert exc.violation.prop == "configuration in force"
+    else:
+        raise AssertionError("a configuration left out of force passed the check")
+    check.appended("n1", [Entry(2, 1, int(EntryType.NORMAL), b"x")])
+    check.appended("n1", [Entry(2, 1, int(EntryType.NORMAL), b"y")])
+    # Truncated away from index 1: the start-up configuration rules again.
+    check.appended("n1", [Entry(1, 2, int(EntryType.NORMAL), b"z")])
+    check.check("n1", core)

@@ -49,6 +49,21 @@ class Adversary:
 
     def ticked(self, nid: NodeId, core: RaftCore) -> None:
         """``nid``'s core just ticked."""
+        sim = self.sim
+        early = sim.profile.campaign_at_lease_end
+        if (
+            early
+            and core.role in (Role.FOLLOWER, Role.PRE_CANDIDATE)
+            and not core.conf.priorities  # (its timer defers to higher priorities)
+            and 0 <= core.election_elapsed - sim.opt.election_ticks <= 1
+            and not sim.healed
+            and sim.rng.random() < early
+        ):
+            # Its randomized timeout drew the minimum: it campaigns the moment
+            # check-quorum allows an election, when any lease must have ended;
+            # and once more a tick later if the others, whose clocks tick a
+            # little behind, were still in their check-quorum lease.
+            core.campaign()
         if (
             nid == self.isolate_at_window
             and core.role is Role.LEADER

@@ -50,7 +50,7 @@ from pyjraft.testing.sim.adversary import Adversary
 from pyjraft.testing.sim.checker import SafetyChecker, SafetyViolation, Violation
 from pyjraft.testing.sim.contract import ContractChecker
 from pyjraft.testing.sim.disk import SimDisk, Write
-from pyjraft.testing.sim.membership import MembershipDriver
+from pyjraft.testing.sim.membership import ConfInForceCheck, MembershipDriver
 from pyjraft.testing.sim.network import SimNetwork
 from pyjraft.testing.sim.options import TICK, SimOptions, SimResult, draw_profile
 from pyjraft.testing.sim.reads import ReadDriver
@@ -109,13 +109,17 @@ class Simulation:
         self.seed = seed
         self.opt = options or SimOptions()
         self.rng = random.Random(seed)
-        self.profile = draw_profile(self.rng, self.opt)
+        self.profile = draw_profile(self.rng, self.opt, random.Random(f"{seed}:more"))
         ids = [f"n{i + 1}" for i in range(self.opt.nodes + self.profile.spares)]
         self.ids = ids
         self.initial_voters = tuple(ids[: self.opt.nodes])
+        learners_end = self.opt.nodes + self.profile.initial_learners
+        self.initial_learners = tuple(ids[self.opt.nodes : learners_end])
+        self.initial_members = frozenset(ids[:learners_end])
         self.nodes = {nid: _Node(nid, i) for i, nid in enumerate(ids)}
         self.net = SimNetwork(self.rng, self.profile, ids)
         self.checker = SafetyChecker()
+        self.conf_check = ConfInForceCheck()
         self.contract = ContractChecker(
             {n: node.disk for n, node in self.nodes.items()}, lambda n: self.nodes[n].core
         )
@@ -159,8 +163,10 @@ class Simulation:
         i = node.pos
         cfg = CoreConfig(
             id=nid,
-            # Spares start with no configuration: they join when a change adds them.
-            voters=self.initial_voters if nid in self.initial_voters else (),
+            # Spares start with no configuration, and join when a change adds them;
+            # or as learners of the initial configuration.
+            voters=self.initial_voters if nid in self.initial_members else (),
+            learners=self.initial_learners if nid in self.initial_members else (),
             election_ticks=self.opt.election_ticks,
             heartbeat_ticks=self.opt.heartbeat_ticks,
             pre_vote=p.pre_vote[i],
@@ -187,6 +193,12 @@ class Simulation:
             applied=snap[0].index if snap else 0,
         )
         node.incarnation += 1
+        self.conf_check.started(
+            # (A snapshot that records no voters records no configuration.)
+            nid,
+            node.core,
+            snap[0].conf if snap and snap[0].conf.voters else ConfState(cfg.voters, cfg.learners),
+        )
         # The state machine is loaded from the newest snapshot, then replays.
         node.applied = snap[0].index if snap else 0
         node.sm_hash = snap[1] if snap else 0
@@ -496,6 +508,9 @@ class Simulation:
                     self._schedule(delay, _KILL, (nid, node.incarnation))
             # Log matching is judged on what the core hands out to be written.
             self.checker.check_append(nid, core, rd.entries)
+            if rd.snapshot is not None:
+                self.conf_check.restored(nid, rd.snapshot)
+            self.conf_check.appended(nid, rd.entries)
             self.contract.on_write(nid, core, rd.entries)
             self._send(rd.eager_messages)
             if rd.snapshots_to_send:
@@ -528,6 +543,9 @@ class Simulation:
                 self._after_write(node, core, rd)
                 continue
             node.blocked = (rd, self._issue(node, rd, latency, snap))
+        if (core := node.core) is not None and node.blocked is None:
+            # Every entry the core appended has been handed out: its log is known.
+            self.conf_check.check(nid, core)
 
     def _issue(
         self, node: _Node, rd: Ready, latency: int, snap: tuple[SnapshotMeta, int] | None = None

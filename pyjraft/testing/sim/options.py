@@ -25,8 +25,9 @@ cluster often; ``figure8`` cuts leaders off as they win and as their commit
 index moves, so that logs diverge and old-term entries are re-replicated
 (the paper's Figure 8); ``stale`` pauses leaders between accepting a
 proposal and sending it, so their appends arrive after newer terms' ones;
-``lease`` runs check-quorum everywhere, reads often (half with the lease),
-and cuts leaders off for long enough that a new one is elected and
+``lease`` runs check-quorum everywhere on fast disks, reads often (half with
+the lease), has followers campaign as early as check-quorum allows, and cuts
+leaders off for long enough that a new one is elected and
 acknowledges writes while the old one still believes it leads; ``members``
 changes the configuration often, by leaps (several voters at once), and cuts
 the cluster along each change as the leader puts it in force."""
@@ -139,6 +140,15 @@ class Profile:
     the leader puts it in force (see `Adversary.conf_appended`)."""
     conf_change_every: int
     """Time between membership changes and leadership transfers (0: none)."""
+    initial_learners: int
+    """How many of the spares start as learners of the initial configuration
+    (read replicas from the start), rather than outside the group."""
+    campaign_at_lease_end: float
+    """Chance that a follower campaigns the moment an election timeout has
+    passed since it last heard from a leader (as if its randomized timeout drew
+    its minimum), and again a tick later if still without a leader: the
+    earliest check-quorum lets anyone be elected, and so the moment a deposed
+    leader's lease must be over."""
     max_inflight_msgs: int
     max_inflight_bytes: int
     max_entries_per_msg: int
@@ -186,8 +196,12 @@ _FAULTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
-    """Draw one seed's regime and fault intensities."""
+def draw_profile(rng: random.Random, opt: SimOptions, more: random.Random | None = None) -> Profile:
+    """Draw one seed's regime and fault intensities. Knobs added later are drawn
+    from ``more`` (a second stream of the same seed), so that a seed whose new
+    knobs are off replays as it did before they existed (its regression value
+    stays)."""
+    more = more or random.Random(0)
     faults = opt.faults
     regime = opt.regime or rng.choices(REGIMES, _REGIME_WEIGHTS)[0]
     if regime not in _FAULTS:
@@ -195,7 +209,7 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
     # Spare nodes start outside the group (no configuration) and may be added
     # by membership changes; every per-node array covers them too.
     spares = rng.choice([0, 0, 1, 2]) if faults else 0
-    if regime == "members":
+    if regime == "members" or (faults and not spares and more.random() < 0.25):
         spares = 2
     n = opt.nodes + spares
     election = rng.choice(("on", "on", "off", "mixed", "pre_vote_only", "check_quorum_only"))
@@ -253,6 +267,9 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         crash_mid_ready = pause_after_propose = isolate_on_win = kill_on_commit = 0.0
         drop = min(drop, 0.01)
         max_delay = min(max_delay, 30)
+        # Fast disks: a vote that takes longer to persist than the gap between
+        # a deposed leader's last lease and its step-down would close the gap.
+        disk_latency = tuple(min(latency, 20) for latency in disk_latency)
     elif regime == "stale":
         fault_every = rng.choice([10, 20, 30]) * TICK
         lag_on_win = rng.choice([0.0, 0.3])
@@ -268,6 +285,14 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         conf_change_every = rng.choice([3, 6]) * TICK
         split_on_change = rng.choice([0.5, 0.8])
     read_every = rng.choice([0, 5, 20, 100]) * TICK // 10
+    initial_learners = 0
+    if spares and more.random() < (0.7 if regime == "members" else 0.4):
+        # Mostly every spare: learners then outnumber what a voter's vote is
+        # worth, which is what a learner wrongly counted would show.
+        initial_learners = more.choice([spares, spares, spares, 1])
+    campaign_at_lease_end = 0.0
+    if faults and all(check_quorum):
+        campaign_at_lease_end = more.choice([0.5, 1.0] if regime == "lease" else [0.0, 0.0, 0.3])
     if regime == "lease":
         read_every = rng.choice([2, 5]) * TICK // 10
     return Profile(
@@ -304,6 +329,8 @@ def draw_profile(rng: random.Random, opt: SimOptions) -> Profile:
         spares=spares,
         conf_change_every=conf_change_every,
         split_on_change=split_on_change,
+        initial_learners=initial_learners,
+        campaign_at_lease_end=campaign_at_lease_end,
         lease_reads=all(check_quorum) and (regime == "lease" or rng.random() < 0.7),
         max_inflight_msgs=1 if regime == "figure8" else rng.choice([1, 4, 256]),
         max_inflight_bytes=rng.choice([64, 1024]) if tiny_bytes else 64 << 20,
