@@ -32,12 +32,17 @@ followers honour despite their check-quorum lease). The transfer is
 abandoned after an election timeout. Once a timeout-now was sent in a term,
 lease reads stop for that term (the target may win before the lease ends).
 
-Priority election (SOFAJRaft): voters may carry priorities. A voter of
-priority 0 never campaigns. A voter whose priority is below the highest
-among the voters waits: each election timeout that passes without a leader
-lowers the bar by a fifth, so a group whose high-priority voters are gone
-still elects. A leader hands leadership to a caught-up voter of higher
-priority than its own.
+Priority election (SOFAJRaft): voters may carry priorities. A voter whose
+priority is below the highest among the voters waits: each election timeout
+that passes without a leader lowers the bar by a fifth, so a group whose
+high-priority voters are gone still elects. A leader hands leadership to a
+caught-up voter of higher priority than its own. A voter of priority 0
+campaigns only once the bar has passed below every positive priority, that
+is when no other voter could be elected all that time: it may alone hold
+the newest committed entries, and then nobody else can win (its vote, and
+the log check, refuse them). It leads only until a voter of higher priority
+has caught up, then hands over; without that, such a group would stay
+leaderless for good.
 
 Outcomes of a change (started, joint, done, abandoned) come out in
 ``Ready.conf_events``.
@@ -419,8 +424,10 @@ class Membership(CoreBase):
         """Priority election: whether this voter campaigns now. Each election
         timeout that passes without a leader lowers the bar for lower priorities."""
         mine = confs.priority(self.conf, self.id)
-        if mine <= 0:
-            return False
+        # Priority 0 too, once the bar has decayed to 0: no voter of positive
+        # priority got elected at any level (it may alone hold the newest
+        # committed entries, refusing them its vote); as leader it hands over
+        # to the first of them that catches up (`_hand_over_to_priority`).
         if mine >= self._target_priority:
             return True
         self._target_priority = max(
@@ -436,6 +443,10 @@ class Membership(CoreBase):
             return
         mine = confs.priority(self.conf, self.id)
         last = self.log.last_index()
+        # A leader of priority 0 leads only for want of another: it hands over
+        # to one close enough for the transfer to finish the catch-up, not only
+        # to one exactly caught up (under steady writes, rarely the case).
+        behind = self.config.catchup_margin if mine <= 0 else 0
         better = [
             v
             for v in self.voters
@@ -443,7 +454,7 @@ class Membership(CoreBase):
             and confs.priority(self.conf, v) > mine
             and (pr := self.progress.get(v)) is not None
             and pr.recent_active
-            and pr.match == last
+            and pr.match + behind >= last
         ]
         if better:
             best = max(better, key=lambda v: (confs.priority(self.conf, v), v))

@@ -233,3 +233,29 @@ def test_an_undecodable_configuration_entry_is_a_bad_message() -> None:
     rd = b.ready()
     assert rd.bad_messages and "configuration" in rd.bad_messages[0].reason
     assert b.log.last_index() == a.log.last_index() - 0
+
+
+def test_priority_zero_leads_only_when_it_alone_holds_what_was_committed_then_hands_over() -> None:
+    # Found by the simulator (seeds 1542/3 and 1847/5): a voter of priority 0
+    # holding entries committed without the others could never lead, and they,
+    # behind it, could never win its vote: no leader, for good.
+    net = Network(ABC)
+    a = net.elect("a")
+    a.change_conf(ABC, (), (("a", 5), ("b", 0)))
+    _settle(net)
+    net.drop(lambda m: m.dst == "c" and isinstance(m, AppendEntries))
+    a.propose(b"committed by a and b")
+    net.stabilize()
+    committed = a.log.committed
+    assert net["b"].log.last_index() >= committed > net["c"].log.last_index()
+    net.crash("a")
+    net.heal()
+    leaders = []
+    for _ in range(400):
+        net.tick(["b", "c"])
+        leaders += [n for n in ("b", "c") if net[n].role is Role.LEADER]
+        if net["c"].role is Role.LEADER:
+            break
+    assert "b" in leaders, "b (priority 0) had to lead: only it held the committed entry"
+    assert net["c"].role is Role.LEADER, "then it handed over to c (priority 1)"
+    assert net["c"].log.committed >= committed
