@@ -250,6 +250,18 @@ class RaftCore(Elections, Replication, Membership):
             joining_vote = from_node and not self._members and type(m) in _VOTE_REQUESTS
             if not (newer_leader or joining_vote) or m.src == self.id:
                 why = "claims to come from this node" if m.src == self.id else "from a non-member"
+                if (
+                    from_node
+                    and m.src != self.id
+                    and type(m) in (AppendEntries, Heartbeat)
+                    and m.term < self.term
+                ):
+                    # The leader of an older term, of a configuration we do not have
+                    # (we may be stuck at a higher term in an old one): our term makes
+                    # it step down, so that a leader of a newer term can reach us.
+                    self._send(
+                        AppendEntriesResponse(self.group, self.term, self.id, m.src, False, 0)
+                    )
                 self._reject(m, why)
                 return
         why_not = validate.problem(m, self.term)
@@ -294,6 +306,11 @@ class RaftCore(Elections, Replication, Membership):
                 self._send(AppendEntriesResponse(self.group, self.term, self.id, m.src, False, 0))
             elif isinstance(m, PreVoteRequest):
                 self._send(PreVoteResponse(self.group, self.term, self.id, m.src, False))
+            elif isinstance(m, VoteRequest):
+                # A candidate of an older term learns ours (the paper's RequestVote
+                # reply): left unanswered, it may stay behind for good while it is
+                # the only one whose log can win.
+                self._send(VoteResponse(self.group, self.term, self.id, m.src, False))
             return
 
         match m:

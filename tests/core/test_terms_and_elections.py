@@ -70,6 +70,23 @@ def test_5_1_vote_request_from_lower_term_is_not_granted() -> None:
     out = net.process_ready("a")
     assert a.vote == "" and a.term == 5
     assert not [m for m in out if isinstance(m, VoteResponse) and m.granted]
+    # It is answered with our term (the paper's RequestVote reply): a candidate
+    # left unanswered could stay behind for good (simulator seed 1084/3).
+    assert out == [VoteResponse("default", 5, "a", "b", False)]
+
+
+def test_5_1_the_leader_of_an_older_term_outside_our_configuration_learns_our_term() -> None:
+    # We are stuck at a higher term in a configuration without the group's
+    # current leader: only our term makes it step down, so that a leader of a
+    # newer term can reach us (simulator seed 884/3).
+    net = Network(ABC, hard_states={"a": HardState(9)})
+    a = net["a"]
+    a.step(Heartbeat("default", 4, "d", "a", 0))
+    out = net.process_ready("a")
+    assert a.term == 9 and a.leader == ""
+    assert out == [AppendEntriesResponse("default", 9, "a", "d", False, 0)]
+    a.step(Heartbeat("default", 4, "d", "a", 0), from_node=False)  # unauthenticated
+    assert net.process_ready("a") == []
 
 
 @pytest.mark.parametrize("role", [Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE, Role.LEADER])
