@@ -15,6 +15,7 @@ from pyjraft.kv.protocol import BARRIER
 from pyjraft.kv.server import KvOptions, KvServer
 from pyjraft.node import NodeOptions
 from pyjraft.transport import TcpTransport
+from tests.integration.cluster import env_seed
 
 T = TypeVar("T")
 
@@ -95,3 +96,11 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
 def server(start_server: Callable[..., ServerThread]) -> ServerThread:
     """A one-replica server with the default options."""
     return start_server()
+
+
+@pytest.fixture
+def seed() -> int:
+    """The real-process tests' seed (``PYJRAFT_TEST_SEED``, printed)."""
+    s = env_seed()
+    print(f"PYJRAFT_TEST_SEED={s}")
+    return s

@@ -12,17 +12,9 @@ import pytest
 
 from pyjraft.client.admin import AdminClient
 from pyjraft.kv.client import Client
-from tests.integration.cluster import env_seed
 from tests.kv.cluster import KvCluster
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def seed() -> int:
-    s = env_seed()
-    print(f"PYJRAFT_TEST_SEED={s}")
-    return s
 
 
 def test_a_joining_kv_replica_is_added_and_catches_up(tmp_path: Path, seed: int) -> None:

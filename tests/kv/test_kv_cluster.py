@@ -17,17 +17,9 @@ import pytest
 
 from pyjraft.client import UnknownOutcomeError
 from pyjraft.kv import Client, Compare, Event, KvStore, Op
-from tests.integration.cluster import env_seed
 from tests.kv.cluster import KvCluster
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def seed() -> int:
-    s = env_seed()
-    print(f"PYJRAFT_TEST_SEED={s}")
-    return s
 
 
 @pytest.fixture
