@@ -136,7 +136,7 @@ class GroupConfiguration:
     voters_outgoing: list[str]
     """Non-empty during a joint change: the voters being replaced."""
     priorities: dict[str, int]
-    """Voters whose election priority is not 1 (0: never leads)."""
+    """Voters whose election priority is not 1 (0: leads only when no other voter can)."""
     leader: str
     term: int
     reported_by: str

@@ -132,7 +132,7 @@ def build_parser(prog: str = "pyjraft admin") -> argparse.ArgumentParser:
         type=_priority,
         default=[],
         metavar="PEER=N",
-        help="a voter's election priority (0: never leads); repeatable",
+        help="a voter's election priority (0: leads only when no other voter can); repeatable",
     )
     for name, text in (("add-learners", "add learners"), ("remove-learners", "remove learners")):
         s = add(name, text)
