@@ -4,8 +4,9 @@ A configuration (`ConfState`) names the voters, the learners (non-voting
 members that receive the log), and during a joint change the outgoing voters
 (thesis 4.3: a joint configuration needs a majority of each of the incoming
 and outgoing voters to elect and to commit). Each voter may carry a priority
-(SOFAJRaft's priority election): 0 never leads, and higher-priority peers
-are preferred; without priorities every voter counts as 1.
+(SOFAJRaft's priority election): higher-priority peers are preferred, and 0
+leads only when no other voter can (`pyjraft.core.membership`); without
+priorities every voter counts as 1.
 
 Configuration entries carry one `ConfState`, encoded here as compact JSON
 (the core's one on-disk and on-wire format of its own: it must decode the
