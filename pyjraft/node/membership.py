@@ -51,15 +51,9 @@ class MembershipManager:
     """The pending changes and transfer of one `Node`."""
 
     def __init__(self, node: Node) -> None:
-        # Imported here: the admin service reports this module's errors.
-        from pyjraft.node.admin import AdminService
-
         self._node = node
         self._change: tuple[ConfState, asyncio.Future[ConfState]] | None = None
         self._transfer: tuple[NodeId, asyncio.Future[NodeId]] | None = None
-        # Every node answers the admin service of its transport (membership,
-        # leader, snapshots over RPC: `pyjraft.node.admin`).
-        AdminService.for_transport(node.transport).host(node)
 
     def change(
         self,

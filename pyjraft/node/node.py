@@ -69,6 +69,7 @@ from pyjraft.core.raft import RaftCore
 from pyjraft.core.ready import Ready
 from pyjraft.core.types import NONE, Entry, EntryType, HardState, Role, SoftState
 from pyjraft.node import busy_poll
+from pyjraft.node.admin import AdminService
 from pyjraft.node.describe import describe_node, status_of
 from pyjraft.node.errors import (
     LeadershipLostError,
@@ -200,6 +201,8 @@ class Node(NodeFailure, NodeClock, NodeInfo, MembershipMethods):
         self._bad_log = RateLimitedLog(log, per_second=5)
         self._reads = ReadManager(self)
         self._membership = MembershipManager(self)
+        # Every node answers its transport's admin service (`pyjraft.node.admin`).
+        AdminService.for_transport(transport).host(self)
         self.registration: Registration | None = None
         """This instance's registration with its peers (None without a data_dir)."""
         self._queue_delay = QueueDelay(o.max_queue_delay_ms / 1000)
