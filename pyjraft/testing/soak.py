@@ -151,7 +151,7 @@ class _Clients:
             kind = rng.choices(("put", "get", "cas", "delete"), (4, 4, 2, 1))[0]
             value = b"c%d-%d" % (i, seq) if kind in ("put", "cas") else None
             expect = seen.get(key) if rng.random() < 0.7 else rng.choice([None, b"c0-1"])
-            await self.one(i, kind, key, value, expect, seen)
+            await self.one(i, kind, key, value, expect if kind == "cas" else None, seen)
 
     async def one(
         self,
